@@ -1,0 +1,11 @@
+//! The Gatehouse agent library.
+//!
+//! An agent sits next to the resources. Given a session the gateway has already authenticated and
+//! authorised, it opens the upstream connection with the brokered credential (which only the
+//! agent holds), relays bytes both ways and reports every statement it observes to an
+//! [`gatehouse_core::session::EventSink`].
+//!
+//! The gateway embeds this library in-process; a remote agent runs the same code behind a tunnel.
+//! Nothing here knows about policies, tokens or the audit log.
+
+pub mod pg;

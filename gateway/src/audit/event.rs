@@ -1,0 +1,353 @@
+//! Audit event types, the canonical encoding that is hashed, and the checkpoint and manifest
+//! messages that are signed.
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+
+/// What happened. The string forms are stable: auditors filter on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A gateway token or password was rejected.
+    AuthFailed,
+    /// The policy decision on a connection (allow or deny).
+    AccessDecision,
+    /// The upstream session is established and relaying.
+    SessionStart,
+    /// The upstream session could not be established.
+    SessionFailed,
+    /// The session ended.
+    SessionEnd,
+    /// A statement observed in a database session.
+    DbStatement,
+    /// A cancel request was forwarded upstream.
+    CancelForwarded,
+    GatewayStart,
+    GatewayStop,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AuthFailed => "auth.failed",
+            EventKind::AccessDecision => "access.decision",
+            EventKind::SessionStart => "session.start",
+            EventKind::SessionFailed => "session.failed",
+            EventKind::SessionEnd => "session.end",
+            EventKind::DbStatement => "db.statement",
+            EventKind::CancelForwarded => "session.cancel",
+            EventKind::GatewayStart => "gateway.start",
+            EventKind::GatewayStop => "gateway.stop",
+        }
+    }
+
+    /// The Annex A controls an event of this kind is evidence for, before any policy's own.
+    pub fn controls(self) -> &'static [&'static str] {
+        match self {
+            // Secure authentication; management of authentication information.
+            EventKind::AuthFailed => &["5.17", "8.5"],
+            // Access control, information access restriction, secure authentication.
+            EventKind::AccessDecision => &["5.15", "8.3", "8.5"],
+            // Logging of brokered activity; privileged access rights where it applies.
+            EventKind::SessionStart | EventKind::SessionEnd | EventKind::SessionFailed => &["8.15"],
+            EventKind::DbStatement | EventKind::CancelForwarded => &["8.15"],
+            // Logging and clock synchronisation (the event records the gateway's UTC time).
+            EventKind::GatewayStart | EventKind::GatewayStop => &["8.15", "8.17"],
+        }
+    }
+}
+
+/// An event as the rest of the gateway hands it to the writer.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub actor: String,
+    pub resource: String,
+    pub action: String,
+    pub decision: String,
+    pub reason: String,
+    pub policy_ids: Vec<String>,
+    /// Extra controls (from policies); the kind's own are added by [`NewEvent::into_event`].
+    pub controls: Vec<String>,
+    pub session_id: String,
+    pub detail: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: EventKind) -> NewEvent {
+        NewEvent {
+            kind,
+            actor: String::new(),
+            resource: String::new(),
+            action: String::new(),
+            decision: String::new(),
+            reason: String::new(),
+            policy_ids: Vec::new(),
+            controls: Vec::new(),
+            session_id: String::new(),
+            detail: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// Seals the event at `seq` after `prev_hash`.
+    pub fn into_event(self, seq: u64, ts: String, prev_hash: String) -> AuditEvent {
+        let mut controls: Vec<String> =
+            self.kind.controls().iter().map(|c| c.to_string()).collect();
+        controls.extend(self.controls);
+        controls.sort_by(|a, b| control_order(a).cmp(&control_order(b)));
+        controls.dedup();
+        let detail = match self.detail {
+            serde_json::Value::Object(_) => self.detail,
+            other => serde_json::json!({ "value": other }),
+        };
+        let mut e = AuditEvent {
+            seq,
+            ts,
+            kind: self.kind.as_str().to_string(),
+            actor: self.actor,
+            resource: self.resource,
+            action: self.action,
+            decision: self.decision,
+            reason: self.reason,
+            policy_ids: self.policy_ids,
+            controls,
+            session_id: self.session_id,
+            detail: canonical_json(&detail),
+            prev_hash,
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+}
+
+fn control_order(c: &str) -> (u32, u32) {
+    let mut it = c.split('.').map(|p| p.parse::<u32>().unwrap_or(u32::MAX));
+    (it.next().unwrap_or(u32::MAX), it.next().unwrap_or(u32::MAX))
+}
+
+/// A sealed event, as stored and exported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub seq: u64,
+    /// UTC, RFC 3339 with microseconds: `2026-11-28T19:01:02.123456Z`.
+    pub ts: String,
+    pub kind: String,
+    pub actor: String,
+    pub resource: String,
+    pub action: String,
+    pub decision: String,
+    pub reason: String,
+    pub policy_ids: Vec<String>,
+    pub controls: Vec<String>,
+    pub session_id: String,
+    /// Canonical JSON object text (sorted keys, no whitespace).
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEvent {
+    /// SHA-256 over `prev_hash` and the canonical encoding, hex.
+    pub fn compute_hash(&self) -> String {
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(&canonical_bytes(self));
+        hex(ctx.finish().as_ref())
+    }
+}
+
+/// The canonical encoding: a version tag, then every field in a fixed order, integers as 8-byte
+/// big-endian, strings as a 4-byte big-endian length and UTF-8 bytes, lists as a count and their
+/// strings. `hash` itself is excluded; `prev_hash` is included, which chains the events.
+pub fn canonical_bytes(e: &AuditEvent) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    fn list(out: &mut Vec<u8>, v: &[String]) {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        for x in v {
+            s(out, x);
+        }
+    }
+    let mut out = Vec::with_capacity(256 + e.detail.len() + e.reason.len());
+    s(&mut out, "gatehouse-audit-event/v1");
+    s(&mut out, &e.prev_hash);
+    out.extend_from_slice(&e.seq.to_be_bytes());
+    for f in [
+        &e.ts,
+        &e.kind,
+        &e.actor,
+        &e.resource,
+        &e.action,
+        &e.decision,
+        &e.reason,
+    ] {
+        s(&mut out, f);
+    }
+    list(&mut out, &e.policy_ids);
+    list(&mut out, &e.controls);
+    s(&mut out, &e.session_id);
+    s(&mut out, &e.detail);
+    out
+}
+
+/// A signed statement that the log's event `seq` has hash `hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub ts: String,
+    pub key_id: String,
+    /// Base64 Ed25519 signature over [`Checkpoint::message`].
+    pub signature: String,
+}
+
+impl Checkpoint {
+    pub fn message(seq: u64, hash: &str, ts: &str) -> Vec<u8> {
+        format!("gatehouse-audit-checkpoint/v1\nseq={seq}\nhash={hash}\nts={ts}\n").into_bytes()
+    }
+}
+
+/// JSON text with object keys sorted at every level and no whitespace. Parsing this text and
+/// writing it again with this function gives the same bytes, whatever order a JSON library
+/// keeps keys in.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    if let Some(x) = map.get(k) {
+                        write(x, out);
+                    }
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, x) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Current UTC time in the log's format.
+pub fn now_ts() -> String {
+    format_ts(time::OffsetDateTime::now_utc())
+}
+
+pub fn format_ts(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AuditEvent {
+        let mut n = NewEvent::new(EventKind::AccessDecision);
+        n.actor = "alice".into();
+        n.controls = vec!["8.2".into(), "5.15".into()];
+        n.detail = serde_json::json!({"b": 1, "a": "x"});
+        n.into_event(
+            1,
+            "2026-11-28T00:00:00.000000Z".into(),
+            crate::audit::GENESIS_HASH.into(),
+        )
+    }
+
+    #[test]
+    fn controls_are_merged_sorted_and_unique() {
+        assert_eq!(sample().controls, ["5.15", "8.2", "8.3", "8.5"]);
+    }
+
+    #[test]
+    fn detail_is_canonical_json() {
+        assert_eq!(sample().detail, r#"{"a":"x","b":1}"#);
+        let nested = serde_json::json!({"z": [{"y": 1, "x": "é\"q"}], "a": null});
+        let text = canonical_json(&nested);
+        assert_eq!(text, r#"{"a":null,"z":[{"x":"é\"q","y":1}]}"#);
+        let reparsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(canonical_json(&reparsed), text);
+    }
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let e = sample();
+        assert_eq!(e.hash, e.compute_hash());
+        let mut variants = Vec::new();
+        let mut v = e.clone();
+        v.seq = 2;
+        variants.push(v);
+        let mut v = e.clone();
+        v.actor = "mallory".into();
+        variants.push(v);
+        let mut v = e.clone();
+        v.prev_hash = "1".repeat(64);
+        variants.push(v);
+        let mut v = e.clone();
+        v.controls.pop();
+        variants.push(v);
+        let mut v = e.clone();
+        v.detail = r#"{"a":"y","b":1}"#.into();
+        variants.push(v);
+        // Field boundaries are unambiguous: moving a character between fields changes the hash.
+        let mut a = e.clone();
+        a.actor = "ab".into();
+        a.resource = "c".into();
+        let mut b = e.clone();
+        b.actor = "a".into();
+        b.resource = "bc".into();
+        assert_ne!(a.compute_hash(), b.compute_hash());
+        for v in variants {
+            assert_ne!(v.compute_hash(), e.hash, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_sort_as_text() {
+        let a = format_ts(time::macros::datetime!(2026-01-02 03:04:05.000007 UTC));
+        assert_eq!(a, "2026-01-02T03:04:05.000007Z");
+        let b = format_ts(time::macros::datetime!(2026-01-02 03:04:05.000010 UTC));
+        assert!(a < b);
+    }
+}

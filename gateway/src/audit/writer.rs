@@ -1,0 +1,239 @@
+//! The audit writer: the one task that numbers, chains and stores events.
+//!
+//! Events arrive on a bounded channel (senders wait when it is full: back-pressure, never loss).
+//! The writer takes everything that is queued, up to [`MAX_BATCH`], and stores it in one
+//! transaction: one fsync for many events (group commit). Callers that need durability, such as
+//! a decision that lets a session start, wait for the commit; statement events do not.
+//! A failed commit is retried with the same events until it succeeds, so nothing queued is lost;
+//! waiting callers time out and fail closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::event::{now_ts, AuditEvent, Checkpoint, NewEvent};
+use super::GENESIS_HASH;
+use crate::keys::SigningKey;
+use crate::store::{Store, StoreError};
+
+/// Most events stored in one transaction.
+const MAX_BATCH: usize = 2048;
+/// Unsigned events get a checkpoint after this long without one.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit log is closed")]
+    Closed,
+    #[error("the audit log did not confirm the event within {0:?}")]
+    Timeout(Duration),
+    #[error("the audit log could not store the event: {0}")]
+    Store(String),
+}
+
+type Ack = oneshot::Sender<Result<u64, AuditError>>;
+
+enum Msg {
+    Event(NewEvent, Option<Ack>),
+    Checkpoint(oneshot::Sender<Result<Option<u64>, AuditError>>),
+}
+
+/// A handle for appending to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    durable_timeout: Duration,
+}
+
+impl AuditLog {
+    /// Starts the writer over `store`. The task ends (after a final checkpoint) when every
+    /// handle is dropped.
+    pub fn spawn(
+        store: Store,
+        key: Arc<SigningKey>,
+        checkpoint_every: u64,
+        queue: usize,
+    ) -> (AuditLog, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let writer = Writer {
+            store,
+            key,
+            checkpoint_every,
+            last_checkpoint: None,
+            head_seq: 0,
+        };
+        let task = tokio::spawn(writer.run(rx));
+        (
+            AuditLog {
+                tx,
+                durable_timeout: Duration::from_secs(5),
+            },
+            task,
+        )
+    }
+
+    /// Queues an event; waits only for queue space.
+    pub async fn record(&self, event: NewEvent) -> Result<(), AuditError> {
+        self.tx
+            .send(Msg::Event(event, None))
+            .await
+            .map_err(|_| AuditError::Closed)
+    }
+
+    /// Queues an event and waits until it is committed; returns its sequence number.
+    pub async fn record_durable(&self, event: NewEvent) -> Result<u64, AuditError> {
+        let (ack, done) = oneshot::channel();
+        let wait = async {
+            self.tx
+                .send(Msg::Event(event, Some(ack)))
+                .await
+                .map_err(|_| AuditError::Closed)?;
+            done.await.map_err(|_| AuditError::Closed)?
+        };
+        tokio::time::timeout(self.durable_timeout, wait)
+            .await
+            .map_err(|_| AuditError::Timeout(self.durable_timeout))?
+    }
+
+    /// Writes a signed checkpoint over everything queued so far; returns its sequence number
+    /// (None when the log is empty).
+    pub async fn checkpoint(&self) -> Result<Option<u64>, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(ack))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+}
+
+struct Writer {
+    store: Store,
+    key: Arc<SigningKey>,
+    checkpoint_every: u64,
+    /// Sequence number of the newest checkpoint this writer knows of.
+    last_checkpoint: Option<u64>,
+    head_seq: u64,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if self.head_seq > self.last_checkpoint.unwrap_or(0) {
+                        self.commit_with_retry(Vec::new(), true).await;
+                    }
+                    continue;
+                }
+            };
+            let mut events = Vec::new();
+            let mut acks = Vec::new();
+            let mut checkpoint_waiters = Vec::new();
+            let mut queued = vec![first];
+            while queued.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => queued.push(m),
+                    Err(_) => break,
+                }
+            }
+            for m in queued {
+                match m {
+                    Msg::Event(e, ack) => {
+                        events.push(e);
+                        acks.push(ack);
+                    }
+                    Msg::Checkpoint(w) => checkpoint_waiters.push(w),
+                }
+            }
+            let force = !checkpoint_waiters.is_empty();
+            let first_seq = self.commit_with_retry(events, force).await;
+            for (i, ack) in acks.into_iter().enumerate() {
+                if let Some(ack) = ack {
+                    let _ = ack.send(Ok(first_seq + i as u64));
+                }
+            }
+            for w in checkpoint_waiters {
+                let _ = w.send(Ok((self.head_seq > 0).then_some(self.head_seq)));
+            }
+        }
+        // Every handle is gone: sign what is unsigned.
+        if self.head_seq > self.last_checkpoint.unwrap_or(0) {
+            self.commit_with_retry(Vec::new(), true).await;
+        }
+    }
+
+    /// Commits `events`, retrying until the store takes them. Returns the first new seq.
+    async fn commit_with_retry(&mut self, events: Vec<NewEvent>, force_checkpoint: bool) -> u64 {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.commit(events.clone(), force_checkpoint).await {
+                Ok(first) => return first,
+                Err(e) => {
+                    tracing::error!(error = %e, pending = events.len(), "audit log commit failed; retrying, sessions that need a durable decision are refused meanwhile");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &mut self,
+        events: Vec<NewEvent>,
+        force_checkpoint: bool,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
+        self.store.lock_audit(&mut tx).await?;
+        let (mut seq, mut prev) = self
+            .store
+            .audit_head(&mut tx)
+            .await?
+            .unwrap_or((0, GENESIS_HASH.to_string()));
+        if self.last_checkpoint.is_none() {
+            self.last_checkpoint =
+                Some(self.store.last_checkpoint_seq(&mut tx).await?.unwrap_or(0));
+        }
+        let first = seq + 1;
+        let mut sealed: Vec<AuditEvent> = Vec::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let event = e.into_event(seq, now_ts(), prev);
+            prev = event.hash.clone();
+            sealed.push(event);
+        }
+        self.store.insert_events(&mut tx, &sealed).await?;
+        let last_cp = self.last_checkpoint.unwrap_or(0);
+        let crossed = seq / self.checkpoint_every > (first - 1) / self.checkpoint_every;
+        let mut new_cp = None;
+        if seq > last_cp && (crossed || force_checkpoint) {
+            let ts = now_ts();
+            let sig = self.key.sign(&Checkpoint::message(seq, &prev, &ts));
+            let cp = Checkpoint {
+                seq,
+                hash: prev.clone(),
+                ts,
+                key_id: self.key.key_id.clone(),
+                signature: B64.encode(sig),
+            };
+            self.store.insert_checkpoint(&mut tx, &cp).await?;
+            new_cp = Some(seq);
+        }
+        tx.commit().await?;
+        self.head_seq = seq;
+        if let Some(cp) = new_cp {
+            self.last_checkpoint = Some(cp);
+        }
+        Ok(first)
+    }
+}

@@ -1,0 +1,332 @@
+//! Gateway tokens: EdDSA (Ed25519) JWTs with `kid`, checked for `iss`, `aud`, `exp`, `nbf`, `iat`
+//! and `jti`, with at most 30 s of clock leeway. Only EdDSA is accepted: `none` and HMAC
+//! algorithms are refused before any signature check, which rules out algorithm confusion.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeyError, SigningKey};
+
+/// Clock leeway for `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECS: u64 = 30;
+/// Longest accepted token text; anything longer is refused unparsed.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+/// The JWT `typ` of gateway tokens, distinct from any identity provider's tokens.
+pub const TOKEN_TYP: &str = "gatehouse-access+jwt";
+
+/// The claims of a gateway token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+}
+
+/// Why a token was refused. Logged and audited; the client only learns that it was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token is too long")]
+    TooLong,
+    #[error("token algorithm `{0}` is not accepted")]
+    Algorithm(String),
+    #[error("token type is not a gateway token")]
+    Type,
+    #[error("token key id `{0}` is unknown")]
+    UnknownKey(String),
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token issuer is wrong")]
+    Issuer,
+    #[error("token audience is wrong")]
+    Audience,
+    #[error("token is missing claim `{0}`")]
+    MissingClaim(String),
+    #[error("token subject `{0}` does not match the user `{1}`")]
+    Subject(String, String),
+    #[error("cannot sign token: {0}")]
+    Sign(String),
+}
+
+/// Issues and verifies gateway tokens.
+pub struct TokenAuthority {
+    key: SigningKey,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    issuer: String,
+    audience: String,
+    max_ttl: Duration,
+}
+
+impl TokenAuthority {
+    pub fn new(
+        key: SigningKey,
+        issuer: String,
+        audience: String,
+        max_ttl: Duration,
+    ) -> Result<Self, KeyError> {
+        let encoding = EncodingKey::from_ed_der(key.pkcs8_der());
+        let decoding = DecodingKey::from_ed_der(&key.public_key().raw);
+        Ok(TokenAuthority {
+            key,
+            encoding,
+            decoding,
+            issuer,
+            audience,
+            max_ttl,
+        })
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key.key_id
+    }
+
+    /// Signs a token for `user` in `groups`, valid from now for `ttl` (capped at `max_ttl`).
+    pub fn issue(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<(String, Claims), TokenError> {
+        if ttl > self.max_ttl {
+            return Err(TokenError::Sign(format!(
+                "ttl {}s exceeds tokens.max_ttl {}s",
+                ttl.as_secs(),
+                self.max_ttl.as_secs()
+            )));
+        }
+        let now = unix_now();
+        let mut jti = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jti)
+            .map_err(|_| TokenError::Sign("random number generator failed".into()))?;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user.to_string(),
+            groups: groups.to_vec(),
+            exp: now + ttl.as_secs(),
+            nbf: now,
+            iat: now,
+            jti: crate::audit::event::hex(&jti),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.key_id.clone());
+        header.typ = Some(TOKEN_TYP.to_string());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| TokenError::Sign(e.to_string()))?;
+        Ok((token, claims))
+    }
+
+    /// Verifies `token`; `user` is the name the client connected as, which must be the subject.
+    pub fn verify(&self, token: &str, user: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, user, unix_now())
+    }
+
+    fn verify_at(&self, token: &str, user: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLong);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        if header.typ.as_deref() != Some(TOKEN_TYP) {
+            return Err(TokenError::Type);
+        }
+        match header.kid.as_deref() {
+            Some(kid) if kid == self.key.key_id => {}
+            Some(kid) => return Err(TokenError::UnknownKey(kid.chars().take(64).collect())),
+            None => return Err(TokenError::UnknownKey(String::new())),
+        }
+        // Signature and claim syntax first; time, issuer and audience checked below so that
+        // each failure has its own reason in the audit log.
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &v).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
+                    _ => TokenError::Malformed,
+                }
+            })?;
+        for claim in ["iss", "aud", "sub", "exp", "nbf", "iat", "jti"] {
+            if data.claims.get(claim).is_none() {
+                return Err(TokenError::MissingClaim(claim.into()));
+            }
+        }
+        let claims: Claims =
+            serde_json::from_value(data.claims).map_err(|_| TokenError::Malformed)?;
+        if claims.exp + LEEWAY_SECS <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now + LEEWAY_SECS {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.iat > now + LEEWAY_SECS {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if claims.iss != self.issuer {
+            return Err(TokenError::Issuer);
+        }
+        if claims.aud != self.audience {
+            return Err(TokenError::Audience);
+        }
+        if claims.sub != user {
+            return Err(TokenError::Subject(claims.sub, user.to_string()));
+        }
+        Ok(claims)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine;
+
+    use super::*;
+
+    fn authority(name: &str) -> TokenAuthority {
+        let dir = std::env::temp_dir().join(format!("gh-token-{}-{name}", std::process::id()));
+        let key = SigningKey::load_or_create(&dir.join("token.pem")).unwrap();
+        TokenAuthority::new(
+            key,
+            "gatehouse".into(),
+            "gatehouse".into(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap()
+    }
+
+    fn forge(header: serde_json::Value, claims: serde_json::Value, sig: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(claims.to_string()),
+            B64URL.encode(sig)
+        )
+    }
+
+    #[test]
+    fn issued_token_verifies_for_its_subject_only() {
+        let a = authority("ok");
+        let (t, c) = a
+            .issue("alice", &["dba".into()], Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(a.verify(&t, "alice").unwrap(), c);
+        assert!(matches!(a.verify(&t, "bob"), Err(TokenError::Subject(..))));
+    }
+
+    #[test]
+    fn attacks_are_refused_with_their_reason() {
+        let a = authority("attacks");
+        let other = authority("other");
+        let (t, c) = a.issue("alice", &[], Duration::from_secs(3600)).unwrap();
+        let now = unix_now();
+        let claims = serde_json::to_value(&c).unwrap();
+        let kid = a.key_id().to_string();
+        let parts: Vec<&str> = t.split('.').collect();
+
+        // alg none
+        let none = forge(
+            serde_json::json!({"alg":"none","typ":TOKEN_TYP,"kid":kid}),
+            claims.clone(),
+            b"",
+        );
+        assert!(a.verify(&none, "alice").is_err());
+        // HS256 with the public key as the secret
+        let hs = jsonwebtoken::encode(
+            &{
+                let mut h = Header::new(Algorithm::HS256);
+                h.kid = Some(kid.clone());
+                h.typ = Some(TOKEN_TYP.into());
+                h
+            },
+            &c,
+            &EncodingKey::from_secret(&a.key.public_key().raw),
+        )
+        .unwrap();
+        assert_eq!(
+            a.verify(&hs, "alice"),
+            Err(TokenError::Algorithm("HS256".into()))
+        );
+        // a token from another gateway key, claiming our kid
+        let (foreign, _) = other
+            .issue("alice", &[], Duration::from_secs(3600))
+            .unwrap();
+        let fparts: Vec<&str> = foreign.split('.').collect();
+        let spliced = format!("{}.{}.{}", parts[0], fparts[1], fparts[2]);
+        assert_eq!(a.verify(&spliced, "alice"), Err(TokenError::Signature));
+        assert!(matches!(
+            a.verify(&foreign, "alice"),
+            Err(TokenError::UnknownKey(_))
+        ));
+        // tampered payload
+        let mut evil = claims.clone();
+        evil["groups"] = serde_json::json!(["dba"]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64URL.encode(evil.to_string()),
+            parts[2]
+        );
+        assert_eq!(a.verify(&tampered, "alice"), Err(TokenError::Signature));
+        // time and audience checks
+        let at = |offset: i64| (now as i64 + offset) as u64;
+        assert_eq!(
+            a.verify_at(&t, "alice", at(3600 + 31)),
+            Err(TokenError::Expired)
+        );
+        assert!(
+            a.verify_at(&t, "alice", at(3600 + 29)).is_ok(),
+            "within leeway"
+        );
+        assert_eq!(
+            a.verify_at(&t, "alice", at(-31)),
+            Err(TokenError::NotYetValid)
+        );
+        let wrong_aud = TokenAuthority::new(
+            SigningKey::load(
+                &std::env::temp_dir()
+                    .join(format!("gh-token-{}-attacks/token.pem", std::process::id())),
+            )
+            .unwrap(),
+            "gatehouse".into(),
+            "other".into(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(wrong_aud.verify(&t, "alice"), Err(TokenError::Audience));
+        assert_eq!(a.verify("not.a.jwt", "alice"), Err(TokenError::Malformed));
+        assert_eq!(
+            a.verify(&"x".repeat(MAX_TOKEN_BYTES + 1), "alice"),
+            Err(TokenError::TooLong)
+        );
+        assert!(a.issue("alice", &[], Duration::from_secs(86_401)).is_err());
+    }
+}

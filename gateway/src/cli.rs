@@ -1,0 +1,462 @@
+//! The `gatehouse` command line: the server, and the admin and auditor commands.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::audit::export::{self, Format};
+use crate::audit::verify::{ChainVerifier, VerifyError};
+use crate::audit::GENESIS_HASH;
+use crate::config::{parse_duration, Config, ProcessEnv, Secrets};
+use crate::keys::{PublicKey, SigningKey};
+use crate::store::Store;
+
+/// Exit code for configuration errors (EX_CONFIG-style, as linkerd does).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Gatehouse: an access gateway for infrastructure",
+    long_about = "Gatehouse: an access gateway for infrastructure.\n\n\
+        Engineers connect with their own clients (psql today) through the gateway; it checks who \
+        they are (a gateway token as the password), asks the Cedar policies whether they may, \
+        connects upstream with a credential they never see, and writes every decision and \
+        statement to a hash-chained, signed audit log that auditors can export and verify offline."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Write {"postgres": "ip:port", "pid": N} here once every listener is bound.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Issue gateway tokens (for service accounts, and for people until single sign-on).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Validate and test the Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Export and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The gateway config file.
+    #[arg(long, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a token; prints it on stdout. Use it as the password: PGPASSWORD=$(gatehouse token issue ...)
+    Issue {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The user the token names (the PostgreSQL `user` must match it).
+        #[arg(long)]
+        user: String,
+        /// Comma-separated groups, as policies see them.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime, e.g. 15m, 1h, 8h (at most tokens.max_ttl).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse the policies, check annotations and validate them against the schema.
+    Check(PolicyDir),
+    /// Run the policy test cases in <dir>/tests/*.toml.
+    Test(PolicyDir),
+}
+
+#[derive(Args)]
+struct PolicyDir {
+    /// The policy directory (default: policies.dir of the config).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The gateway config file, used when --dir is not given.
+    #[arg(long, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.toml")]
+    config: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write events to stdout or a file. JSONL exports end with a signed manifest and can be
+    /// verified offline with `gatehouse audit verify --file`.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: FormatArg,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Verify the log in the store (default), or an exported JSONL file with only the public key.
+    /// Exits 0 when intact; otherwise 1, naming the first bad sequence number.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// An exported JSONL file to verify offline.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The audit public key (base64, or @path to a file holding it). Required with --file
+        /// unless the config's state directory is at hand.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print the audit public key (base64) that verifies checkpoints and exports.
+    PublicKey {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&anyhow::anyhow!(e).context("starting the async runtime"));
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+fn report(e: &anyhow::Error) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {e:#}");
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    load_config_with(path, Secrets::Skip)
+}
+
+fn load_config_with(path: &Path, secrets: Secrets) -> Result<Config, ExitCode> {
+    Config::load(path, &ProcessEnv, secrets).map_err(|e| {
+        report(&anyhow::anyhow!(e));
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn init_tracing(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve { config, ready_file } => {
+            let config = match load_config_with(&config.config, Secrets::Load) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(config.log_json, "info");
+            crate::server::run(config, ready_file.as_deref()).await
+        }
+        Command::Token(TokenCommand::Issue {
+            config,
+            user,
+            groups,
+            ttl,
+        }) => {
+            init_tracing(false, "warn");
+            let config = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            token_issue(&config, &user, &groups, &ttl)
+        }
+        Command::Policy(cmd) => {
+            init_tracing(false, "warn");
+            let (dir, test) = match cmd {
+                PolicyCommand::Check(d) => (d, false),
+                PolicyCommand::Test(d) => (d, true),
+            };
+            let dir = match dir.dir {
+                Some(d) => d,
+                None => match load_config(&dir.config) {
+                    Ok(c) => c.policies_dir,
+                    Err(code) => return code,
+                },
+            };
+            match policy(&dir, test) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => {
+                    report(&e);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        Command::Audit(cmd) => {
+            init_tracing(false, "warn");
+            match audit(cmd).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_issue(config: &Config, user: &str, groups: &[String], ttl: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.len() > 128 || user.contains(char::is_control) {
+        bail!("--user must be 1-128 printable characters");
+    }
+    let ttl = parse_duration(ttl)
+        .with_context(|| format!("--ttl `{ttl}` is not a duration like 15m, 1h, 8h"))?;
+    let authority = crate::server::token_authority(config)?;
+    let groups: Vec<String> = groups.iter().filter(|g| !g.is_empty()).cloned().collect();
+    let (token, _) = authority.issue(user, &groups, ttl)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{token}")?;
+    Ok(())
+}
+
+/// Returns Ok(false) when a policy test case fails.
+fn policy(dir: &Path, test: bool) -> anyhow::Result<bool> {
+    let engine = crate::authz::load_policies(dir)?;
+    let mut out = std::io::stdout().lock();
+    if !test {
+        for p in engine.policies() {
+            writeln!(
+                out,
+                "ok  {:<40} {:<7} controls {}  ({})",
+                p.id,
+                p.effect,
+                p.controls.join(" "),
+                p.file
+            )?;
+        }
+        writeln!(
+            out,
+            "{} policies valid against the schema",
+            engine.policies().len()
+        )?;
+        return Ok(true);
+    }
+    let cases = crate::authz::load_cases(dir)?;
+    if cases.is_empty() {
+        bail!("no policy test cases in `{}`", dir.join("tests").display());
+    }
+    let outcomes = gatehouse_policies::run_cases(&engine, &cases);
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    for o in &outcomes {
+        writeln!(
+            out,
+            "{}  {}  {}",
+            if o.passed { "ok  " } else { "FAIL" },
+            o.name,
+            o.detail
+        )?;
+    }
+    writeln!(out, "{} passed, {} failed", outcomes.len() - failed, failed)?;
+    Ok(failed == 0)
+}
+
+fn ts_arg(flag: &str, v: Option<&str>) -> anyhow::Result<Option<String>> {
+    v.map(|s| {
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .with_context(|| {
+                format!("{flag} `{s}` is not an RFC 3339 time like 2026-11-01T00:00:00Z")
+            })?;
+        Ok(crate::audit::event::format_ts(t))
+    })
+    .transpose()
+}
+
+async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Export {
+            config,
+            format,
+            from,
+            to,
+            output,
+        } => {
+            let config = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let from = ts_arg("--from", from.as_deref())?;
+            let to = ts_arg("--to", to.as_deref())?;
+            let key = SigningKey::load(&crate::server::audit_key_path(&config))
+                .context("loading the audit signing key")?;
+            let store = Store::open(&config.store_url).await?;
+            let format = match format {
+                FormatArg::Jsonl => Format::Jsonl,
+                FormatArg::Csv => Format::Csv,
+            };
+            let count = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating `{}`", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    let n = export::export(
+                        &store,
+                        &key,
+                        format,
+                        from.as_deref(),
+                        to.as_deref(),
+                        &mut w,
+                    )
+                    .await?;
+                    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    eprintln_quiet(&format!("exported {n} events to {}", path.display()));
+                    n
+                }
+                None => {
+                    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                    export::export(&store, &key, format, from.as_deref(), to.as_deref(), &mut w)
+                        .await?
+                }
+            };
+            let _ = count;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            config,
+            file,
+            public_key,
+        } => {
+            let key = match public_key {
+                Some(k) => {
+                    let text = match k.strip_prefix('@') {
+                        Some(path) => std::fs::read_to_string(path)
+                            .with_context(|| format!("reading `{path}`"))?,
+                        None => k,
+                    };
+                    PublicKey::from_base64(&text)?
+                }
+                None => {
+                    let config = match load_config(&config.config) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    };
+                    SigningKey::load(&crate::server::audit_key_path(&config))
+                        .context("loading the audit key (or pass --public-key)")?
+                        .public_key()
+                }
+            };
+            let result = match &file {
+                Some(path) => {
+                    let f = std::fs::File::open(path)
+                        .with_context(|| format!("opening `{}`", path.display()))?;
+                    export::verify_export(BufReader::new(f), &key)
+                }
+                None => {
+                    let config = match load_config(&config.config) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    };
+                    let store = Store::open(&config.store_url).await?;
+                    verify_store(&store, &key).await?
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            match result {
+                Ok(report) => {
+                    writeln!(out, "audit log intact: {report}")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    writeln!(
+                        out,
+                        "audit log verification FAILED at seq {}: {}",
+                        e.seq, e.problem
+                    )?;
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::PublicKey { config } => {
+            let config = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let key = SigningKey::load_or_create(&crate::server::audit_key_path(&config))?;
+            writeln!(std::io::stdout().lock(), "{}", key.public_key().to_base64())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Verifies the whole log in the store, page by page.
+pub async fn verify_store(
+    store: &Store,
+    key: &PublicKey,
+) -> anyhow::Result<Result<crate::audit::verify::VerifyReport, VerifyError>> {
+    let checkpoints = store.audit_checkpoints().await?;
+    let mut chain = match ChainVerifier::new(key, checkpoints, 1, GENESIS_HASH.to_string()) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut after = 0;
+    loop {
+        let page = store.audit_events(after, 5000, None, None).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            if let Err(err) = chain.push(e) {
+                return Ok(Err(err));
+            }
+        }
+    }
+    Ok(chain.finish())
+}
+
+fn eprintln_quiet(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}

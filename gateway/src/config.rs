@@ -1,0 +1,609 @@
+//! The gateway's TOML configuration: parsed strictly (unknown keys are errors), then validated
+//! into a [`Config`] before any port is bound. Secrets are read from env vars or files during
+//! validation and kept in [`Secret`]s.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_core::Secret;
+use serde::Deserialize;
+
+/// Reads the environment. Tests pass a map instead of mutating the process environment.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config `{path}`: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// === file format ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    log: LogFile,
+    #[serde(default)]
+    postgres: PostgresFile,
+    #[serde(default)]
+    store: StoreFile,
+    #[serde(default)]
+    policies: PoliciesFile,
+    #[serde(default)]
+    audit: AuditFile,
+    #[serde(default)]
+    tokens: TokensFile,
+    #[serde(default, rename = "resource")]
+    resources: Vec<ResourceFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresFile {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
+    max_message_bytes: Option<u64>,
+    handshake_timeout: Option<String>,
+    max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoliciesFile {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    checkpoint_every: Option<u64>,
+    statement_max_bytes: Option<u64>,
+    queue: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    issuer: Option<String>,
+    audience: Option<String>,
+    max_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFile {
+    name: String,
+    kind: String,
+    address: String,
+    database: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    log_parameters: bool,
+    connect_timeout: Option<String>,
+    credential: CredentialFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialFile {
+    username: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// Whether brokered secrets are read. Only `serve` needs them; admin and auditor commands
+/// run where the secrets may not be (and should not need to be) available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    Load,
+    Skip,
+}
+
+// === validated config ===
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this was read from.
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_json: bool,
+    pub postgres: PostgresConfig,
+    pub store_url: String,
+    pub policies_dir: PathBuf,
+    pub audit: AuditConfig,
+    pub tokens: TokensConfig,
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub allow_plaintext: bool,
+    pub max_message_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub checkpoint_every: u64,
+    pub statement_max_bytes: usize,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub max_ttl: Duration,
+}
+
+/// A resource the gateway fronts.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub name: String,
+    pub kind: ResourceKind,
+    pub address: String,
+    pub database: String,
+    pub env: String,
+    pub data_class: String,
+    /// Labels other than `env` and `data_class`.
+    pub tags: BTreeMap<String, String>,
+    pub log_parameters: bool,
+    pub connect_timeout: Duration,
+    pub username: String,
+    pub password: Secret<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Postgres,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`, resolving relative paths against the
+    /// file's directory and reading brokered secrets through `env`.
+    pub fn load(path: &Path, env: &dyn Env, secrets: Secrets) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text, env, secrets)
+    }
+
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Env,
+        secrets: Secrets,
+    ) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let state_dir = resolve(file.state_dir.as_deref().unwrap_or(Path::new("state")));
+        let log_json = match file.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}` is not one of `text`, `json`"),
+                ))
+            }
+        };
+
+        let pg = file.postgres;
+        let listen = pg.listen.as_deref().unwrap_or("127.0.0.1:6432");
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "postgres.listen",
+                format!("`{listen}` is not an ip:port address"),
+            )
+        })?;
+        if pg.tls_cert.is_some() != pg.tls_key.is_some() {
+            return Err(invalid(
+                "postgres.tls_cert",
+                "tls_cert and tls_key must be given together",
+            ));
+        }
+        let max_message_bytes = pg.max_message_bytes.unwrap_or(64 << 20);
+        if !(1024..=(1 << 30)).contains(&max_message_bytes) {
+            return Err(invalid(
+                "postgres.max_message_bytes",
+                "must be between 1024 and 1073741824",
+            ));
+        }
+        let postgres = PostgresConfig {
+            listen,
+            tls_cert: pg.tls_cert.as_deref().map(resolve),
+            tls_key: pg.tls_key.as_deref().map(resolve),
+            allow_plaintext: pg.allow_plaintext.unwrap_or(false),
+            max_message_bytes: max_message_bytes as usize,
+            handshake_timeout: duration(
+                "postgres.handshake_timeout",
+                pg.handshake_timeout.as_deref(),
+                "10s",
+            )?,
+            max_connections: bounded(
+                "postgres.max_connections",
+                pg.max_connections,
+                1024,
+                1,
+                100_000,
+            )? as usize,
+        };
+
+        let store_url = match file.store.url {
+            Some(url)
+                if url.starts_with("sqlite:")
+                    || url.starts_with("postgres:")
+                    || url.starts_with("postgresql:") =>
+            {
+                url
+            }
+            Some(url) => {
+                let scheme = url.split(':').next().unwrap_or_default();
+                return Err(invalid(
+                    "store.url",
+                    format!("scheme `{scheme}` is not `sqlite` or `postgres`"),
+                ));
+            }
+            None => format!("sqlite://{}", state_dir.join("gatehouse.db").display()),
+        };
+
+        let policies_dir = resolve(
+            file.policies
+                .dir
+                .as_deref()
+                .unwrap_or(Path::new("policies")),
+        );
+
+        let audit = AuditConfig {
+            checkpoint_every: bounded(
+                "audit.checkpoint_every",
+                file.audit.checkpoint_every,
+                1000,
+                1,
+                1_000_000,
+            )?,
+            statement_max_bytes: bounded(
+                "audit.statement_max_bytes",
+                file.audit.statement_max_bytes,
+                8192,
+                64,
+                1 << 20,
+            )? as usize,
+            queue: bounded("audit.queue", file.audit.queue, 16_384, 16, 1 << 20)? as usize,
+        };
+
+        let tokens = TokensConfig {
+            issuer: nonempty("tokens.issuer", file.tokens.issuer, "gatehouse")?,
+            audience: nonempty("tokens.audience", file.tokens.audience, "gatehouse")?,
+            max_ttl: duration("tokens.max_ttl", file.tokens.max_ttl.as_deref(), "24h")?,
+        };
+
+        let mut resources: Vec<Resource> = Vec::new();
+        for (i, r) in file.resources.into_iter().enumerate() {
+            let key = |k: &str| format!("resource[{i}].{k}");
+            if r.name.is_empty()
+                || r.name.len() > 63
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}` must be 1-63 characters of a-z, 0-9, `-`, `_`", r.name),
+                ));
+            }
+            if resources.iter().any(|x| x.name == r.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}` is defined twice", r.name),
+                ));
+            }
+            let kind = match r.kind.as_str() {
+                "postgres" => ResourceKind::Postgres,
+                other => {
+                    return Err(invalid(
+                        key("kind"),
+                        format!("`{other}` is not a supported kind (`postgres`)"),
+                    ))
+                }
+            };
+            if !r.address.contains(':') {
+                return Err(invalid(
+                    key("address"),
+                    format!("`{}` must be host:port", r.address),
+                ));
+            }
+            let mut labels = r.labels;
+            let env_label = labels
+                .remove("env")
+                .ok_or_else(|| invalid(key("labels.env"), "every resource needs an `env` label"))?;
+            let data_class = labels.remove("data_class").ok_or_else(|| {
+                invalid(
+                    key("labels.data_class"),
+                    "every resource needs a `data_class` label",
+                )
+            })?;
+            let password = match (r.credential.password_env, r.credential.password_file) {
+                (Some(_), None) | (None, Some(_)) if secrets == Secrets::Skip => String::new(),
+                (Some(var), None) => env.var(&var).ok_or_else(|| {
+                    invalid(
+                        key("credential.password_env"),
+                        format!("environment variable `{var}` is not set"),
+                    )
+                })?,
+                (None, Some(file)) => {
+                    let file = resolve(&file);
+                    std::fs::read_to_string(&file)
+                        .map_err(|e| {
+                            invalid(
+                                key("credential.password_file"),
+                                format!("cannot read `{}`: {e}", file.display()),
+                            )
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string()
+                }
+                _ => {
+                    return Err(invalid(
+                        key("credential"),
+                        "give exactly one of `password_env`, `password_file`",
+                    ))
+                }
+            };
+            resources.push(Resource {
+                database: r.database.unwrap_or_else(|| r.name.clone()),
+                name: r.name,
+                kind,
+                address: r.address,
+                env: env_label,
+                data_class,
+                tags: labels,
+                log_parameters: r.log_parameters,
+                connect_timeout: duration(
+                    &key("connect_timeout"),
+                    r.connect_timeout.as_deref(),
+                    "5s",
+                )?,
+                username: r.credential.username,
+                password: Secret::new(password),
+            });
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_dir,
+            log_json,
+            postgres,
+            store_url,
+            policies_dir,
+            audit,
+            tokens,
+            resources,
+        })
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}
+
+fn bounded(
+    key: &str,
+    v: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("{v} is outside {min}..={max}")))
+    }
+}
+
+fn nonempty(key: &str, v: Option<String>, default: &str) -> Result<String, ConfigError> {
+    match v {
+        Some(s) if s.is_empty() => Err(invalid(key, "must not be empty")),
+        Some(s) => Ok(s),
+        None => Ok(default.to_string()),
+    }
+}
+
+fn duration(key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let s = v.unwrap_or(default);
+    parse_duration(s).ok_or_else(|| {
+        invalid(
+            key,
+            format!("`{s}` is not a duration like `30s`, `15m`, `8h`, `2d`"),
+        )
+    })
+}
+
+/// Parses `90s`, `15m`, `8h`, `2d` (one unit, positive).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env() -> BTreeMap<String, String> {
+        [("PW".to_string(), "s3cret-value".to_string())].into()
+    }
+
+    const GOOD: &str = r#"
+        state_dir = "/tmp/state"
+        [postgres]
+        listen = "127.0.0.1:0"
+        [[resource]]
+        name = "orders-db"
+        kind = "postgres"
+        address = "127.0.0.1:5432"
+        database = "orders"
+        labels = { env = "prod", data_class = "confidential", owner = "payments" }
+        credential = { username = "app", password_env = "PW" }
+    "#;
+
+    #[test]
+    fn good_config_validates_and_hides_the_secret() {
+        let c = Config::parse(
+            Path::new("/etc/gh/gatehouse.toml"),
+            GOOD,
+            &env(),
+            Secrets::Load,
+        )
+        .unwrap();
+        let r = c.resource("orders-db").unwrap();
+        assert_eq!(
+            (r.env.as_str(), r.data_class.as_str()),
+            ("prod", "confidential")
+        );
+        assert_eq!(r.tags.get("owner").map(String::as_str), Some("payments"));
+        assert_eq!(r.password.expose(), "s3cret-value");
+        assert!(!format!("{c:?}").contains("s3cret-value"));
+        assert_eq!(c.policies_dir, Path::new("/etc/gh/policies"));
+        assert!(c.store_url.starts_with("sqlite:///tmp/state/"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\""),
+                "postgres.listen",
+            ),
+            (
+                GOOD.replace("[postgres]", "[postgres]\nlisten_port = 1"),
+                "listen_port",
+            ),
+            (
+                GOOD.replace("password_env = \"PW\"", "password_env = \"MISSING\""),
+                "resource[0].credential.password_env",
+            ),
+            (
+                GOOD.replace("env = \"prod\", ", ""),
+                "resource[0].labels.env",
+            ),
+            (
+                GOOD.replace("kind = \"postgres\"", "kind = \"mongodb\""),
+                "resource[0].kind",
+            ),
+            (
+                format!("{GOOD}\n[audit]\ncheckpoint_every = 0\n"),
+                "audit.checkpoint_every",
+            ),
+            (
+                format!("{GOOD}\n[store]\nurl = \"mysql://x\"\n"),
+                "store.url",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(Path::new("g.toml"), &text, &env(), Secrets::Load)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "error `{err}` should name `{key}`");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("8h"), Some(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+}

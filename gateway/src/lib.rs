@@ -1,0 +1,18 @@
+//! The Gatehouse gateway library; `src/main.rs` is a thin wrapper around [`cli::main`].
+//!
+//! A connection flows: [`pg`] front door (TLS, PostgreSQL handshake) -> [`authn`] (who) ->
+//! [`authz`] (Cedar, may they) -> [`audit`] (the decision, durable before anything else) ->
+//! `gatehouse_agent` (upstream with the brokered credential, relay, statement observer) ->
+//! [`audit`] (statements, session end). [`registry`] holds live sessions for cancel and kill.
+
+pub mod audit;
+pub mod authn;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod keys;
+pub mod pg;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,438 @@
+//! The accept loop and one connection's life: handshake, authentication, authorisation,
+//! durable decision, upstream through the agent library, relay, end event.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use gatehouse_agent::pg::{self as agent, PgTarget, RelayOptions, UpstreamError};
+use gatehouse_core::pgwire;
+use gatehouse_core::session::SessionId;
+use gatehouse_policies::PolicyEngine;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn, Instrument};
+
+use super::handshake::{self, refuse, send_error, ClientStream, Opening};
+use super::sink::SessionSink;
+use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::authn::token::TokenAuthority;
+use crate::config::{Config, Resource};
+use crate::registry::{random_bytes, Registry};
+
+/// Largest password message (the gateway token) accepted.
+const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
+
+/// Everything a connection needs; shared by all connections.
+pub struct FrontDoor {
+    pub config: Arc<Config>,
+    pub tls: TlsAcceptor,
+    pub tokens: Arc<TokenAuthority>,
+    pub policies: Arc<PolicyEngine>,
+    pub audit: AuditLog,
+    pub registry: Registry,
+}
+
+/// Accepts connections until `shutdown` completes, then returns (live sessions are left to the
+/// caller, who ends them through the registry).
+pub async fn serve(
+    listener: TcpListener,
+    door: Arc<FrontDoor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(door.config.postgres.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tcp.set_nodelay(true).ok();
+        let door = door.clone();
+        let permit = limit.clone().try_acquire_owned();
+        let span = tracing::info_span!("pg", client.addr = %peer, session.id = tracing::field::Empty, user = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let Ok(_permit) = permit else {
+                    let mut tcp = tcp;
+                    refuse(&mut tcp, "53300", "too many connections to the gateway").await;
+                    warn!("connection refused: connection limit reached");
+                    return;
+                };
+                door.connection(tcp, peer).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A refusal to send to the client after authentication started.
+struct Refusal {
+    code: &'static str,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+}
+
+impl FrontDoor {
+    async fn connection(&self, tcp: TcpStream, peer: SocketAddr) {
+        let timeout = self.config.postgres.handshake_timeout;
+        let opening = match tokio::time::timeout(
+            timeout,
+            handshake::open(tcp, &self.tls, self.config.postgres.allow_plaintext),
+        )
+        .await
+        {
+            Err(_) => {
+                info!("client did not finish the startup handshake in time");
+                return;
+            }
+            Ok(Err(e)) => {
+                info!(error = %e, "startup handshake refused");
+                return;
+            }
+            Ok(Ok(o)) => o,
+        };
+        match opening {
+            Opening::Cancel { pid, secret } => self.cancel(pid, secret).await,
+            Opening::Session {
+                stream,
+                tls,
+                params,
+            } => self.session(stream, tls, params, peer).await,
+        }
+    }
+
+    async fn cancel(&self, pid: u32, secret: u32) {
+        match self.registry.cancel_target(pid, secret) {
+            Some((session, user, resource, handle)) => {
+                let outcome = handle.cancel().await;
+                let mut e = NewEvent::new(EventKind::CancelForwarded);
+                e.actor = user;
+                e.resource = resource;
+                e.action = "cancel".into();
+                e.session_id = session.to_string();
+                e.detail = serde_json::json!({ "forwarded": outcome.is_ok() });
+                let _ = self.audit.record(e).await;
+                info!(session.id = %session, "cancel request forwarded");
+            }
+            // PostgreSQL answers nothing to a cancel request; neither do we.
+            None => warn!(pid, "cancel request matches no live session; dropped"),
+        }
+    }
+
+    async fn session(
+        &self,
+        mut stream: ClientStream,
+        tls: bool,
+        params: Vec<(String, String)>,
+        peer: SocketAddr,
+    ) {
+        let param = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let Some(user) = param("user").filter(|u| !u.is_empty()) else {
+            refuse(
+                &mut stream,
+                "28000",
+                "no user name given in the startup packet",
+            )
+            .await;
+            return;
+        };
+        let resource_name = param("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
+        tracing::Span::current().record("user", user.as_str());
+        let session_id = SessionId(random_bytes::<16>());
+        tracing::Span::current().record("session.id", tracing::field::display(session_id));
+
+        let timeout = self.config.postgres.handshake_timeout;
+        let ready = tokio::time::timeout(
+            timeout,
+            self.admit(
+                &mut stream,
+                &user,
+                &resource_name,
+                tls,
+                peer,
+                session_id,
+                &params,
+            ),
+        )
+        .await;
+        let (resource, upstream) = match ready {
+            Err(_) => {
+                info!("client did not authenticate in time");
+                refuse(&mut stream, "08006", "authentication timed out").await;
+                return;
+            }
+            Ok(Err(r)) => {
+                send_error(
+                    &mut stream,
+                    r.code,
+                    &r.message,
+                    r.detail.as_deref(),
+                    r.hint.as_deref(),
+                )
+                .await;
+                return;
+            }
+            Ok(Ok(x)) => x,
+        };
+
+        // Established: hand the client the upstream's parameters and our own cancel key.
+        let (pid, secret, kill, _registration) =
+            self.registry
+                .register(session_id, &user, &resource.name, upstream.cancel_handle());
+        let mut out = BytesMut::new();
+        pgwire::auth_ok(&mut out);
+        for (k, v) in &upstream.params {
+            pgwire::parameter_status(&mut out, k, v);
+        }
+        for n in &upstream.notices {
+            out.extend_from_slice(n);
+        }
+        pgwire::backend_key_data(&mut out, pid, secret);
+        pgwire::ready_for_query(&mut out, b'I');
+        if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+
+        let mut start = NewEvent::new(EventKind::SessionStart);
+        start.actor = user.clone();
+        start.resource = resource.name.clone();
+        start.action = "connect".into();
+        start.session_id = session_id.to_string();
+        start.detail = serde_json::json!({
+            "upstream": resource.address,
+            "upstream_user": resource.username,
+            "client_addr": peer.to_string(),
+            "tls": tls,
+            "application_name": param("application_name").unwrap_or_default(),
+        });
+        if self.audit.record(start).await.is_err() {
+            return;
+        }
+        info!(resource = %resource.name, "session started");
+
+        let opts = RelayOptions {
+            max_message_bytes: self.config.postgres.max_message_bytes,
+            statement_max_bytes: self.config.audit.statement_max_bytes,
+            log_parameters: resource.log_parameters,
+        };
+        let sink = SessionSink {
+            audit: self.audit.clone(),
+            session_id: session_id.to_string(),
+            actor: user.clone(),
+            resource: resource.name.clone(),
+        };
+        let summary = agent::relay(upstream, stream, &opts, &sink, kill).await;
+
+        let mut end = NewEvent::new(EventKind::SessionEnd);
+        end.actor = user;
+        end.resource = resource.name.clone();
+        end.action = "disconnect".into();
+        end.session_id = session_id.to_string();
+        end.reason = summary.reason.to_string();
+        end.detail = serde_json::json!({
+            "bytes_from_client": summary.bytes_from_client,
+            "bytes_to_client": summary.bytes_to_client,
+            "statements": summary.statements,
+            "duration_ms": summary.duration_ms,
+        });
+        let _ = self.audit.record(end).await;
+        info!(reason = %summary.reason, statements = summary.statements, "session ended");
+    }
+
+    /// Authenticates, authorises, records the decision durably and opens the upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit(
+        &self,
+        stream: &mut ClientStream,
+        user: &str,
+        resource_name: &str,
+        tls: bool,
+        peer: SocketAddr,
+        session_id: SessionId,
+        params: &[(String, String)],
+    ) -> Result<(Resource, agent::Upstream), Refusal> {
+        // 1. Authentication: the password is a gateway token.
+        let mut out = BytesMut::new();
+        pgwire::auth_cleartext(&mut out);
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|_| Refusal::new("08006", "connection lost"))?;
+        stream
+            .flush()
+            .await
+            .map_err(|_| Refusal::new("08006", "connection lost"))?;
+        let (tag, body) = pgwire::read_message(stream, MAX_PASSWORD_MESSAGE)
+            .await
+            .map_err(|e| Refusal::new("08P01", format!("invalid password message: {e}")))?;
+        if tag != b'p' {
+            return Err(Refusal::new(
+                "08P01",
+                format!("expected a password message, got `{}`", tag as char),
+            ));
+        }
+        let token = body.strip_suffix(&[0]).unwrap_or(&body);
+        let token = String::from_utf8_lossy(token);
+        let claims = match self.tokens.verify(token.trim(), user) {
+            Ok(c) => c,
+            Err(why) => {
+                let mut e = NewEvent::new(EventKind::AuthFailed);
+                e.actor = user.to_string();
+                e.resource = resource_name.to_string();
+                e.action = "connect".into();
+                e.decision = "deny".into();
+                e.reason = why.to_string();
+                e.session_id = session_id.to_string();
+                e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": "gateway_token", "tls": tls });
+                let _ = self.audit.record_durable(e).await;
+                info!(reason = %why, "authentication failed");
+                // The client learns only that the credential was refused, not which check failed.
+                return Err(Refusal {
+                    code: "28P01",
+                    message: format!("gateway token authentication failed for user \"{user}\""),
+                    detail: None,
+                    hint: Some("use a current token from `gatehouse token issue` (or `gatehouse login`) as the password".into()),
+                });
+            }
+        };
+
+        // 2. Authorisation.
+        let mut decision_event = NewEvent::new(EventKind::AccessDecision);
+        decision_event.actor = user.to_string();
+        decision_event.resource = resource_name.to_string();
+        decision_event.action = "connect".into();
+        decision_event.session_id = session_id.to_string();
+        decision_event.detail = serde_json::json!({
+            "groups": claims.groups,
+            "client_addr": peer.to_string(),
+            "auth_method": "gateway_token",
+            "token_id": claims.jti,
+            "tls": tls,
+        });
+        let Some(resource) = self.config.resource(resource_name).cloned() else {
+            decision_event.decision = "deny".into();
+            decision_event.reason = format!("unknown resource `{resource_name}`");
+            let _ = self.audit.record_durable(decision_event).await;
+            return Err(Refusal::new(
+                "3D000",
+                format!("resource \"{resource_name}\" is not known to the gateway"),
+            ));
+        };
+        let request = crate::authz::connect_request(
+            user,
+            &claims.groups,
+            &resource,
+            peer.ip(),
+            "gateway_token",
+        );
+        let decision = self.policies.authorize(&request);
+        decision_event.decision = if decision.allowed { "allow" } else { "deny" }.into();
+        decision_event.reason = decision.reason.clone();
+        decision_event.policy_ids = decision.policy_ids.clone();
+        decision_event.controls = decision.controls.clone();
+        if !decision.errors.is_empty() {
+            decision_event.detail["policy_errors"] = serde_json::json!(decision.errors);
+        }
+
+        // 3. The decision is durable before anything else happens (fail closed).
+        let seq = match self.audit.record_durable(decision_event).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                warn!(error = %e, "access decision could not be recorded; refusing the connection");
+                return Err(Refusal::new("58000", "gatehouse cannot record the access decision; the connection is refused (fail closed)"));
+            }
+        };
+        if !decision.allowed {
+            info!(reason = %decision.reason, "access denied");
+            return Err(Refusal {
+                code: "42501",
+                message: format!(
+                    "access to resource \"{resource_name}\" denied by policy: {}",
+                    decision.reason
+                ),
+                detail: Some(format!(
+                    "decision recorded as audit event {seq}, session {session_id}"
+                )),
+                hint: None,
+            });
+        }
+
+        // 4. Upstream through the agent library, with the brokered credential.
+        let target = PgTarget {
+            address: resource.address.clone(),
+            database: resource.database.clone(),
+            username: resource.username.clone(),
+            password: resource.password.clone(),
+            connect_timeout: resource.connect_timeout,
+        };
+        match agent::connect(&target, params).await {
+            Ok(up) => Ok((resource, up)),
+            Err(err) => {
+                let mut e = NewEvent::new(EventKind::SessionFailed);
+                e.actor = user.to_string();
+                e.resource = resource.name.clone();
+                e.action = "connect".into();
+                e.session_id = session_id.to_string();
+                e.reason = err.to_string();
+                let _ = self.audit.record(e).await;
+                warn!(error = %err, "upstream connection failed");
+                Err(upstream_refusal(&resource.name, &err))
+            }
+        }
+    }
+}
+
+fn upstream_refusal(resource: &str, err: &UpstreamError) -> Refusal {
+    match err {
+        UpstreamError::CredentialRejected(_) | UpstreamError::Scram(_) => Refusal {
+            code: "08004",
+            message: format!("resource \"{resource}\" rejected the gateway's brokered credential"),
+            detail: Some(err.to_string()),
+            hint: Some("this is a gateway configuration problem, not your token; tell the resource's admin".into()),
+        },
+        UpstreamError::Refused(fields) => Refusal {
+            code: "08004",
+            message: format!("resource \"{resource}\" refused the session: {}", fields.message),
+            detail: Some(format!("upstream SQLSTATE {}", fields.code)),
+            hint: None,
+        },
+        _ => Refusal {
+            code: "08001",
+            message: format!("gatehouse could not connect to resource \"{resource}\""),
+            detail: Some(err.to_string()),
+            hint: Some("the resource may be down; try again later or tell its admin".into()),
+        },
+    }
+}

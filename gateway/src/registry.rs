@@ -1,0 +1,137 @@
+//! The session registry: every live session, its gateway-issued cancel key and its kill switch.
+//!
+//! Clients never see upstream backend keys. The gateway hands each session its own random
+//! `(pid, secret)`; a `CancelRequest` is forwarded upstream only when both match a live session
+//! (the secret compared in constant time).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gatehouse_agent::pg::CancelHandle;
+use gatehouse_core::session::SessionId;
+use tokio::sync::watch;
+
+/// What the registry knows of one live session.
+pub struct LiveSession {
+    pub id: SessionId,
+    pub user: String,
+    pub resource: String,
+    pub started: String,
+    secret: u32,
+    cancel: Option<CancelHandle>,
+    kill: watch::Sender<Option<String>>,
+}
+
+#[derive(Default, Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<HashMap<u32, LiveSession>>>,
+}
+
+/// Removes the session from the registry when dropped.
+pub struct Registration {
+    registry: Registry,
+    pid: u32,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.registry.inner.lock() {
+            m.remove(&self.pid);
+        }
+    }
+}
+
+/// Random session id and cancel key material.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // SystemRandom only fails when the OS has no entropy source; zeros would then be caught by
+    // nothing, so fall back to a time-derived value rather than panic.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    b
+}
+
+impl Registry {
+    /// Registers a session; returns its gateway cancel key, the kill receiver, and a guard that
+    /// deregisters it.
+    pub fn register(
+        &self,
+        id: SessionId,
+        user: &str,
+        resource: &str,
+        cancel: Option<CancelHandle>,
+    ) -> (u32, u32, watch::Receiver<Option<String>>, Registration) {
+        let (kill, kill_rx) = watch::channel(None);
+        let secret = u32::from_be_bytes(random_bytes::<4>());
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pid;
+        loop {
+            // Keep pids positive as i32, as libpq prints them signed.
+            pid = u32::from_be_bytes(random_bytes::<4>()) & 0x7fff_ffff;
+            if pid != 0 && !map.contains_key(&pid) {
+                break;
+            }
+        }
+        map.insert(
+            pid,
+            LiveSession {
+                id,
+                user: user.to_string(),
+                resource: resource.to_string(),
+                started: crate::audit::event::now_ts(),
+                secret,
+                cancel,
+                kill,
+            },
+        );
+        (
+            pid,
+            secret,
+            kill_rx,
+            Registration {
+                registry: self.clone(),
+                pid,
+            },
+        )
+    }
+
+    /// The upstream cancel handle and session for a gateway cancel key, if it matches a live
+    /// session.
+    pub fn cancel_target(
+        &self,
+        pid: u32,
+        secret: u32,
+    ) -> Option<(SessionId, String, String, CancelHandle)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let s = map.get(&pid)?;
+        if !gatehouse_core::secret::constant_time_eq(&s.secret.to_be_bytes(), &secret.to_be_bytes())
+        {
+            return None;
+        }
+        Some((s.id, s.user.clone(), s.resource.clone(), s.cancel.clone()?))
+    }
+
+    /// Ends every live session with `reason`; returns how many were signalled.
+    pub fn kill_all(&self, reason: &str) -> usize {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for s in map.values() {
+            let _ = s.kill.send(Some(reason.to_string()));
+        }
+        map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,162 @@
+//! `gatehouse serve`: validates everything, binds, runs the front doors, and shuts down in order
+//! (stop accepting, end sessions, final audit events and checkpoint).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::authn::token::TokenAuthority;
+use crate::config::Config;
+use crate::keys::SigningKey;
+use crate::pg::FrontDoor;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// How long shutdown waits for sessions to record their end.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Paths of the keys inside the state directory.
+pub fn token_key_path(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("keys").join("token-signing.pem")
+}
+
+pub fn audit_key_path(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("keys").join("audit-signing.pem")
+}
+
+pub fn token_authority(config: &Config) -> anyhow::Result<TokenAuthority> {
+    let key = SigningKey::load_or_create(&token_key_path(config))
+        .context("loading the token signing key")?;
+    Ok(TokenAuthority::new(
+        key,
+        config.tokens.issuer.clone(),
+        config.tokens.audience.clone(),
+        config.tokens.max_ttl,
+    )?)
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let policies = crate::authz::load_policies(&config.policies_dir)
+        .with_context(|| format!("loading policies from `{}`", config.policies_dir.display()))?;
+    let tokens = token_authority(&config)?;
+    let audit_key = Arc::new(
+        SigningKey::load_or_create(&audit_key_path(&config))
+            .context("loading the audit signing key")?,
+    );
+    let tls = crate::tls::acceptor(
+        config.postgres.tls_cert.as_deref(),
+        config.postgres.tls_key.as_deref(),
+        &config.state_dir,
+    )
+    .context("setting up TLS for the postgres front door")?;
+    let store = Store::open(&config.store_url)
+        .await
+        .context("opening the store")?;
+    let (audit, writer) = AuditLog::spawn(
+        store.clone(),
+        audit_key.clone(),
+        config.audit.checkpoint_every,
+        config.audit.queue,
+    );
+
+    let listener = TcpListener::bind(config.postgres.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the postgres front door to {}",
+                config.postgres.listen
+            )
+        })?;
+    let pg_addr = listener.local_addr()?;
+
+    let mut start = NewEvent::new(EventKind::GatewayStart);
+    start.actor = "gatehouse".into();
+    start.action = "start".into();
+    start.detail = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "postgres_listen": pg_addr.to_string(),
+        "resources": config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "policies": policies.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        "token_key_id": tokens.key_id(),
+        "audit_key_id": audit_key.key_id,
+        "pid": std::process::id(),
+    });
+    audit
+        .record_durable(start)
+        .await
+        .context("recording gateway.start in the audit log")?;
+
+    let registry = Registry::default();
+    let door = Arc::new(FrontDoor {
+        config: config.clone(),
+        tls,
+        tokens: Arc::new(tokens),
+        policies: Arc::new(policies),
+        audit: audit.clone(),
+        registry: registry.clone(),
+    });
+
+    if let Some(path) = ready_file {
+        let ready =
+            serde_json::json!({ "postgres": pg_addr.to_string(), "pid": std::process::id() });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, ready.to_string()).context("writing the ready file")?;
+        std::fs::rename(&tmp, path).context("writing the ready file")?;
+    }
+    info!(postgres = %pg_addr, resources = config.resources.len(), "gatehouse is serving");
+
+    crate::pg::serve(listener, door, shutdown_signal()).await;
+
+    info!(live = registry.len(), "shutting down: ending live sessions");
+    registry.kill_all("the gateway is shutting down");
+    let deadline = Instant::now() + DRAIN;
+    while !registry.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut stop = NewEvent::new(EventKind::GatewayStop);
+    stop.actor = "gatehouse".into();
+    stop.action = "stop".into();
+    audit
+        .record_durable(stop)
+        .await
+        .context("recording gateway.stop")?;
+    audit
+        .checkpoint()
+        .await
+        .context("writing the final audit checkpoint")?;
+    drop(audit);
+    // The FrontDoor still holds a handle; the writer ends once every task has dropped its own.
+    let _ = tokio::time::timeout(DRAIN, writer).await;
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

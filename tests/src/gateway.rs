@@ -1,0 +1,881 @@
+//! The real `gatehouse` binary under test.
+//!
+//! [`GatewayConfig`] builds the TOML config, [`Resource`] one `[[resource]]` entry, and
+//! [`Gateway::start`] writes both into a fresh temporary directory and runs
+//! `gatehouse serve --config <dir>/gatehouse.toml --ready-file <dir>/ready.json`, waiting (at
+//! most 30 s) until the ready file holds `{"postgres": "127.0.0.1:PORT", "pid": N}`.
+//!
+//! Layout of the temporary directory ([`Gateway::dir`]):
+//!
+//! ```text
+//! gatehouse.toml          the config
+//! ready.json              written by the gateway when it listens
+//! state/                  state_dir: keys, TLS cert, gatehouse.db (sqlite store)
+//! gatehouse.stdout.log    stdout of every run (restarts append)
+//! gatehouse.stderr.log    stderr of every run
+//! ```
+//!
+//! The gateway runs under a watchdog shell: it is SIGKILLed when the [`Gateway`] is dropped or
+//! the test process dies. When a test panics, the last lines of the gateway's logs are printed
+//! and the directory is kept.
+//!
+//! The binary is `$GATEHOUSE_BIN`, else `gatehouse` in the test binary's target directory,
+//! else `<workspace>/target/debug/gatehouse` (see [`gatehouse_bin`]).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+
+use crate::clients::{psql, PsqlOutput};
+use crate::pg::{PgServer, ORDERS_DB, ORDERS_PASSWORD, ORDERS_USER};
+use crate::util::{
+    is_executable, poll, run_command, tail, temp_dir, workspace_root, CmdOutput, SpawnSpec,
+    Supervised, TempDir, COMMAND_TIMEOUT,
+};
+
+/// How long [`Gateway::start`] and [`Gateway::restart`] wait for the ready file.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `gatehouse` binary: `$GATEHOUSE_BIN` (which must exist), else `gatehouse` in the
+/// target directory of the running test binary (`target/<profile>/deps/..`), else
+/// `<workspace>/target/debug/gatehouse`.
+pub fn gatehouse_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("GATEHOUSE_BIN") {
+        let bin = PathBuf::from(bin);
+        if is_executable(&bin) {
+            return Ok(bin);
+        }
+        bail!(
+            "GATEHOUSE_BIN={} is not an executable file; build it with `cargo build --bin gatehouse`",
+            bin.display()
+        );
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/deps/<test binary>
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join("gatehouse"));
+        }
+    }
+    candidates.push(workspace_root().join("target/debug/gatehouse"));
+    if let Some(found) = candidates.iter().find(|c| is_executable(c)) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "the gatehouse binary was not found (looked at {}); run `cargo build --bin gatehouse` \
+         or set GATEHOUSE_BIN (scripts/test does both)",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Runs `gatehouse <args>` without any config (no `GATEHOUSE_CONFIG`), e.g.
+/// `["policy", "test", "--dir", dir]` or an offline `audit verify --file`. 60 s timeout.
+pub fn gatehouse(args: &[&str]) -> anyhow::Result<CmdOutput> {
+    let mut cmd = Command::new(gatehouse_bin()?);
+    cmd.args(args).env_remove("GATEHOUSE_CONFIG");
+    run_command(&mut cmd, None, COMMAND_TIMEOUT)
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_path(p: &Path) -> String {
+    toml_str(&p.to_string_lossy())
+}
+
+/// `ORDERS_DB_PASSWORD` for resource `orders-db`: upper case, non-alphanumerics as `_`.
+fn password_var_for(name: &str) -> String {
+    let mut v: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    v.push_str("_PASSWORD");
+    v
+}
+
+#[derive(Debug, Clone)]
+enum Credential {
+    Env {
+        username: String,
+        var: String,
+        value: Option<String>,
+    },
+    File {
+        username: String,
+        path: PathBuf,
+    },
+}
+
+/// One `[[resource]]` of the gateway config.
+///
+/// ```no_run
+/// # use gatehouse_tests::{PgServer, Resource};
+/// # fn f(pg: &PgServer) {
+/// let r = Resource::orders_db(pg, "orders-db")
+///     .label("env", "prod")
+///     .label("data_class", "confidential");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Resource {
+    name: String,
+    kind: String,
+    address: String,
+    database: Option<String>,
+    labels: BTreeMap<String, String>,
+    log_parameters: Option<bool>,
+    credential: Option<Credential>,
+    raw: Vec<(String, String)>,
+}
+
+impl Resource {
+    /// A `kind = "postgres"` resource at `address` (e.g. `pg.addr()`) for `database`, without
+    /// labels or credential.
+    pub fn postgres(name: &str, address: impl ToString, database: &str) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            kind: "postgres".to_owned(),
+            address: address.to_string(),
+            database: Some(database.to_owned()),
+            labels: BTreeMap::new(),
+            log_parameters: None,
+            credential: None,
+            raw: Vec::new(),
+        }
+    }
+
+    /// The fixture database of `pg` as resource `name`: database `orders`, credential
+    /// `orders_app` with its password in env var `<NAME>_PASSWORD` (e.g.
+    /// `ORDERS_DB_PASSWORD`). No labels: add them.
+    pub fn orders_db(pg: &PgServer, name: &str) -> Resource {
+        Resource::postgres(name, pg.addr(), ORDERS_DB).credential(ORDERS_USER, ORDERS_PASSWORD)
+    }
+
+    /// Changes `kind` (default `postgres`).
+    pub fn kind(mut self, kind: &str) -> Resource {
+        kind.clone_into(&mut self.kind);
+        self
+    }
+
+    /// Sets or removes (`None`) the `database` key.
+    pub fn database(mut self, database: Option<&str>) -> Resource {
+        self.database = database.map(str::to_owned);
+        self
+    }
+
+    /// Adds a label (`labels = { env = "prod", ... }`).
+    pub fn label(mut self, key: &str, value: &str) -> Resource {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Adds several labels.
+    pub fn labels(mut self, labels: &[(&str, &str)]) -> Resource {
+        for (k, v) in labels {
+            self.labels.insert((*k).to_owned(), (*v).to_owned());
+        }
+        self
+    }
+
+    /// Sets `log_parameters` (omitted by default, so the gateway's default applies).
+    pub fn log_parameters(mut self, on: bool) -> Resource {
+        self.log_parameters = Some(on);
+        self
+    }
+
+    /// Brokered credential `username`/`password`; the password reaches the gateway through the
+    /// env var `<NAME>_PASSWORD` (`password_env` in the config), set on the child process.
+    pub fn credential(self, username: &str, password: &str) -> Resource {
+        let var = password_var_for(&self.name);
+        self.credential_env(username, &var, Some(password))
+    }
+
+    /// Brokered credential with an explicit env var name; `value: None` leaves the variable
+    /// unset (to test the gateway's error).
+    pub fn credential_env(mut self, username: &str, var: &str, value: Option<&str>) -> Resource {
+        self.credential = Some(Credential::Env {
+            username: username.to_owned(),
+            var: var.to_owned(),
+            value: value.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Brokered credential with the password read from a file (`password_file`).
+    pub fn credential_file(mut self, username: &str, path: impl Into<PathBuf>) -> Resource {
+        self.credential = Some(Credential::File {
+            username: username.to_owned(),
+            path: path.into(),
+        });
+        self
+    }
+
+    /// Adds a raw `key = <toml value>` line to this resource (for keys the builder does not
+    /// know yet), e.g. `.raw("owner", "\"team-payments\"")`.
+    pub fn raw(mut self, key: &str, toml_value: &str) -> Resource {
+        self.raw.push((key.to_owned(), toml_value.to_owned()));
+        self
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn to_toml(&self, out: &mut String) {
+        out.push_str("\n[[resource]]\n");
+        let _ = writeln!(out, "name = {}", toml_str(&self.name));
+        let _ = writeln!(out, "kind = {}", toml_str(&self.kind));
+        let _ = writeln!(out, "address = {}", toml_str(&self.address));
+        if let Some(db) = &self.database {
+            let _ = writeln!(out, "database = {}", toml_str(db));
+        }
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{} = {}", toml_str(k), toml_str(v)))
+            .collect();
+        let _ = writeln!(out, "labels = {{ {} }}", labels.join(", "));
+        if let Some(on) = self.log_parameters {
+            let _ = writeln!(out, "log_parameters = {on}");
+        }
+        match &self.credential {
+            Some(Credential::Env { username, var, .. }) => {
+                let _ = writeln!(
+                    out,
+                    "credential = {{ username = {}, password_env = {} }}",
+                    toml_str(username),
+                    toml_str(var)
+                );
+            }
+            Some(Credential::File { username, path }) => {
+                let _ = writeln!(
+                    out,
+                    "credential = {{ username = {}, password_file = {} }}",
+                    toml_str(username),
+                    toml_path(path)
+                );
+            }
+            None => {}
+        }
+        for (k, v) in &self.raw {
+            let _ = writeln!(out, "{k} = {v}");
+        }
+    }
+}
+
+/// Builder for the gateway's TOML config and process environment.
+///
+/// Defaults: listen `127.0.0.1:0`, `allow_plaintext = false`, self-signed TLS, sqlite store
+/// in the state dir, policies from `<workspace>/policies`, no `[audit]`/`[tokens]` sections
+/// (the gateway's defaults apply), no resources.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    listen: String,
+    allow_plaintext: bool,
+    tls: Option<(PathBuf, PathBuf)>,
+    store_url: Option<String>,
+    policies_dir: PathBuf,
+    checkpoint_every: Option<u64>,
+    tokens: Option<(String, String)>,
+    resources: Vec<Resource>,
+    envs: Vec<(OsString, OsString)>,
+    extra_toml: String,
+    binary: Option<PathBuf>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig::new()
+    }
+}
+
+impl GatewayConfig {
+    /// The defaults (see the type docs).
+    pub fn new() -> GatewayConfig {
+        GatewayConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            allow_plaintext: false,
+            tls: None,
+            store_url: None,
+            policies_dir: workspace_root().join("policies"),
+            checkpoint_every: None,
+            tokens: None,
+            resources: Vec::new(),
+            envs: Vec::new(),
+            extra_toml: String::new(),
+            binary: None,
+        }
+    }
+
+    /// `[postgres] listen` (default `127.0.0.1:0`: the gateway picks a port, which changes on
+    /// restart; set a fixed one to keep it).
+    pub fn listen(mut self, addr: &str) -> GatewayConfig {
+        addr.clone_into(&mut self.listen);
+        self
+    }
+
+    /// `[postgres] allow_plaintext`.
+    pub fn allow_plaintext(mut self, allow: bool) -> GatewayConfig {
+        self.allow_plaintext = allow;
+        self
+    }
+
+    /// `[postgres] tls_cert` / `tls_key` instead of the self-signed default.
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> GatewayConfig {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// `[store] url`, e.g. `pg.create_database("gatehouse")?` for a PostgreSQL store. Default:
+    /// `sqlite://<state_dir>/gatehouse.db`.
+    pub fn store_url(mut self, url: &str) -> GatewayConfig {
+        self.store_url = Some(url.to_owned());
+        self
+    }
+
+    /// `[policies] dir` (default `<workspace>/policies`).
+    pub fn policies_dir(mut self, dir: impl Into<PathBuf>) -> GatewayConfig {
+        self.policies_dir = dir.into();
+        self
+    }
+
+    /// `[audit] checkpoint_every`.
+    pub fn checkpoint_every(mut self, n: u64) -> GatewayConfig {
+        self.checkpoint_every = Some(n);
+        self
+    }
+
+    /// `[tokens] issuer` and `audience`.
+    pub fn tokens(mut self, issuer: &str, audience: &str) -> GatewayConfig {
+        self.tokens = Some((issuer.to_owned(), audience.to_owned()));
+        self
+    }
+
+    /// Adds a `[[resource]]`.
+    pub fn resource(mut self, resource: Resource) -> GatewayConfig {
+        self.resources.push(resource);
+        self
+    }
+
+    /// Sets an environment variable on the gateway process and on CLI invocations (e.g.
+    /// `RUST_LOG`).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> GatewayConfig {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Appends raw TOML at the end of the file, for sections the builder does not know yet.
+    /// It must consist of whole tables (`[section]` ...), since it follows `[[resource]]`s.
+    pub fn extra_toml(mut self, toml: &str) -> GatewayConfig {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Runs this binary instead of [`gatehouse_bin`].
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> GatewayConfig {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// The store URL for a given state dir.
+    fn store_url_for(&self, state_dir: &Path) -> String {
+        self.store_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/gatehouse.db", state_dir.display()))
+    }
+
+    /// Renders the config file for `state_dir`.
+    pub fn to_toml(&self, state_dir: &Path) -> String {
+        let mut out = String::from("# Written by gatehouse-tests.\n");
+        let _ = writeln!(out, "state_dir = {}", toml_path(state_dir));
+        out.push_str("\n[postgres]\n");
+        let _ = writeln!(out, "listen = {}", toml_str(&self.listen));
+        let _ = writeln!(out, "allow_plaintext = {}", self.allow_plaintext);
+        if let Some((cert, key)) = &self.tls {
+            let _ = writeln!(out, "tls_cert = {}", toml_path(cert));
+            let _ = writeln!(out, "tls_key = {}", toml_path(key));
+        }
+        out.push_str("\n[store]\n");
+        let _ = writeln!(out, "url = {}", toml_str(&self.store_url_for(state_dir)));
+        out.push_str("\n[policies]\n");
+        let _ = writeln!(out, "dir = {}", toml_path(&self.policies_dir));
+        if let Some(n) = self.checkpoint_every {
+            let _ = writeln!(out, "\n[audit]\ncheckpoint_every = {n}");
+        }
+        if let Some((issuer, audience)) = &self.tokens {
+            let _ = writeln!(
+                out,
+                "\n[tokens]\nissuer = {}\naudience = {}",
+                toml_str(issuer),
+                toml_str(audience)
+            );
+        }
+        for r in &self.resources {
+            r.to_toml(&mut out);
+        }
+        out.push_str(&self.extra_toml);
+        out
+    }
+
+    /// Environment for the gateway and CLI: brokered passwords, then [`env`](Self::env)s.
+    fn child_env(&self) -> Vec<(OsString, OsString)> {
+        let mut envs = Vec::new();
+        for r in &self.resources {
+            if let Some(Credential::Env {
+                var,
+                value: Some(v),
+                ..
+            }) = &r.credential
+            {
+                envs.push((var.into(), v.into()));
+            }
+        }
+        envs.extend(self.envs.iter().cloned());
+        envs
+    }
+
+    /// Names of env vars that must *not* reach the child (credentials declared unset).
+    fn child_env_remove(&self) -> Vec<OsString> {
+        let mut remove = vec![OsString::from("GATEHOUSE_CONFIG")];
+        for r in &self.resources {
+            if let Some(Credential::Env {
+                var, value: None, ..
+            }) = &r.credential
+            {
+                remove.push(var.into());
+            }
+        }
+        remove
+    }
+}
+
+/// A running `gatehouse serve` (see the [module docs](self)).
+pub struct Gateway {
+    proc: Option<Supervised>,
+    cfg: GatewayConfig,
+    bin: PathBuf,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    ready_path: PathBuf,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    ready: serde_json::Value,
+    pg_addr: SocketAddr,
+    runs: u32,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("pg_addr", &self.pg_addr)
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Writes the config into a fresh temporary directory, starts `gatehouse serve` and waits
+    /// (at most 30 s) for its ready file. Errors carry the gateway's logs.
+    pub fn start(cfg: GatewayConfig) -> anyhow::Result<Gateway> {
+        let bin = match &cfg.binary {
+            Some(b) => b.clone(),
+            None => gatehouse_bin()?,
+        };
+        let dir = temp_dir("gw")?;
+        let state_dir = dir.join("state");
+        let config_path = dir.join("gatehouse.toml");
+        fs::write(&config_path, cfg.to_toml(&state_dir))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut gw = Gateway {
+            proc: None,
+            cfg,
+            bin,
+            ready_path: dir.join("ready.json"),
+            stdout_path: dir.join("gatehouse.stdout.log"),
+            stderr_path: dir.join("gatehouse.stderr.log"),
+            config_path,
+            state_dir,
+            ready: serde_json::Value::Null,
+            pg_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            runs: 0,
+            dir,
+        };
+        gw.spawn()?;
+        Ok(gw)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        if self.runs > 1 {
+            let marker = format!(
+                "\n===== gatehouse-tests: restart #{} =====\n",
+                self.runs - 1
+            );
+            for p in [&self.stdout_path, &self.stderr_path] {
+                let _ = fs::OpenOptions::new()
+                    .append(true)
+                    .open(p)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
+            }
+        }
+        let _ = fs::remove_file(&self.ready_path);
+        let mut envs = self.cfg.child_env();
+        if std::env::var_os("RUST_BACKTRACE").is_none() {
+            envs.insert(0, ("RUST_BACKTRACE".into(), "1".into()));
+        }
+        let pidfile = self.dir.join("watchdog.pid");
+        let proc = Supervised::spawn(SpawnSpec {
+            program: &self.bin,
+            args: vec![
+                "serve".into(),
+                "--config".into(),
+                self.config_path.clone().into(),
+                "--ready-file".into(),
+                self.ready_path.clone().into(),
+            ],
+            envs,
+            env_remove: self.cfg.child_env_remove(),
+            cwd: self.dir.path(),
+            stdout: &self.stdout_path,
+            stderr: &self.stderr_path,
+            pidfile: &pidfile,
+            ids: None,
+            kill_signal: "KILL",
+        })?;
+        self.proc = Some(proc);
+        let ready_path = self.ready_path.clone();
+        let mut last_content = String::new();
+        let waited = poll(READY_TIMEOUT, Duration::from_millis(10), || {
+            if let Some(proc) = self.proc.as_mut() {
+                if let Some(st) = proc.try_wait()? {
+                    bail!("gatehouse serve exited with {st} before it was ready");
+                }
+            }
+            let Ok(text) = fs::read_to_string(&ready_path) else {
+                return Ok(None);
+            };
+            last_content.clone_from(&text);
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return Ok(None); // still being written
+            };
+            match v.get("postgres").and_then(|p| p.as_str()) {
+                Some(addr) => {
+                    let addr: SocketAddr = addr.parse().with_context(|| {
+                        format!("ready file: bad postgres address {addr:?} in {text}")
+                    })?;
+                    Ok(Some((v, addr)))
+                }
+                None => bail!("ready file has no \"postgres\" address: {text}"),
+            }
+        });
+        match waited {
+            Ok(Some((v, addr))) => {
+                self.ready = v;
+                self.pg_addr = addr;
+                Ok(())
+            }
+            Ok(None) => {
+                if let Some(mut p) = self.proc.take() {
+                    let _ = p.kill9();
+                }
+                Err(anyhow!(
+                    "gatehouse serve was not ready within {READY_TIMEOUT:?} (ready file: {last_content:?})\n{}",
+                    self.logs()
+                ))
+            }
+            Err(e) => {
+                if let Some(mut p) = self.proc.take() {
+                    let _ = p.kill9();
+                }
+                Err(e.context(format!("starting gatehouse serve\n{}", self.logs())))
+            }
+        }
+    }
+
+    /// The PostgreSQL front door, from the ready file.
+    pub fn pg_addr(&self) -> SocketAddr {
+        self.pg_addr
+    }
+
+    /// The whole ready file of the current run (other front doors may add fields).
+    pub fn ready(&self) -> &serde_json::Value {
+        &self.ready
+    }
+
+    /// The gateway's pid (not the watchdog's), if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Supervised::pid)
+    }
+
+    /// Whether the gateway process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.proc.as_mut() {
+            Some(p) => matches!(p.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The exit status if the gateway has exited on its own (for "it must crash/exit" tests).
+    pub fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.proc.as_mut() {
+            Some(p) => p.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("GATEHOUSE_CONFIG", &self.config_path);
+        for (k, v) in self.cfg.child_env() {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `gatehouse <args>` with `GATEHOUSE_CONFIG` set to this gateway's config (the
+    /// default for `--config`) and the same env as the server. 60 s timeout. A non-zero exit
+    /// is not an error here: check the output.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<CmdOutput> {
+        run_command(&mut self.cli_command(args), None, COMMAND_TIMEOUT)
+    }
+
+    /// Like [`cli`](Self::cli) with `stdin` fed to the command.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> anyhow::Result<CmdOutput> {
+        run_command(&mut self.cli_command(args), Some(stdin), COMMAND_TIMEOUT)
+    }
+
+    fn config_str(&self) -> String {
+        self.config_path.to_string_lossy().into_owned()
+    }
+
+    /// `gatehouse token issue --config F --user U --groups a,b --ttl TTL` (no `--groups` when
+    /// `groups` is empty); returns the token (trimmed stdout). Errors if the command fails.
+    pub fn token(&self, user: &str, groups: &[&str], ttl: &str) -> anyhow::Result<String> {
+        let cfg = self.config_str();
+        let joined = groups.join(",");
+        let mut args = vec!["token", "issue", "--config", &cfg, "--user", user];
+        if !groups.is_empty() {
+            args.extend(["--groups", &joined]);
+        }
+        args.extend(["--ttl", ttl]);
+        let out = self.cli(&args)?.ok().context("gatehouse token issue")?;
+        let token = out.stdout.trim().to_owned();
+        if token.is_empty() {
+            bail!("gatehouse token issue printed no token: {out}");
+        }
+        Ok(token)
+    }
+
+    /// `psql` through this gateway's PostgreSQL front door (`sslmode=require`) to resource
+    /// `resource` as `user` with `password` (usually a token from [`token`](Self::token)).
+    pub fn psql(
+        &self,
+        resource: &str,
+        user: &str,
+        password: &str,
+        sql: &str,
+    ) -> anyhow::Result<PsqlOutput> {
+        psql(self.pg_addr, resource, user, password, sql)
+    }
+
+    /// Issues a 1 h token for `user` in `groups` and runs `sql` through the gateway on
+    /// `resource` with it.
+    pub fn psql_as(
+        &self,
+        user: &str,
+        groups: &[&str],
+        resource: &str,
+        sql: &str,
+    ) -> anyhow::Result<PsqlOutput> {
+        let token = self.token(user, groups, "1h")?;
+        self.psql(resource, user, &token, sql)
+    }
+
+    /// `gatehouse audit export --config F --format <format> <extra>` (e.g. `["--from",
+    /// "2025-01-01T00:00:00Z", "--output", path]`). A non-zero exit is not an error here.
+    pub fn audit_export(&self, format: &str, extra: &[&str]) -> anyhow::Result<CmdOutput> {
+        let cfg = self.config_str();
+        let mut args = vec!["audit", "export", "--config", &cfg, "--format", format];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    /// The whole audit log as JSON values (`gatehouse audit export --format jsonl`, one event
+    /// per non-empty line). Errors if the export fails or a line is not JSON.
+    pub fn audit_export_jsonl(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.audit_export("jsonl", &[])?.ok()?;
+        out.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("audit export line {}: not JSON: {l}", i + 1))
+            })
+            .collect()
+    }
+
+    /// `gatehouse audit verify --config F` (exit 0 when intact).
+    pub fn audit_verify(&self) -> anyhow::Result<CmdOutput> {
+        let cfg = self.config_str();
+        self.cli(&["audit", "verify", "--config", &cfg])
+    }
+
+    /// `gatehouse audit public-key --config F`, trimmed. Errors if the command fails.
+    pub fn audit_public_key(&self) -> anyhow::Result<String> {
+        let cfg = self.config_str();
+        let out = self.cli(&["audit", "public-key", "--config", &cfg])?.ok()?;
+        Ok(out.stdout.trim().to_owned())
+    }
+
+    /// Offline verification as an auditor does it: `gatehouse audit verify --file <export>
+    /// --public-key <key>` with no config in reach (`key` is base64 or `@file`).
+    pub fn audit_verify_file(export: &Path, public_key: &str) -> anyhow::Result<CmdOutput> {
+        let export = export.to_string_lossy();
+        gatehouse(&[
+            "audit",
+            "verify",
+            "--file",
+            &export,
+            "--public-key",
+            public_key,
+        ])
+    }
+
+    /// SIGKILLs the gateway and waits for it. [`restart`](Self::restart) brings it back.
+    pub fn kill9(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut proc = self
+            .proc
+            .take()
+            .ok_or_else(|| anyhow!("gateway is not running"))?;
+        proc.kill9()
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s, then SIGKILL and an error) for the gateway to
+    /// exit. Returns its exit status; a graceful shutdown should be `exit 0`.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut proc = self
+            .proc
+            .take()
+            .ok_or_else(|| anyhow!("gateway is not running"))?;
+        proc.stop_with("TERM", Duration::from_secs(30))
+            .with_context(|| self.logs())
+    }
+
+    /// Starts the gateway again with the same config file, state dir and environment (after
+    /// [`stop`](Self::stop) or [`kill9`](Self::kill9); stops it first if it runs) and waits
+    /// for the new ready file. With the default `listen` the port changes: use
+    /// [`pg_addr`](Self::pg_addr) again.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.proc.is_some() {
+            self.stop()?;
+        }
+        self.spawn()
+    }
+
+    /// Stdout and stderr of all runs so far.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- gatehouse stdout ({}) ---\n{}\n--- gatehouse stderr ({}) ---\n{}",
+            self.stdout_path.display(),
+            fs::read_to_string(&self.stdout_path).unwrap_or_default(),
+            self.stderr_path.display(),
+            fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        )
+    }
+
+    /// The store URL in the config (the sqlite default or what the test set).
+    pub fn store_url(&self) -> String {
+        self.cfg.store_url_for(&self.state_dir)
+    }
+
+    /// A direct `sqlx` connection to the store, for tests that inspect or tamper with it.
+    pub async fn store_connection(&self) -> anyhow::Result<sqlx::AnyConnection> {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let url = self.store_url();
+        sqlx::AnyConnection::connect(&url)
+            .await
+            .with_context(|| format!("connecting to the store {url}"))
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The state dir (`<dir>/state`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The temporary directory holding config, ready file, logs and state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config this gateway was started with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+}
+
+impl Drop for Gateway {
+    #[allow(
+        clippy::print_stderr,
+        reason = "show the gateway's logs when a test fails"
+    )]
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "gatehouse-tests: gateway in {} (last lines)\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                self.dir.path().display(),
+                tail(&self.stdout_path, 40),
+                tail(&self.stderr_path, 80)
+            );
+        }
+        // SIGKILL via the watchdog before the TempDir field goes.
+        self.proc.take();
+    }
+}
