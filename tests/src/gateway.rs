@@ -315,6 +315,7 @@ pub struct GatewayConfig {
     tokens: Option<(String, String)>,
     resources: Vec<Resource>,
     envs: Vec<(OsString, OsString)>,
+    options: Vec<(String, String, String)>,
     extra_toml: String,
     binary: Option<PathBuf>,
 }
@@ -338,6 +339,7 @@ impl GatewayConfig {
             tokens: None,
             resources: Vec::new(),
             envs: Vec::new(),
+            options: Vec::new(),
             extra_toml: String::new(),
             binary: None,
         }
@@ -400,6 +402,17 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets `key = <toml value>` in `[section]` (created if needed), for settings without a
+    /// dedicated method, e.g. `.set("postgres", "handshake_timeout", "\"2s\"")`,
+    /// `.set("tokens", "max_ttl", "\"24h\"")`, `.set("log", "format", "\"json\"")`. The value
+    /// is raw TOML: quote strings. Keys that have a dedicated method (`listen`, `url`, `dir`,
+    /// `checkpoint_every` ...) must be set through it, or the file has a duplicate key.
+    pub fn set(mut self, section: &str, key: &str, toml_value: &str) -> GatewayConfig {
+        self.options
+            .push((section.to_owned(), key.to_owned(), toml_value.to_owned()));
+        self
+    }
+
     /// Appends raw TOML at the end of the file, for sections the builder does not know yet.
     /// It must consist of whole tables (`[section]` ...), since it follows `[[resource]]`s.
     pub fn extra_toml(mut self, toml: &str) -> GatewayConfig {
@@ -424,29 +437,54 @@ impl GatewayConfig {
 
     /// Renders the config file for `state_dir`.
     pub fn to_toml(&self, state_dir: &Path) -> String {
-        let mut out = String::from("# Written by gatehouse-tests.\n");
-        let _ = writeln!(out, "state_dir = {}", toml_path(state_dir));
-        out.push_str("\n[postgres]\n");
-        let _ = writeln!(out, "listen = {}", toml_str(&self.listen));
-        let _ = writeln!(out, "allow_plaintext = {}", self.allow_plaintext);
+        let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut line = |section: &'static str, l: String| {
+            sections.entry(section).or_default().push(l);
+        };
+        line("postgres", format!("listen = {}", toml_str(&self.listen)));
+        line(
+            "postgres",
+            format!("allow_plaintext = {}", self.allow_plaintext),
+        );
         if let Some((cert, key)) = &self.tls {
-            let _ = writeln!(out, "tls_cert = {}", toml_path(cert));
-            let _ = writeln!(out, "tls_key = {}", toml_path(key));
+            line("postgres", format!("tls_cert = {}", toml_path(cert)));
+            line("postgres", format!("tls_key = {}", toml_path(key)));
         }
-        out.push_str("\n[store]\n");
-        let _ = writeln!(out, "url = {}", toml_str(&self.store_url_for(state_dir)));
-        out.push_str("\n[policies]\n");
-        let _ = writeln!(out, "dir = {}", toml_path(&self.policies_dir));
+        line(
+            "store",
+            format!("url = {}", toml_str(&self.store_url_for(state_dir))),
+        );
+        line(
+            "policies",
+            format!("dir = {}", toml_path(&self.policies_dir)),
+        );
         if let Some(n) = self.checkpoint_every {
-            let _ = writeln!(out, "\n[audit]\ncheckpoint_every = {n}");
+            line("audit", format!("checkpoint_every = {n}"));
         }
         if let Some((issuer, audience)) = &self.tokens {
-            let _ = writeln!(
-                out,
-                "\n[tokens]\nissuer = {}\naudience = {}",
-                toml_str(issuer),
-                toml_str(audience)
-            );
+            line("tokens", format!("issuer = {}", toml_str(issuer)));
+            line("tokens", format!("audience = {}", toml_str(audience)));
+        }
+        for (section, key, value) in &self.options {
+            sections
+                .entry(section.as_str())
+                .or_default()
+                .push(format!("{key} = {value}"));
+        }
+
+        let mut out = String::from("# Written by gatehouse-tests.\n");
+        let _ = writeln!(out, "state_dir = {}", toml_path(state_dir));
+        // Known sections in a fixed order, then any others.
+        let known = ["postgres", "store", "policies", "audit", "tokens", "log"];
+        let mut order: Vec<&str> = known.to_vec();
+        order.extend(sections.keys().filter(|k| !known.contains(k)));
+        for section in order {
+            if let Some(lines) = sections.get(section) {
+                let _ = writeln!(out, "\n[{section}]");
+                for l in lines {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
         }
         for r in &self.resources {
             r.to_toml(&mut out);
@@ -741,8 +779,9 @@ impl Gateway {
         self.cli(&args)
     }
 
-    /// The whole audit log as JSON values (`gatehouse audit export --format jsonl`, one event
-    /// per non-empty line). Errors if the export fails or a line is not JSON.
+    /// The whole export as JSON values (`gatehouse audit export --format jsonl`, one value per
+    /// non-empty line: events and the export's other records, such as signed checkpoints).
+    /// Errors if the export fails or a line is not JSON.
     pub fn audit_export_jsonl(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let out = self.audit_export("jsonl", &[])?.ok()?;
         out.stdout
@@ -754,6 +793,16 @@ impl Gateway {
                     .with_context(|| format!("audit export line {}: not JSON: {l}", i + 1))
             })
             .collect()
+    }
+
+    /// The audit events only: the lines of [`audit_export_jsonl`](Self::audit_export_jsonl)
+    /// with `"type": "event"` (the export also carries signed checkpoints and such).
+    pub fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self
+            .audit_export_jsonl()?
+            .into_iter()
+            .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("event"))
+            .collect())
     }
 
     /// `gatehouse audit verify --config F` (exit 0 when intact).

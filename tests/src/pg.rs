@@ -518,6 +518,56 @@ impl PgServer {
         Ok(())
     }
 
+    /// Turns on TLS (`ssl = on`, reloaded, no restart): a fresh self-signed P-256 certificate
+    /// for `localhost` made with the `openssl` command goes to `server.crt`/`server.key` in
+    /// the data directory. Waits (at most 10 s) until `sslmode=require` connections work.
+    /// Plain connections keep working too (pg_hba uses `host`). Returns the certificate path.
+    pub fn enable_tls(&self) -> anyhow::Result<PathBuf> {
+        let openssl = find_in_path("openssl")
+            .ok_or_else(|| anyhow!("`openssl` not found on PATH (apt-get install -y openssl)"))?;
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        let mut cmd = Command::new(openssl);
+        cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert);
+        run_command(&mut cmd, None, COMMAND_TIMEOUT)?
+            .ok()
+            .context("generating the server certificate")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+        }
+        chown_tree(&cert, self.ids)?;
+        chown_tree(&key, self.ids)?;
+        self.exec(
+            "postgres",
+            "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();",
+        )?;
+        let ready = crate::util::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            let out = crate::clients::Psql::new(self.addr(), "postgres", SUPERUSER)
+                .password(SUPERUSER_PASSWORD)
+                .run("select ssl from pg_stat_ssl where pid = pg_backend_pid()")?;
+            Ok((out.success() && out.stdout_trimmed() == "t").then_some(()))
+        })?;
+        ready.ok_or_else(|| {
+            anyhow!(
+                "TLS did not come up within 10 s; log:\n{}",
+                tail(&self.log, 20)
+            )
+        })?;
+        Ok(cert)
+    }
+
     /// Stops the server gracefully (SIGINT, fast shutdown: open sessions are terminated) and
     /// waits for it (at most 30 s, then SIGKILL). Returns its exit status.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {

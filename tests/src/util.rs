@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -340,15 +340,24 @@ pub fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 }
 
 /// The watchdog around every long-running child. `$0 "$@"` is the real program. It runs in
-/// the background with stdin from /dev/null; a watcher subshell reads the test's pipe and
-/// sends `$GATEHOUSE_TESTS_KILLSIG` to the program once the pipe closes, which happens when
-/// the supervising handle is dropped or the test process dies in any way. The shell exits
-/// with the program's status (128+n when killed by signal n).
+/// the background with stdin from /dev/null; a watcher subshell reads the test's pipe and,
+/// once the pipe closes (the supervising handle was dropped, or the test process died in any
+/// way), sends `$GATEHOUSE_TESTS_KILLSIG` to the program every 100 ms, and SIGKILL after 5 s.
+/// Repeating matters: a background job of a non-interactive shell starts with SIGINT and
+/// SIGQUIT ignored, so a signal that arrives before the program installs its handlers is lost.
+/// The shell exits with the program's status (128+n when killed by signal n) and then stops
+/// the watcher, so the watcher never signals a recycled pid.
 const WATCHDOG: &str = r#"exec 3<&0 </dev/null
 "$0" "$@" 3<&- &
 pid=$!
 echo "$pid" > "$GATEHOUSE_TESTS_PIDFILE"
-( read -r _ <&3; kill -s "$GATEHOUSE_TESTS_KILLSIG" "$pid" 2>/dev/null ) &
+( read -r _ <&3
+  n=0
+  while kill -s "$GATEHOUSE_TESTS_KILLSIG" "$pid" 2>/dev/null; do
+    n=$((n + 1))
+    if [ "$n" -ge 50 ]; then kill -s KILL "$pid" 2>/dev/null; break; fi
+    sleep 0.1
+  done ) &
 w=$!
 exec 3<&-
 wait "$pid"
@@ -520,15 +529,6 @@ fn open_append(p: &Path) -> anyhow::Result<File> {
         .append(true)
         .open(p)
         .with_context(|| format!("opening {}", p.display()))
-}
-
-/// Formats an exit status like the shell does: `exit 3` or `signal 9`.
-pub(crate) fn status_text(st: ExitStatus) -> String {
-    match (st.code(), st.signal()) {
-        (Some(c), _) => format!("exit {c}"),
-        (None, Some(s)) => format!("signal {s}"),
-        _ => st.to_string(),
-    }
 }
 
 /// Polls `f` every `every` until it returns `Ok(Some(_))`, an error, or `timeout` passes.

@@ -34,7 +34,10 @@ fn orders_app_sees_the_fixture_rows_directly() -> anyhow::Result<()> {
     let out = direct(&pg, ORDERS_USER, ORDERS_PASSWORD)
         .run("insert into orders (customer, amount) values ('c', 1) returning id")?
         .ok()?;
-    assert_eq!(out.stdout_trimmed(), "1001");
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["1001", "INSERT 0 1"]
+    );
     // Its password is stored as SCRAM.
     let kind = pg.exec(
         "postgres",
@@ -147,7 +150,7 @@ async fn rust_client_and_raw_protocol_against_postgres() -> anyhow::Result<()> {
     assert_eq!(n, 1000);
     conn.close().await?;
 
-    // SSLRequest: PostgreSQL without TLS answers 'N'.
+    // SSLRequest: PostgreSQL without TLS answers 'N' (checked again below with TLS on).
     let mut s = raw_connect(pg.addr()).await?;
     s.write_all(&ssl_request()).await?;
     assert_eq!(read_byte(&mut s).await?, Some(b'N'));
@@ -169,16 +172,33 @@ async fn rust_client_and_raw_protocol_against_postgres() -> anyhow::Result<()> {
     assert_eq!(m.auth_code(), Some(5), "{m:?}");
     assert_eq!(m.body.len(), 8);
 
-    // A query before authentication is a protocol violation: an error, then close.
+    // A query instead of a startup packet: its first bytes make an absurd length, and
+    // PostgreSQL hangs up without a word.
     let mut s = raw_connect(pg.addr()).await?;
     s.write_all(&query_message("select 1")).await?;
-    let rest = read_to_close(&mut s).await?;
-    assert_eq!(rest.first(), Some(&b'E'), "{rest:?}");
+    assert!(read_to_close(&mut s).await?.is_empty());
 
     // A CancelRequest for a process that does not exist: closed without an answer.
     let mut s = raw_connect(pg.addr()).await?;
     s.write_all(&cancel_request(12345, 678)).await?;
     assert!(read_to_close(&mut s).await?.is_empty());
+
+    // With TLS on, sqlx with sslmode=require, psql with require, and SSLRequest says 'S'.
+    pg.enable_tls()?;
+    let mut conn = rust_client(pg.addr(), ORDERS_DB, ORDERS_USER, ORDERS_PASSWORD).await?;
+    let (ssl,): (bool,) =
+        sqlx::query_as("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+    assert!(ssl);
+    conn.close().await?;
+    direct(&pg, LEGACY_USER, LEGACY_PASSWORD)
+        .sslmode("require")
+        .run("select 1")?
+        .ok()?;
+    let mut s = raw_connect(pg.addr()).await?;
+    s.write_all(&ssl_request()).await?;
+    assert_eq!(read_byte(&mut s).await?, Some(b'S'));
     Ok(())
 }
 
@@ -256,6 +276,8 @@ fn gateway_plumbing_with_a_fake_binary() -> anyhow::Result<()> {
         .binary(&fake)
         .env("FAKE_PORT", "6543")
         .checkpoint_every(10)
+        .set("tokens", "max_ttl", "\"24h\"")
+        .set("log", "format", "\"json\"")
         .resource(
             Resource::orders_db(&pg, "orders-db")
                 .label("env", "prod")
@@ -342,5 +364,49 @@ fn gateway_start_failure_reports_its_logs() -> anyhow::Result<()> {
     let msg = format!("{err:#}");
     assert!(msg.contains("exited with"), "{msg}");
     assert!(msg.contains("fake: cannot start"), "{msg}");
+    Ok(())
+}
+
+/// The harness against the real binary: the ready-file and CLI contract it relies on.
+#[tokio::test]
+async fn real_gateway_contract() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let mut gw = Gateway::start(
+        GatewayConfig::new().resource(
+            Resource::orders_db(&pg, "orders-db")
+                .label("env", "dev")
+                .label("data_class", "internal"),
+        ),
+    )?;
+    assert_eq!(gw.ready()["pid"].as_u64(), gw.pid().map(u64::from));
+    let out = gw
+        .psql_as(
+            "alice",
+            &["engineering"],
+            "orders-db",
+            "select count(*) from orders",
+        )?
+        .ok()?;
+    assert_eq!(out.stdout_trimmed(), "1000");
+    // sqlx over TLS (self-signed certificate, sslmode=require) with a token.
+    let token = gw.token("alice", &["engineering"], "10m")?;
+    let mut conn = rust_client(gw.pg_addr(), "orders-db", "alice", &token).await?;
+    let (n,): (i64,) = sqlx::query_as("select count(*) from orders where id <= $1")
+        .bind(10_i32)
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(n, 10);
+    conn.close().await?;
+    assert!(!gw.audit_events()?.is_empty());
+    gw.audit_verify()?.ok()?;
+    assert!(!gw.audit_public_key()?.is_empty());
+
+    let st = gw.stop()?;
+    assert!(st.success(), "{st}\n{}", gw.logs());
+    gw.restart()?;
+    gw.psql_as("bob", &["dba"], "orders-db", "select 1")?.ok()?;
+    gw.kill9()?;
+    gw.restart()?;
+    gw.audit_verify()?.ok()?;
     Ok(())
 }

@@ -14,13 +14,16 @@ const MAX_TRACKED: usize = 4096;
 /// A rendered parameter value is cut at this many bytes.
 const MAX_PARAM_BYTES: usize = 256;
 
+/// Rendered bind parameters (`None` is SQL NULL).
+type Params = Vec<Option<String>>;
+
 pub struct Observer {
     statement_max_bytes: usize,
     log_parameters: bool,
     /// statement name -> (text, original length when cut)
     statements: HashMap<String, (String, Option<usize>)>,
     /// portal name -> (statement name, rendered params)
-    portals: HashMap<String, (String, Option<Vec<Option<String>>>)>,
+    portals: HashMap<String, (String, Option<Params>)>,
 }
 
 impl Observer {
@@ -62,7 +65,10 @@ impl Observer {
                         .insert(name.clone(), (text.clone(), truncated_from));
                 }
                 // The unnamed statement is reported when it is executed; a named one when prepared.
-                (!name.is_empty()).then(|| Statement {
+                if name.is_empty() {
+                    return None;
+                }
+                Some(Statement {
                     kind: StatementKind::Prepare,
                     text,
                     truncated_from,
@@ -157,22 +163,40 @@ fn render_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
             1 => formats[0],
             _ => *formats.get(i)?,
         };
-        out.push(Some(if format == 0 {
-            let s = String::from_utf8_lossy(value);
-            if s.len() > MAX_PARAM_BYTES {
-                let mut cut = MAX_PARAM_BYTES;
-                while !s.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                format!("{}…", &s[..cut])
-            } else {
-                s.into_owned()
-            }
-        } else {
-            format!("<binary {} bytes>", value.len())
-        }));
+        out.push(Some(render_value(value, format != 0)));
     }
     Some(out)
+}
+
+/// Text-format values as text; binary ones as text when they are printable UTF-8 (text types
+/// are sent that way), otherwise as `\x` hex. Either way at most [`MAX_PARAM_BYTES`].
+fn render_value(value: &[u8], binary: bool) -> String {
+    let text = std::str::from_utf8(value)
+        .ok()
+        .filter(|s| !binary || !s.chars().any(char::is_control));
+    let mut s = match text {
+        Some(t) => t.to_string(),
+        None => {
+            let shown = &value[..value.len().min(MAX_PARAM_BYTES / 2)];
+            let mut h = String::from("\\x");
+            for b in shown {
+                h.push_str(&format!("{b:02x}"));
+            }
+            if shown.len() < value.len() {
+                h.push('…');
+            }
+            return h;
+        }
+    };
+    if s.len() > MAX_PARAM_BYTES {
+        let mut cut = MAX_PARAM_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 #[cfg(test)]
@@ -240,6 +264,18 @@ mod tests {
                 assert_eq!(s.params, None);
             }
         }
+    }
+
+    #[test]
+    fn binary_values_render_as_text_or_hex() {
+        assert_eq!(render_value(b"from-rust", true), "from-rust");
+        assert_eq!(render_value(&42i32.to_be_bytes(), true), "\\x0000002a");
+        assert_eq!(
+            render_value("é".repeat(300).as_bytes(), false)
+                .chars()
+                .count(),
+            129
+        );
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl ScramClient {
             .strip_prefix("v=")
             .ok_or(ScramError::Malformed)?;
         let v = B64
-            .decode(v.trim_end_matches(|c| c == ','))
+            .decode(v.trim_end_matches(','))
             .map_err(|_| ScramError::Malformed)?;
         let salted = self.salted_password.ok_or(ScramError::Malformed)?;
         let server_key = hmac_sha256(&salted, b"Server Key");

@@ -93,7 +93,7 @@ impl NewEvent {
         let mut controls: Vec<String> =
             self.kind.controls().iter().map(|c| c.to_string()).collect();
         controls.extend(self.controls);
-        controls.sort_by(|a, b| control_order(a).cmp(&control_order(b)));
+        controls.sort_by_key(|c| control_order(c));
         controls.dedup();
         let detail = match self.detail {
             serde_json::Value::Object(_) => self.detail,

@@ -37,6 +37,10 @@ pub enum AuditError {
 
 type Ack = oneshot::Sender<Result<u64, AuditError>>;
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every message is an Event; boxing would allocate per event"
+)]
 enum Msg {
     Event(NewEvent, Option<Ack>),
     Checkpoint(oneshot::Sender<Result<Option<u64>, AuditError>>),

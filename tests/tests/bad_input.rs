@@ -1,0 +1,217 @@
+//! Malformed and hostile input at the PostgreSQL front door: each closes that connection with an
+//! error, and the gateway keeps serving everyone else.
+
+use std::time::Duration;
+
+use gatehouse_tests::{
+    cancel_request, frontend_message, raw_connect, read_backend_message, read_byte, read_to_close,
+    ssl_request, startup_packet, Gateway, GatewayConfig, PgServer, Resource,
+};
+use tokio::io::AsyncWriteExt;
+
+fn gateway(pg: &PgServer) -> anyhow::Result<Gateway> {
+    Gateway::start(GatewayConfig::new().resource(
+        Resource::orders_db(pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
+    ))
+}
+
+fn still_serves(gw: &Gateway) -> anyhow::Result<()> {
+    let out = gw
+        .psql_as("alice", &["engineering"], "orders-db", "select 41 + 1")?
+        .ok()?;
+    assert_eq!(out.stdout_trimmed(), "42");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_startup_packets() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway(&pg)?;
+
+    // HTTP instead of PostgreSQL.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let reply = read_to_close(&mut s).await?;
+    assert_eq!(
+        reply.first(),
+        Some(&b'E'),
+        "an ErrorResponse, then close: {reply:?}"
+    );
+    assert!(String::from_utf8_lossy(&reply).contains("invalid startup packet"));
+
+    // A startup packet claiming 1 MB (PostgreSQL's limit is 10,000 bytes).
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&1_000_000u32.to_be_bytes()).await?;
+    s.write_all(&196_608u32.to_be_bytes()).await?;
+    let reply = read_to_close(&mut s).await?;
+    assert!(
+        String::from_utf8_lossy(&reply).contains("outside 8..=10000"),
+        "{reply:?}"
+    );
+
+    // Plaintext startup when TLS is required: a clear 28000.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&startup_packet("alice", "orders-db", &[]))
+        .await?;
+    let msg = read_backend_message(&mut s).await?;
+    assert_eq!(msg.sqlstate().as_deref(), Some("28000"));
+    assert!(msg
+        .message()
+        .unwrap_or_default()
+        .contains("requires an encrypted connection"));
+
+    // A client that connects and says nothing is dropped after the handshake timeout; the
+    // others are not held up meanwhile.
+    let _idle = raw_connect(gw.pg_addr()).await?;
+    tokio::task::spawn_blocking({
+        let addr = gw.pg_addr();
+        let token = gw.token("alice", &["engineering"], "1h")?;
+        move || gatehouse_tests::psql(addr, "orders-db", "alice", &token, "select 1")
+    })
+    .await??
+    .ok()?;
+    still_serves(&gw)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_after_ssl_request_is_never_processed() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway(&pg)?;
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    // SSLRequest immediately followed by a plaintext startup packet in the same write: the bytes
+    // after the request must not be taken as protocol (they fail the TLS handshake).
+    let mut bytes = ssl_request();
+    bytes.extend(startup_packet("alice", "orders-db", &[]));
+    s.write_all(&bytes).await?;
+    assert_eq!(read_byte(&mut s).await?, Some(b'S'));
+    let rest = read_to_close(&mut s).await?;
+    assert!(
+        !rest.contains(&b'R'),
+        "no authentication request may follow: {rest:?}"
+    );
+    // The gateway logs the refusal right after closing; give the log a moment.
+    let logged = async {
+        while !gw.logs().contains("tls handshake failed") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), logged)
+        .await
+        .map_err(|_| anyhow::anyhow!("not logged: {}", gw.logs()))?;
+    still_serves(&gw)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_message_lengths_are_refused_before_buffering() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(GatewayConfig::new().allow_plaintext(true).resource(
+        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
+    ))?;
+    let token = gw.token("alice", &["engineering"], "1h")?;
+
+    // A password message claiming 1 GiB.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&startup_packet("alice", "orders-db", &[]))
+        .await?;
+    let auth = read_backend_message(&mut s).await?;
+    assert_eq!(auth.auth_code(), Some(3));
+    s.write_all(b"p").await?;
+    s.write_all(&(1u32 << 30).to_be_bytes()).await?;
+    let msg = read_backend_message(&mut s).await?;
+    assert_eq!(
+        msg.sqlstate().as_deref(),
+        Some("08P01"),
+        "{:?}",
+        msg.message()
+    );
+
+    // Inside an established session: a Query claiming 1 GiB ends the session with 08P01.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&startup_packet("alice", "orders-db", &[]))
+        .await?;
+    read_backend_message(&mut s).await?;
+    let mut pw = token.into_bytes();
+    pw.push(0);
+    s.write_all(&frontend_message(b'p', &pw)).await?;
+    loop {
+        let m = read_backend_message(&mut s).await?;
+        assert_ne!(m.tag, b'E', "login failed: {:?}", m.message());
+        if m.tag == b'Z' {
+            break;
+        }
+    }
+    s.write_all(b"Q").await?;
+    s.write_all(&(1u32 << 30).to_be_bytes()).await?;
+    s.write_all(b"select").await?;
+    let msg = read_backend_message(&mut s).await?;
+    assert_eq!(
+        msg.sqlstate().as_deref(),
+        Some("08P01"),
+        "{:?}",
+        msg.message()
+    );
+    assert!(msg
+        .message()
+        .unwrap_or_default()
+        .contains("exceeds the limit"));
+    let _ = read_to_close(&mut s).await?;
+
+    let events = gw.audit_export_jsonl()?;
+    let end = events
+        .iter()
+        .rfind(|e| e["kind"] == "session.end")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        end["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("protocol")),
+        "{end}"
+    );
+    still_serves(&gw)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bogus_cancel_requests_are_dropped() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway(&pg)?;
+    // A long query in a real session, then cancels with wrong keys: it must keep running.
+    let token = gw.token("alice", &["engineering"], "1h")?;
+    let addr = gw.pg_addr();
+    let long = tokio::task::spawn_blocking(move || {
+        gatehouse_tests::psql(
+            addr,
+            "orders-db",
+            "alice",
+            &token,
+            "select pg_sleep(2), 'survived'",
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (pid, secret) in [(1, 1), (0, 0), (i32::MAX, -1), (12345, 67890)] {
+        let mut s = raw_connect(gw.pg_addr()).await?;
+        s.write_all(&cancel_request(pid, secret)).await?;
+        let reply = read_to_close(&mut s).await?;
+        assert!(
+            reply.is_empty(),
+            "a cancel request gets no answer: {reply:?}"
+        );
+    }
+    let out = long.await??.ok()?;
+    assert!(out.stdout.contains("survived"), "{out}");
+    let logged = async {
+        while !gw.logs().contains("cancel request matches no live session") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), logged)
+        .await
+        .map_err(|_| anyhow::anyhow!("not logged: {}", gw.logs()))?;
+    let events = gw.audit_export_jsonl()?;
+    assert!(!events.iter().any(|e| e["kind"] == "session.cancel"));
+    still_serves(&gw)?;
+    Ok(())
+}
