@@ -16,7 +16,10 @@ fn assert_fails_at(gw: &Gateway, seq: u64, what: &str) -> anyhow::Result<()> {
     let out = gw.audit_verify()?;
     assert!(!out.success(), "{what}: verify must fail: {out}");
     let expected = format!("FAILED at seq {seq}:");
-    assert!(out.stdout.contains(&expected), "{what}: expected `{expected}` in {out}");
+    assert!(
+        out.stdout.contains(&expected),
+        "{what}: expected `{expected}` in {out}"
+    );
     Ok(())
 }
 
@@ -26,62 +29,101 @@ async fn tampering_with_the_store_is_detected_at_the_right_seq() -> anyhow::Resu
     let mut gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     let script: String = (1..=10).map(|i| format!("select {i};\n")).collect();
-    Psql::new(gw.pg_addr(), "orders-db", "alice").password(&token).run_script(&script)?.ok()?;
+    Psql::new(gw.pg_addr(), "orders-db", "alice")
+        .password(&token)
+        .run_script(&script)?
+        .ok()?;
     gw.stop()?;
     let last = gw.audit_verify()?.ok()?;
     assert!(last.stdout.contains("intact"), "{last}");
 
     let mut db = gw.store_connection().await?;
-    let n: i64 = sqlx::query_scalar("select max(seq) from audit_events").fetch_one(&mut db).await?;
+    let n: i64 = sqlx::query_scalar("select max(seq) from audit_events")
+        .fetch_one(&mut db)
+        .await?;
     assert!(n >= 15, "expected a session's worth of events, got {n}");
     // The store itself refuses edits until someone with file access drops the guard.
-    assert!(db.execute("update audit_events set actor = 'mallory' where seq = 5").await.is_err());
+    assert!(db
+        .execute("update audit_events set actor = 'mallory' where seq = 5")
+        .await
+        .is_err());
     db.execute("drop trigger audit_events_no_update").await?;
     db.execute("drop trigger audit_events_no_delete").await?;
 
     // Edit one field of one event.
-    let actor: String = sqlx::query_scalar("select actor from audit_events where seq = 5").fetch_one(&mut db).await?;
-    db.execute("update audit_events set actor = 'mallory' where seq = 5").await?;
+    let actor: String = sqlx::query_scalar("select actor from audit_events where seq = 5")
+        .fetch_one(&mut db)
+        .await?;
+    db.execute("update audit_events set actor = 'mallory' where seq = 5")
+        .await?;
     assert_fails_at(&gw, 5, "edited event")?;
-    sqlx::query("update audit_events set actor = ?1 where seq = 5").bind(&actor).execute(&mut db).await?;
+    sqlx::query("update audit_events set actor = ?1 where seq = 5")
+        .bind(&actor)
+        .execute(&mut db)
+        .await?;
     gw.audit_verify()?.ok()?;
 
     // Delete one event.
-    db.execute("create table saved as select * from audit_events where seq = 6").await?;
+    db.execute("create table saved as select * from audit_events where seq = 6")
+        .await?;
     db.execute("delete from audit_events where seq = 6").await?;
     assert_fails_at(&gw, 6, "deleted event")?;
-    db.execute("insert into audit_events select * from saved").await?;
+    db.execute("insert into audit_events select * from saved")
+        .await?;
     db.execute("drop table saved").await?;
     gw.audit_verify()?.ok()?;
 
     // Reorder two events (swap their positions).
-    db.execute("update audit_events set seq = -1 where seq = 7").await?;
-    db.execute("update audit_events set seq = 7 where seq = 8").await?;
-    db.execute("update audit_events set seq = 8 where seq = -1").await?;
+    db.execute("update audit_events set seq = -1 where seq = 7")
+        .await?;
+    db.execute("update audit_events set seq = 7 where seq = 8")
+        .await?;
+    db.execute("update audit_events set seq = 8 where seq = -1")
+        .await?;
     assert_fails_at(&gw, 7, "reordered events")?;
-    db.execute("update audit_events set seq = -1 where seq = 8").await?;
-    db.execute("update audit_events set seq = 8 where seq = 7").await?;
-    db.execute("update audit_events set seq = 7 where seq = -1").await?;
+    db.execute("update audit_events set seq = -1 where seq = 8")
+        .await?;
+    db.execute("update audit_events set seq = 8 where seq = 7")
+        .await?;
+    db.execute("update audit_events set seq = 7 where seq = -1")
+        .await?;
     gw.audit_verify()?.ok()?;
 
     // Truncate the tail: the shutdown checkpoint signed the last event, so the cut shows.
-    sqlx::query("delete from audit_events where seq > ?1").bind(n - 3).execute(&mut db).await?;
+    sqlx::query("delete from audit_events where seq > ?1")
+        .bind(n - 3)
+        .execute(&mut db)
+        .await?;
     assert_fails_at(&gw, (n - 2) as u64, "truncated log")?;
 
     // A rewritten chain (every hash recomputed by the attacker) still contradicts the signed
     // checkpoint; a forged checkpoint does not verify.
-    db.execute("update audit_checkpoints set hash = 'ab' || substr(hash, 3)").await?;
+    db.execute("update audit_checkpoints set hash = 'ab' || substr(hash, 3)")
+        .await?;
     let out = gw.audit_verify()?;
-    assert!(!out.success() && out.stdout.contains("checkpoint signature does not verify"), "{out}");
+    assert!(
+        !out.success() && out.stdout.contains("checkpoint signature does not verify"),
+        "{out}"
+    );
     Ok(())
 }
 
 #[test]
 fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().checkpoint_every(5).resource(dev_orders(&pg)))?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .checkpoint_every(5)
+            .resource(dev_orders(&pg)),
+    )?;
     for user in ["alice", "bob", "carol"] {
-        gw.psql_as(user, &["engineering"], "orders-db", "select count(*) from orders")?.ok()?;
+        gw.psql_as(
+            user,
+            &["engineering"],
+            "orders-db",
+            "select count(*) from orders",
+        )?
+        .ok()?;
     }
     let dir = gatehouse_tests::temp_dir("export")?;
     let export = dir.join("log.jsonl");
@@ -107,7 +149,9 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
     };
 
     // One byte changed inside an event's statement text.
-    let at = original.find("count(*)").ok_or_else(|| anyhow::anyhow!("no statement in export"))?;
+    let at = original
+        .find("count(*)")
+        .ok_or_else(|| anyhow::anyhow!("no statement in export"))?;
     let mut bytes = original.clone().into_bytes();
     bytes[at] = b'C';
     let out = verify_variant("one-byte", String::from_utf8(bytes)?)?;
@@ -130,7 +174,9 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
 
     // The wrong public key.
     let other = gatehouse_tests::temp_dir("other-key")?;
-    let other_key = gatehouse_gateway::keys::SigningKey::load_or_create(&other.join("k.pem"))?.public_key().to_base64();
+    let other_key = gatehouse_gateway::keys::SigningKey::load_or_create(&other.join("k.pem"))?
+        .public_key()
+        .to_base64();
     let out = Gateway::audit_verify_file(&export, &other_key)?;
     assert!(!out.success(), "{out}");
 
@@ -138,9 +184,16 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
     let events = gw.audit_events()?;
     let from = events[3]["ts"].as_str().unwrap_or_default().to_string();
     let window = dir.join("window.jsonl");
-    gw.audit_export("jsonl", &["--from", &from, "--output", &window.to_string_lossy()])?.ok()?;
+    gw.audit_export(
+        "jsonl",
+        &["--from", &from, "--output", &window.to_string_lossy()],
+    )?
+    .ok()?;
     let out = Gateway::audit_verify_file(&window, &key)?.ok()?;
-    assert!(out.stdout.contains(&format!("seq {}..=", events[3]["seq"])), "{out}");
+    assert!(
+        out.stdout.contains(&format!("seq {}..=", events[3]["seq"])),
+        "{out}"
+    );
 
     // CSV for spreadsheets.
     let csv = gw.audit_export("csv", &[])?.ok()?;
@@ -150,10 +203,15 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() -> anyhow::Result<()> {
+async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() -> anyhow::Result<()>
+{
     let pg = PgServer::start()?;
     pg.pgbench_init("orders", 1)?;
-    let mut gw = Gateway::start(GatewayConfig::new().checkpoint_every(500).resource(dev_orders(&pg)))?;
+    let mut gw = Gateway::start(
+        GatewayConfig::new()
+            .checkpoint_every(500)
+            .resource(dev_orders(&pg)),
+    )?;
 
     // 20 interactive sessions, each a different user, parked in a long query.
     let mut sessions = Vec::new();
@@ -165,25 +223,40 @@ async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() 
             .conninfo_param("application_name", &user)
             .command()?;
         cmd.args(["-c", "select pg_sleep(60)"]);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         sessions.push(cmd.spawn()?);
     }
     // And statement traffic on top.
     let token = gw.token("bench", &["engineering"], "1h")?;
     let addr = gw.pg_addr();
-    let load = std::thread::spawn(move || Pgbench::new(addr, "orders-db", "bench").password(&token).args(&["-n", "-S", "-c", "4", "-T", "20"]).run());
+    let load = std::thread::spawn(move || {
+        Pgbench::new(addr, "orders-db", "bench")
+            .password(&token)
+            .args(&["-n", "-S", "-c", "4", "-T", "20"])
+            .run()
+    });
 
     // Wait until the upstream sees all 20 sessions: each of them got past the gateway.
     let deadline = Instant::now() + Duration::from_secs(30);
     let connected: BTreeSet<String> = loop {
         let names = pg.exec("postgres", "select string_agg(application_name, ',') from pg_stat_activity where application_name like 'crash%' and query like '%pg_sleep(60)%'")?;
-        let set: BTreeSet<String> = names.trim().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let set: BTreeSet<String> = names
+            .trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         if set.len() == 20 || Instant::now() > deadline {
             break set;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(connected.len(), 20, "sessions reaching the upstream: {connected:?}");
+    assert_eq!(
+        connected.len(),
+        20,
+        "sessions reaching the upstream: {connected:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     gw.kill9()?;
     for mut s in sessions {
@@ -197,16 +270,38 @@ async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() 
     assert!(out.stdout.contains("intact"), "{out}");
     let events = gw.audit_events()?;
     for user in &connected {
-        let allowed = events.iter().any(|e| e["kind"] == "access.decision" && e["actor"] == user.as_str() && e["decision"] == "allow");
-        assert!(allowed, "{user} reached the upstream, so its allow decision must be in the log");
+        let allowed = events.iter().any(|e| {
+            e["kind"] == "access.decision"
+                && e["actor"] == user.as_str()
+                && e["decision"] == "allow"
+        });
+        assert!(
+            allowed,
+            "{user} reached the upstream, so its allow decision must be in the log"
+        );
     }
-    let statements = events.iter().filter(|e| e["kind"] == "db.statement").count();
-    assert!(statements > 100, "the pgbench load was logged: {statements}");
+    let statements = events
+        .iter()
+        .filter(|e| e["kind"] == "db.statement")
+        .count();
+    assert!(
+        statements > 100,
+        "the pgbench load was logged: {statements}"
+    );
 
     // The chain goes on after the crash and a clean stop signs it.
-    gw.psql_as("alice", &["engineering"], "orders-db", "select 'after the crash'")?.ok()?;
+    gw.psql_as(
+        "alice",
+        &["engineering"],
+        "orders-db",
+        "select 'after the crash'",
+    )?
+    .ok()?;
     gw.stop()?;
     let out = gw.audit_verify()?.ok()?;
-    assert!(!out.stdout.contains("not yet covered"), "a clean stop leaves nothing unsigned: {out}");
+    assert!(
+        !out.stdout.contains("not yet covered"),
+        "a clean stop leaves nothing unsigned: {out}"
+    );
     Ok(())
 }

@@ -177,12 +177,20 @@ impl Writer {
         }
     }
 
-    /// Commits `events`, retrying until the store takes them. Returns the first new seq.
+    /// Commits `events`, retrying until the store takes them: queued events are never dropped.
+    /// A commit with no events (a checkpoint only) gives up after a few tries. Returns the first
+    /// new seq.
     async fn commit_with_retry(&mut self, events: Vec<NewEvent>, force_checkpoint: bool) -> u64 {
         let mut backoff = Duration::from_millis(50);
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match self.commit(events.clone(), force_checkpoint).await {
                 Ok(first) => return first,
+                Err(e) if events.is_empty() && attempts >= 5 => {
+                    tracing::error!(error = %e, "audit checkpoint failed; giving up on this checkpoint");
+                    return self.head_seq + 1;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, pending = events.len(), "audit log commit failed; retrying, sessions that need a durable decision are refused meanwhile");
                     tokio::time::sleep(backoff).await;
@@ -217,10 +225,17 @@ impl Writer {
             sealed.push(event);
         }
         self.store.insert_events(&mut tx, &sealed).await?;
-        let last_cp = self.last_checkpoint.unwrap_or(0);
         let crossed = seq / self.checkpoint_every > (first - 1) / self.checkpoint_every;
         let mut new_cp = None;
-        if seq > last_cp && (crossed || force_checkpoint) {
+        // Another writer on a shared store may have signed this head already: ask the store,
+        // under the lock, rather than trust what this writer remembers.
+        let wants_checkpoint = crossed || force_checkpoint;
+        let last_cp = if wants_checkpoint {
+            self.store.last_checkpoint_seq(&mut tx).await?.unwrap_or(0)
+        } else {
+            self.last_checkpoint.unwrap_or(0)
+        };
+        if seq > last_cp && wants_checkpoint {
             let ts = now_ts();
             let sig = self.key.sign(&Checkpoint::message(seq, &prev, &ts));
             let cp = Checkpoint {
@@ -235,9 +250,11 @@ impl Writer {
         }
         tx.commit().await?;
         self.head_seq = seq;
-        if let Some(cp) = new_cp {
-            self.last_checkpoint = Some(cp);
-        }
+        self.last_checkpoint = Some(
+            new_cp
+                .unwrap_or(last_cp)
+                .max(self.last_checkpoint.unwrap_or(0)),
+        );
         Ok(first)
     }
 }

@@ -87,7 +87,7 @@ impl Store {
         tx: &mut AnyConnection,
         c: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let sql = self.sql("INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5)");
+        let sql = self.sql("INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING");
         sqlx::query(&sql)
             .bind(c.seq as i64)
             .bind(&c.hash)
