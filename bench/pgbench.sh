@@ -32,8 +32,8 @@ cargo build --release --bin gatehouse -q
 GH="$ROOT/target/release/gatehouse"
 
 PGPORT=$(free_port)
-mkdir -p "$WORK/pg"
-chown nobody "$WORK/pg" 2>/dev/null || true
+mkdir -p "$WORK/pg" "$WORK/sock"
+chown nobody "$WORK/pg" "$WORK/sock" 2>/dev/null || true
 echo "upstream-pw" > "$WORK/pw"; chmod 644 "$WORK/pw"
 "${RUN_AS[@]}" "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
@@ -43,13 +43,13 @@ chmod 600 "$WORK/pg/server.key"
 cat >> "$WORK/pg/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PGPORT
-unix_socket_directories = '$WORK'
+unix_socket_directories = '$WORK/sock'
 ssl = on
 max_connections = 100
 shared_buffers = 256MB
 CONF
-"${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w start >/dev/null
-psql -X -q -h "$WORK" -p "$PGPORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD 'upstream-pw'" -c "CREATE DATABASE bench OWNER bench"
+"${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w start >/dev/null
+psql -X -q -h "$WORK/sock" -p "$PGPORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD 'upstream-pw'" -c "CREATE DATABASE bench OWNER bench"
 PGPASSWORD=upstream-pw pgbench -q -i -s 10 -h 127.0.0.1 -p "$PGPORT" -U bench bench >/dev/null 2>&1
 
 cat > "$WORK/gatehouse.toml" <<CONF

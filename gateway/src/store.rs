@@ -131,17 +131,36 @@ impl Store {
         self.backend
     }
 
-    /// Rewrites `$N` placeholders for the backend.
+    /// Rewrites `$N` placeholders for the backend. For SQLite they become plain positional `?`
+    /// (numbered ones make sqlx look every parameter up by name, quadratic in a multi-row
+    /// insert), so every query must use its placeholders once each, in ascending order.
     pub fn sql(&self, q: &str) -> String {
         match self.backend {
             Backend::Postgres => q.to_string(),
-            Backend::Sqlite => q.replace('$', "?"),
+            Backend::Sqlite => positional_placeholders(q),
         }
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// `$1`, `$2` ... to `?`.
+fn positional_placeholders(q: &str) -> String {
+    let mut out = String::with_capacity(q.len());
+    let mut chars = q.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn sqlite_path(url: &str) -> Option<String> {
@@ -169,6 +188,13 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_placeholders_are_positional() {
+        let sqlite = positional_placeholders;
+        assert_eq!(sqlite("VALUES ($1,$2),($13,$14)"), "VALUES (?,?),(?,?)");
+        assert_eq!(sqlite("a$b"), "a$b");
+    }
 
     #[test]
     fn urls_are_redacted() {

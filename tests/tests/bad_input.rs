@@ -215,3 +215,33 @@ async fn bogus_cancel_requests_are_dropped() -> anyhow::Result<()> {
     still_serves(&gw)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssenc_is_declined_and_silent_clients_time_out() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .set("postgres", "handshake_timeout", "\"1s\"")
+            .resource(
+                Resource::orders_db(&pg, "orders-db")
+                    .labels(&[("env", "dev"), ("data_class", "internal")]),
+            ),
+    )?;
+    // GSSENCRequest gets `N`; the client may then ask for TLS on the same connection.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&gatehouse_tests::gssenc_request()).await?;
+    assert_eq!(read_byte(&mut s).await?, Some(b'N'));
+    s.write_all(&ssl_request()).await?;
+    assert_eq!(read_byte(&mut s).await?, Some(b'S'));
+
+    // A client that says nothing is dropped after the handshake timeout.
+    let mut idle = raw_connect(gw.pg_addr()).await?;
+    let started = std::time::Instant::now();
+    let _ = read_to_close(&mut idle).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "dropped after ~1 s, not held open"
+    );
+    still_serves(&gw)?;
+    Ok(())
+}

@@ -90,28 +90,33 @@ impl NewEvent {
 
     /// Seals the event at `seq` after `prev_hash`.
     pub fn into_event(self, seq: u64, ts: String, prev_hash: String) -> AuditEvent {
+        self.seal(seq, ts, prev_hash)
+    }
+
+    /// Seals a copy of the event at `seq` after `prev_hash`, leaving `self` for a retry.
+    pub fn seal(&self, seq: u64, ts: String, prev_hash: String) -> AuditEvent {
         let mut controls: Vec<String> =
             self.kind.controls().iter().map(|c| c.to_string()).collect();
-        controls.extend(self.controls);
+        controls.extend(self.controls.iter().cloned());
         controls.sort_by_key(|c| control_order(c));
         controls.dedup();
-        let detail = match self.detail {
-            serde_json::Value::Object(_) => self.detail,
-            other => serde_json::json!({ "value": other }),
+        let detail = match &self.detail {
+            serde_json::Value::Object(_) => canonical_json(&self.detail),
+            other => canonical_json(&serde_json::json!({ "value": other })),
         };
         let mut e = AuditEvent {
             seq,
             ts,
             kind: self.kind.as_str().to_string(),
-            actor: self.actor,
-            resource: self.resource,
-            action: self.action,
-            decision: self.decision,
-            reason: self.reason,
-            policy_ids: self.policy_ids,
+            actor: self.actor.clone(),
+            resource: self.resource.clone(),
+            action: self.action.clone(),
+            decision: self.decision.clone(),
+            reason: self.reason.clone(),
+            policy_ids: self.policy_ids.clone(),
             controls,
-            session_id: self.session_id,
-            detail: canonical_json(&detail),
+            session_id: self.session_id.clone(),
+            detail,
             prev_hash,
             hash: String::new(),
         };

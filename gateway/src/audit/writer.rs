@@ -22,6 +22,8 @@ use crate::store::{Store, StoreError};
 
 /// Most events stored in one transaction.
 const MAX_BATCH: usize = 2048;
+/// How long a batch that nobody waits on may wait for company.
+const LINGER: Duration = Duration::from_millis(2);
 /// Unsigned events get a checkpoint after this long without one.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -115,6 +117,25 @@ impl AuditLog {
     }
 }
 
+impl Msg {
+    fn is_waited_on(&self) -> bool {
+        match self {
+            Msg::Event(_, ack) => ack.is_some(),
+            Msg::Checkpoint(_) => true,
+        }
+    }
+}
+
+/// Moves what is queued (up to [`MAX_BATCH`] messages in all) into `queued`.
+fn drain(rx: &mut mpsc::Receiver<Msg>, queued: &mut Vec<Msg>) {
+    while queued.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(m) => queued.push(m),
+            Err(_) => break,
+        }
+    }
+}
+
 struct Writer {
     store: Store,
     key: Arc<SigningKey>,
@@ -145,11 +166,12 @@ impl Writer {
             let mut acks = Vec::new();
             let mut checkpoint_waiters = Vec::new();
             let mut queued = vec![first];
-            while queued.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => queued.push(m),
-                    Err(_) => break,
-                }
+            drain(&mut rx, &mut queued);
+            // Nobody waits on this batch: linger briefly so that a steady trickle of statement
+            // events shares one commit instead of paying one each.
+            if queued.len() < MAX_BATCH && !queued.iter().any(Msg::is_waited_on) {
+                tokio::time::sleep(LINGER).await;
+                drain(&mut rx, &mut queued);
             }
             for m in queued {
                 match m {
@@ -185,7 +207,7 @@ impl Writer {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.commit(events.clone(), force_checkpoint).await {
+            match self.commit(&events, force_checkpoint).await {
                 Ok(first) => return first,
                 Err(e) if events.is_empty() && attempts >= 5 => {
                     tracing::error!(error = %e, "audit checkpoint failed; giving up on this checkpoint");
@@ -202,7 +224,7 @@ impl Writer {
 
     async fn commit(
         &mut self,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
         force_checkpoint: bool,
     ) -> Result<u64, StoreError> {
         let mut tx = self.store.pool().begin().await?;
@@ -220,7 +242,7 @@ impl Writer {
         let mut sealed: Vec<AuditEvent> = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
-            let event = e.into_event(seq, now_ts(), prev);
+            let event = e.seal(seq, now_ts(), prev);
             prev = event.hash.clone();
             sealed.push(event);
         }

@@ -44,21 +44,7 @@ impl Store {
         events: &[AuditEvent],
     ) -> Result<(), StoreError> {
         for chunk in events.chunks(INSERT_CHUNK) {
-            let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for c in 0..14 {
-                    if c > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&format!("${}", i * 14 + c + 1));
-                }
-                sql.push(')');
-            }
-            let sql = self.sql(&sql);
+            let sql = self.insert_sql(chunk.len());
             let mut q = sqlx::query(&sql);
             for e in chunk {
                 q = q
@@ -80,6 +66,29 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         Ok(())
+    }
+
+    /// `INSERT ... VALUES (...), (...)` for `rows` events, placeholders in the backend's form.
+    fn insert_sql(&self, rows: usize) -> String {
+        use std::fmt::Write as _;
+        let mut sql = String::with_capacity(100 + rows * 14 * 5);
+        let _ = write!(sql, "INSERT INTO audit_events ({COLUMNS}) VALUES ");
+        for i in 0..rows {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            for c in 0..14 {
+                if c > 0 {
+                    sql.push(',');
+                }
+                match self.backend() {
+                    Backend::Sqlite => sql.push('?'),
+                    Backend::Postgres => {
+                        let _ = write!(sql, "${}", i * 14 + c + 1);
+                    }
+                }
+            }
+            sql.push(')');
+        }
+        sql
     }
 
     pub async fn insert_checkpoint(
