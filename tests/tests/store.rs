@@ -160,3 +160,69 @@ fn gateway_runs_on_a_postgres_store() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_dead_store_fails_closed_and_loses_nothing() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let mut store = PgServer::start()?;
+    let url = store.create_database("gatehouse")?;
+    let gw = Gateway::start(GatewayConfig::new().store_url(&url).resource(
+        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
+    ))?;
+    let token = gw.token("alice", &["engineering"], "1h")?;
+    // A session that is already open when the store dies keeps working; its statements wait
+    // in the queue.
+    let mut open = gatehouse_tests::Psql::new(gw.pg_addr(), "orders-db", "alice")
+        .password(&token)
+        .command()?;
+    open.args([
+        "-c",
+        "select pg_sleep(3)",
+        "-c",
+        "select 'queued while the store was down'",
+    ]);
+    open.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let open = open.spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+
+    store.stop()?;
+    // No decision can be made durable: a new connection is refused, not let through.
+    let out = gw.psql("orders-db", "alice", &token, "select 1")?.err()?;
+    assert!(
+        out.stderr.contains("cannot record the access decision"),
+        "{out}"
+    );
+    let out = open.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The store comes back: the gateway recovers on its own, and what was queued is stored.
+    store.restart()?;
+    let mut ok = false;
+    for _ in 0..50 {
+        if gw.psql("orders-db", "alice", &token, "select 1")?.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        ok,
+        "the gateway did not recover after the store returned: {}",
+        gw.logs()
+    );
+    let events = gw.audit_events()?;
+    assert!(
+        events.iter().any(|e| e["detail"]["statement"]
+            .as_str()
+            .is_some_and(|s| s.contains("queued while the store was down"))),
+        "a statement from the outage was lost"
+    );
+    assert!(gw.audit_verify()?.success());
+    assert!(gw.logs().contains("access decision could not be recorded"));
+    Ok(())
+}
