@@ -118,6 +118,24 @@ impl Registry {
         Some((s.id, s.user.clone(), s.resource.clone(), s.cancel.clone()?))
     }
 
+    /// Ends every live session of `user` with `reason`; returns their ids and resources.
+    pub fn kill_user(&self, user: &str, reason: &str) -> Vec<(SessionId, String)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|s| s.user == user && s.kill.borrow().is_none())
+            .map(|s| {
+                let _ = s.kill.send(Some(reason.to_string()));
+                (s.id, s.resource.clone())
+            })
+            .collect()
+    }
+
+    /// Users with at least one live session.
+    pub fn users(&self) -> std::collections::BTreeSet<String> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|s| s.user.clone()).collect()
+    }
+
     /// Ends every live session with `reason`; returns how many were signalled.
     pub fn kill_all(&self, reason: &str) -> usize {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());

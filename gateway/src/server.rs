@@ -101,7 +101,13 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         policies: Arc::new(policies),
         audit: audit.clone(),
         registry: registry.clone(),
+        store: store.clone(),
     });
+    let watcher = tokio::spawn(watch_disabled_users(
+        store.clone(),
+        registry.clone(),
+        audit.clone(),
+    ));
 
     if let Some(path) = ready_file {
         let ready =
@@ -113,6 +119,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     info!(postgres = %pg_addr, resources = config.resources.len(), "gatehouse is serving");
 
     crate::pg::serve(listener, door, shutdown_signal()).await;
+    watcher.abort();
 
     info!(live = registry.len(), "shutting down: ending live sessions");
     registry.kill_all("the gateway is shutting down");
@@ -137,6 +144,44 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// How often live sessions are checked against the users table.
+const USER_POLL: Duration = Duration::from_millis(250);
+
+/// Cuts the live sessions of users that an admin (on any replica, or through the CLI) disabled.
+/// Polling the store keeps this correct across processes; the poll period bounds the delay.
+async fn watch_disabled_users(store: Store, registry: Registry, audit: AuditLog) {
+    let mut tick = tokio::time::interval(USER_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let live = registry.users();
+        if live.is_empty() {
+            continue;
+        }
+        let disabled = match store.disabled_users().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read disabled users");
+                continue;
+            }
+        };
+        for user in disabled.iter().filter(|u| live.contains(*u)) {
+            for (session, resource) in
+                registry.kill_user(user, &format!("access revoked: user {user} was disabled"))
+            {
+                let mut e = NewEvent::new(EventKind::SessionCut);
+                e.actor = user.clone();
+                e.resource = resource;
+                e.action = "cut".into();
+                e.session_id = session.to_string();
+                e.reason = "user disabled".into();
+                let _ = audit.record(e).await;
+                info!(user = %user, session.id = %session, "cut a live session of a disabled user");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

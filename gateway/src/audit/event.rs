@@ -21,6 +21,12 @@ pub enum EventKind {
     DbStatement,
     /// A cancel request was forwarded upstream.
     CancelForwarded,
+    /// An admin disabled a user (leaver, compromised account ...).
+    UserDisabled,
+    /// An admin enabled a user again.
+    UserEnabled,
+    /// The gateway cut a live session because its user lost access.
+    SessionCut,
     GatewayStart,
     GatewayStop,
 }
@@ -35,6 +41,9 @@ impl EventKind {
             EventKind::SessionEnd => "session.end",
             EventKind::DbStatement => "db.statement",
             EventKind::CancelForwarded => "session.cancel",
+            EventKind::UserDisabled => "user.disabled",
+            EventKind::UserEnabled => "user.enabled",
+            EventKind::SessionCut => "session.cut",
             EventKind::GatewayStart => "gateway.start",
             EventKind::GatewayStop => "gateway.stop",
         }
@@ -50,6 +59,10 @@ impl EventKind {
             // Logging of brokered activity; privileged access rights where it applies.
             EventKind::SessionStart | EventKind::SessionEnd | EventKind::SessionFailed => &["8.15"],
             EventKind::DbStatement | EventKind::CancelForwarded => &["8.15"],
+            // User registration and de-registration, access rights, termination of employment.
+            EventKind::UserDisabled => &["5.16", "5.18", "6.5"],
+            EventKind::UserEnabled => &["5.16", "5.18"],
+            EventKind::SessionCut => &["5.18", "6.5", "8.15"],
             // Logging and clock synchronisation (the event records the gateway's UTC time).
             EventKind::GatewayStart | EventKind::GatewayStop => &["8.15", "8.17"],
         }

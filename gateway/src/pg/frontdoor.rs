@@ -24,6 +24,9 @@ use crate::authn::token::TokenAuthority;
 use crate::config::{Config, Resource};
 use crate::registry::{random_bytes, Registry};
 
+/// How long a connection waits for the store to say whether its user is disabled.
+const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Largest password message (the gateway token) accepted.
 const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
 
@@ -35,6 +38,7 @@ pub struct FrontDoor {
     pub policies: Arc<PolicyEngine>,
     pub audit: AuditLog,
     pub registry: Registry,
+    pub store: crate::store::Store,
 }
 
 /// Accepts connections until `shutdown` completes, then returns (live sessions are left to the
@@ -327,6 +331,50 @@ impl FrontDoor {
                 });
             }
         };
+
+        // A disabled user is refused whatever their token says (checked in the store, so a
+        // disable by any replica or by the CLI counts at once).
+        let lookup = tokio::time::timeout(STORE_LOOKUP_TIMEOUT, self.store.user(user)).await;
+        let disabled = match lookup
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(u) => u.and_then(|u| u.disabled_at).is_some(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the users table; refusing the connection");
+                return Err(Refusal::new("58000", "gatehouse cannot check the user's status; the connection is refused (fail closed)"));
+            }
+        };
+        if disabled {
+            let mut e = NewEvent::new(EventKind::AuthFailed);
+            e.actor = user.to_string();
+            e.resource = resource_name.to_string();
+            e.action = "connect".into();
+            e.decision = "deny".into();
+            e.reason = "user is disabled".into();
+            e.session_id = session_id.to_string();
+            e.controls = vec!["5.18".into(), "6.5".into()];
+            e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": "gateway_token", "token_id": claims.jti });
+            let _ = self.audit.record_durable(e).await;
+            info!("refused: user is disabled");
+            return Err(Refusal::new(
+                "28000",
+                format!("user \"{user}\" is disabled; ask an administrator"),
+            ));
+        }
+        {
+            let store = self.store.clone();
+            let (name, groups, ts) = (
+                user.to_string(),
+                claims.groups.clone(),
+                crate::audit::event::now_ts(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = store.record_login(&name, &groups, &ts).await {
+                    warn!(error = %e, "cannot record the login in the users table");
+                }
+            });
+        }
 
         // 2. Authorisation.
         let mut decision_event = NewEvent::new(EventKind::AccessDecision);
