@@ -382,7 +382,7 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 FormatArg::Jsonl => Format::Jsonl,
                 FormatArg::Csv => Format::Csv,
             };
-            let count = match output {
+            match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
                         .with_context(|| format!("creating `{}`", path.display()))?;
@@ -397,16 +397,18 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     )
                     .await?;
                     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                    eprintln_quiet(&format!("exported {n} events to {}", path.display()));
-                    n
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "exported {n} events to {}",
+                        path.display()
+                    );
                 }
                 None => {
                     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
                     export::export(&store, &key, format, from.as_deref(), to.as_deref(), &mut w)
-                        .await?
+                        .await?;
                 }
-            };
-            let _ = count;
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Verify {
@@ -606,8 +608,4 @@ pub async fn verify_store(
         }
     }
     Ok(chain.finish())
-}
-
-fn eprintln_quiet(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
 }

@@ -170,6 +170,18 @@ impl Psql {
         run_command(&mut cmd, Some(script.as_bytes()), self.timeout)
     }
 
+    /// Starts `psql -c <sql>` in the background with its output piped, for tests that act on a
+    /// session while it runs (cancel it, cut it, kill the gateway under it).
+    pub fn spawn(&self, sql: &str) -> anyhow::Result<std::process::Child> {
+        let mut cmd = self.command()?;
+        cmd.arg("-c")
+            .arg(sql)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().context("starting psql")
+    }
+
     /// Runs `psql -f <path>`.
     pub fn run_file(&self, path: &std::path::Path) -> anyhow::Result<PsqlOutput> {
         let mut cmd = self.command()?;

@@ -874,6 +874,22 @@ impl Gateway {
         )
     }
 
+    /// Waits (at most `timeout`) until the gateway's logs contain `needle`: the gateway may log
+    /// an event just after the client saw its effect.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.logs().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the gateway did not log `{needle}` within {timeout:?}:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// The store URL in the config (the sqlite default or what the test set).
     pub fn store_url(&self) -> String {
         self.cfg.store_url_for(&self.state_dir)

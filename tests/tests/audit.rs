@@ -218,14 +218,12 @@ async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() 
     for i in 0..20 {
         let user = format!("crash{i:02}");
         let token = gw.token(&user, &["engineering"], "1h")?;
-        let mut cmd = Psql::new(gw.pg_addr(), "orders-db", &user)
-            .password(&token)
-            .conninfo_param("application_name", &user)
-            .command()?;
-        cmd.args(["-c", "select pg_sleep(60)"]);
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        sessions.push(cmd.spawn()?);
+        sessions.push(
+            Psql::new(gw.pg_addr(), "orders-db", &user)
+                .password(&token)
+                .conninfo_param("application_name", &user)
+                .spawn("select pg_sleep(60)")?,
+        );
     }
     // And statement traffic on top.
     let token = gw.token("bench", &["engineering"], "1h")?;

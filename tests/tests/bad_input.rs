@@ -90,15 +90,7 @@ async fn plaintext_after_ssl_request_is_never_processed() -> anyhow::Result<()> 
         !rest.contains(&b'R'),
         "no authentication request may follow: {rest:?}"
     );
-    // The gateway logs the refusal right after closing; give the log a moment.
-    let logged = async {
-        while !gw.logs().contains("tls handshake failed") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), logged)
-        .await
-        .map_err(|_| anyhow::anyhow!("not logged: {}", gw.logs()))?;
+    gw.wait_for_log("tls handshake failed", Duration::from_secs(5))?;
     still_serves(&gw)?;
     Ok(())
 }
@@ -202,14 +194,10 @@ async fn bogus_cancel_requests_are_dropped() -> anyhow::Result<()> {
     }
     let out = long.await??.ok()?;
     assert!(out.stdout.contains("survived"), "{out}");
-    let logged = async {
-        while !gw.logs().contains("cancel request matches no live session") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), logged)
-        .await
-        .map_err(|_| anyhow::anyhow!("not logged: {}", gw.logs()))?;
+    gw.wait_for_log(
+        "cancel request matches no live session",
+        Duration::from_secs(5),
+    )?;
     let events = gw.audit_export_jsonl()?;
     assert!(!events.iter().any(|e| e["kind"] == "session.cancel"));
     still_serves(&gw)?;

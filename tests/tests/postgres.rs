@@ -384,13 +384,9 @@ fn ctrl_c_in_psql_cancels_only_through_the_gateway_key() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     let gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
-    let mut cmd = Psql::new(gw.pg_addr(), "orders-db", "alice")
+    let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
-        .command()?;
-    cmd.args(["-c", "select pg_sleep(60)"]);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn()?;
+        .spawn("select pg_sleep(60)")?;
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(1500));
     let started = Instant::now();
@@ -412,13 +408,9 @@ fn sigterm_ends_sessions_with_a_message_and_a_final_checkpoint() -> anyhow::Resu
     let pg = PgServer::start()?;
     let mut gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
-    let mut cmd = Psql::new(gw.pg_addr(), "orders-db", "alice")
+    let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
-        .command()?;
-    cmd.args(["-c", "select pg_sleep(60)"]);
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn()?;
+        .spawn("select pg_sleep(60)")?;
     std::thread::sleep(Duration::from_millis(1500));
     let status = gw.stop()?;
     assert!(

@@ -16,13 +16,9 @@ fn disabling_a_user_cuts_live_sessions_within_a_second() -> anyhow::Result<()> {
     let cfg = gw.config_path().to_string_lossy().into_owned();
 
     let long = |user: &str, token: &str| -> anyhow::Result<std::process::Child> {
-        let mut cmd = Psql::new(gw.pg_addr(), "orders-db", user)
+        Psql::new(gw.pg_addr(), "orders-db", user)
             .password(token)
-            .command()?;
-        cmd.args(["-c", "select pg_sleep(30)"]);
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        Ok(cmd.spawn()?)
+            .spawn("select pg_sleep(30)")
     };
     let alice_session = long("alice", &token)?;
     let bob_session = long("bob", &bob)?;
