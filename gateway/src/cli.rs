@@ -56,6 +56,33 @@ enum Command {
     /// second and every new connection is refused) or enable them again.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Live sessions (who, what, since when); `sessions kill ID` ends one within a second.
+    Sessions(SessionsArgs),
+}
+
+#[derive(Args)]
+struct SessionsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also list ended sessions (newest first).
+    #[arg(long)]
+    all: bool,
+    #[command(subcommand)]
+    action: Option<SessionsAction>,
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// End a live session: the client gets `57P01` with the reason. Audited.
+    Kill {
+        /// The session id (from `gatehouse sessions`).
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who is doing this (recorded in the audit log).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,7 +123,12 @@ enum UsersCommand {
 #[derive(Args)]
 struct ConfigArg {
     /// The gateway config file.
-    #[arg(long, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.toml")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CONFIG",
+        default_value = "gatehouse.toml",
+        global = true
+    )]
     config: PathBuf,
 }
 
@@ -276,6 +308,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Users(cmd) => {
             init_tracing(false, "warn");
             users(cmd).await
+        }
+        Command::Sessions(args) => {
+            init_tracing(false, "warn");
+            match sessions(args).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
         }
         Command::Audit(cmd) => {
             init_tracing(false, "warn");
@@ -565,6 +604,54 @@ async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config, &ProcessEnv, Secrets::Skip)?;
+    let store = Store::open(&config.store_url).await?;
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        None => {
+            writeln!(
+                out,
+                "{:<32} {:<16} {:<16} {:<28} {:<22} status",
+                "session", "user", "resource", "started", "client"
+            )?;
+            for s in store.sessions(args.all, 1000).await? {
+                let status = match (&s.ended, &s.kill_requested_by) {
+                    (Some(_), _) => format!("ended: {}", s.end_reason.as_deref().unwrap_or("")),
+                    (None, Some(by)) => format!("kill requested by {by}"),
+                    (None, None) => "live".to_string(),
+                };
+                writeln!(
+                    out,
+                    "{:<32} {:<16} {:<16} {:<28} {:<22} {status}",
+                    s.id, s.user, s.resource, s.started, s.client_addr
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(SessionsAction::Kill { id, reason, by }) => {
+            if reason.len() > 1024 {
+                bail!("--reason is limited to 1024 bytes");
+            }
+            let ts = crate::audit::event::now_ts();
+            let Some((user, resource)) = store.request_kill(&id, &by, &reason, &ts).await? else {
+                writeln!(out, "no live session `{id}`")?;
+                return Ok(ExitCode::FAILURE);
+            };
+            let mut e = crate::audit::NewEvent::new(crate::audit::EventKind::SessionKillRequested);
+            e.actor = by;
+            e.resource = resource;
+            e.action = "kill".into();
+            e.session_id = id.clone();
+            e.reason = reason;
+            e.detail = serde_json::json!({ "user": user });
+            record_from_cli(&config, &store, e).await?;
+            writeln!(out, "session {id} of {user} will end within a second")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Appends one event from a CLI process, durably. The writer shares the store with the running

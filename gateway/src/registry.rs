@@ -130,6 +130,17 @@ impl Registry {
             .collect()
     }
 
+    /// Ends the live session `id` with `reason` unless it is already ending; returns its user
+    /// and resource.
+    pub fn kill_session(&self, id: &str, reason: &str) -> Option<(String, String)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let s = map
+            .values()
+            .find(|s| s.id.to_string() == id && s.kill.borrow().is_none())?;
+        let _ = s.kill.send(Some(reason.to_string()));
+        Some((s.user.clone(), s.resource.clone()))
+    }
+
     /// Users with at least one live session.
     pub fn users(&self) -> std::collections::BTreeSet<String> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());

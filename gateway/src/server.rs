@@ -93,6 +93,19 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         .await
         .context("recording gateway.start in the audit log")?;
 
+    let instance = crate::audit::event::hex(&crate::registry::random_bytes::<8>());
+    if store.backend() == crate::store::Backend::Sqlite {
+        // One gateway owns a SQLite store: sessions still open from an earlier run are over.
+        let n = store
+            .end_orphaned_sessions(&instance, &crate::audit::event::now_ts())
+            .await?;
+        if n > 0 {
+            info!(
+                sessions = n,
+                "marked sessions left open by an earlier run as ended"
+            );
+        }
+    }
     let registry = Registry::default();
     let door = Arc::new(FrontDoor {
         config: config.clone(),
@@ -102,6 +115,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         audit: audit.clone(),
         registry: registry.clone(),
         store: store.clone(),
+        instance,
     });
     let watcher = tokio::spawn(watch_disabled_users(
         store.clone(),
@@ -149,8 +163,9 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
 /// How often live sessions are checked against the users table.
 const USER_POLL: Duration = Duration::from_millis(250);
 
-/// Cuts the live sessions of users that an admin (on any replica, or through the CLI) disabled.
-/// Polling the store keeps this correct across processes; the poll period bounds the delay.
+/// Cuts live sessions that lost their right to run: users an admin disabled, and sessions an
+/// admin killed (on any replica, or through the CLI). Polling the store keeps this correct
+/// across processes; the poll period bounds the delay.
 async fn watch_disabled_users(store: Store, registry: Registry, audit: AuditLog) {
     let mut tick = tokio::time::interval(USER_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,6 +174,28 @@ async fn watch_disabled_users(store: Store, registry: Registry, audit: AuditLog)
         let live = registry.users();
         if live.is_empty() {
             continue;
+        }
+        match store.pending_kills().await {
+            Ok(kills) => {
+                for k in kills {
+                    let why = if k.reason.is_empty() {
+                        format!("killed by {}", k.by)
+                    } else {
+                        format!("killed by {}: {}", k.by, k.reason)
+                    };
+                    if let Some((user, resource)) = registry.kill_session(&k.id, &why) {
+                        let mut e = NewEvent::new(EventKind::SessionCut);
+                        e.actor = user;
+                        e.resource = resource;
+                        e.action = "cut".into();
+                        e.session_id = k.id.clone();
+                        e.reason = why;
+                        let _ = audit.record(e).await;
+                        info!(session.id = %k.id, "cut a session an admin killed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read session kill requests"),
         }
         let disabled = match store.disabled_users().await {
             Ok(d) => d,

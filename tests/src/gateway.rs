@@ -874,6 +874,43 @@ impl Gateway {
         )
     }
 
+    /// The whole export (as [`audit_export_jsonl`](Self::audit_export_jsonl)) once the log has
+    /// stopped growing for 300 ms (at most 10 s): events a session writes as it ends, and
+    /// statement events still in the writer's queue, are in it.
+    pub fn settled_export(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let count = |v: &[serde_json::Value]| v.iter().filter(|e| e["type"] == "event").count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = self.audit_export_jsonl()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.audit_export_jsonl()?;
+            if count(&now) == count(&last) || std::time::Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+
+    /// The audit events, once one of them matches `pred` (polling for at most `timeout`): a
+    /// session's end event is written just after the client sees the connection close.
+    pub fn wait_for_event(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let events = self.audit_events()?;
+            if events.iter().any(&pred) {
+                return Ok(events);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no matching audit event within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits (at most `timeout`) until the gateway's logs contain `needle`: the gateway may log
     /// an event just after the client saw its effect.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {

@@ -181,7 +181,11 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
     assert!(!out.success(), "{out}");
 
     // A time-window export verifies on its own and holds only its window.
-    let events = gw.audit_events()?;
+    let events: Vec<serde_json::Value> = gw
+        .settled_export()?
+        .into_iter()
+        .filter(|e| e["type"] == "event")
+        .collect();
     let from = events[3]["ts"].as_str().unwrap_or_default().to_string();
     let window = dir.join("window.jsonl");
     gw.audit_export(
@@ -266,7 +270,11 @@ async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() 
     gw.restart()?;
     let out = gw.audit_verify()?.ok()?;
     assert!(out.stdout.contains("intact"), "{out}");
-    let events = gw.audit_events()?;
+    let events: Vec<serde_json::Value> = gw
+        .settled_export()?
+        .into_iter()
+        .filter(|e| e["type"] == "event")
+        .collect();
     for user in &connected {
         let allowed = events.iter().any(|e| {
             e["kind"] == "access.decision"

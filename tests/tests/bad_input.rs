@@ -150,7 +150,7 @@ async fn huge_message_lengths_are_refused_before_buffering() -> anyhow::Result<(
         .contains("exceeds the limit"));
     let _ = read_to_close(&mut s).await?;
 
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.wait_for_event(|e| e["kind"] == "session.end", Duration::from_secs(5))?;
     let end = events
         .iter()
         .rfind(|e| e["kind"] == "session.end")

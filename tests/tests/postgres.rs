@@ -77,7 +77,7 @@ fn psql_queries_transactions_copy_and_large_results() -> anyhow::Result<()> {
     assert_eq!(out.stdout.lines().count(), 200000);
 
     // The audit log has each statement, in order, with the session id and controls.
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let stmts: Vec<&str> = events_of(&events, "db.statement")
         .iter()
         .filter_map(|e| e["detail"]["statement"].as_str())
@@ -189,7 +189,7 @@ async fn rust_client_prepared_statements_transactions_and_copy() -> anyhow::Resu
     conn.execute("select 1").await?;
     conn.close().await?;
 
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let execs = events_of(&events, "db.statement");
     let with_param = execs
         .iter()
@@ -222,7 +222,7 @@ fn parameters_stay_out_of_the_log_unless_the_resource_allows() -> anyhow::Result
         .run()?;
     assert_eq!(out.failed_transactions(), Some(0), "{}", out.stdout());
     assert_eq!(out.transactions(), Some(40));
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let execs: Vec<_> = events_of(&events, "db.statement")
         .into_iter()
         .filter(|e| e["action"] == "execute")
@@ -275,7 +275,7 @@ fn policy_denial_is_a_42501_naming_the_decision_and_is_audited() -> anyhow::Resu
         "{out}"
     );
 
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let decisions = events_of(&events, "access.decision");
     let find = |actor: &str| {
         decisions
@@ -371,7 +371,7 @@ fn md5_upstream_and_brokered_credential_failures() -> anyhow::Result<()> {
         "errors must come promptly, not hang"
     );
 
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let failed = events_of(&events, "session.failed");
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert!(gw.logs().contains("upstream connection failed"));
@@ -398,7 +398,7 @@ fn ctrl_c_in_psql_cancels_only_through_the_gateway_key() -> anyhow::Result<()> {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     assert_eq!(events_of(&events, "session.cancel").len(), 1);
     Ok(())
 }
@@ -424,7 +424,7 @@ fn sigterm_ends_sessions_with_a_message_and_a_final_checkpoint() -> anyhow::Resu
     gw.restart()?;
     let verify = gw.audit_verify()?.ok()?;
     assert!(verify.stdout.contains("intact"), "{verify}");
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let end = events_of(&events, "session.end");
     assert!(end.iter().any(|e| e["reason"]
         .as_str()

@@ -145,7 +145,7 @@ async fn bad_tokens_get_28p01_and_are_audited() -> anyhow::Result<()> {
         );
     }
 
-    let events = gw.audit_export_jsonl()?;
+    let events = gw.settled_export()?;
     let failures: Vec<&Value> = events
         .iter()
         .filter(|e| e["kind"] == "auth.failed")

@@ -57,7 +57,11 @@ fn disabling_a_user_cuts_live_sessions_within_a_second() -> anyhow::Result<()> {
     // Bob is untouched.
     assert!(gw.psql("orders-db", "bob", &bob, "select 1")?.success());
 
-    let events = gw.audit_events()?;
+    let events: Vec<serde_json::Value> = gw
+        .settled_export()?
+        .into_iter()
+        .filter(|e| e["type"] == "event")
+        .collect();
     let disabled = events
         .iter()
         .find(|e| e["kind"] == "user.disabled")

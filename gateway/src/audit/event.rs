@@ -25,8 +25,10 @@ pub enum EventKind {
     UserDisabled,
     /// An admin enabled a user again.
     UserEnabled,
-    /// The gateway cut a live session because its user lost access.
+    /// The gateway cut a live session (its user lost access, or an admin killed it).
     SessionCut,
+    /// An admin asked for a live session to be ended.
+    SessionKillRequested,
     GatewayStart,
     GatewayStop,
 }
@@ -44,6 +46,7 @@ impl EventKind {
             EventKind::UserDisabled => "user.disabled",
             EventKind::UserEnabled => "user.enabled",
             EventKind::SessionCut => "session.cut",
+            EventKind::SessionKillRequested => "session.kill",
             EventKind::GatewayStart => "gateway.start",
             EventKind::GatewayStop => "gateway.stop",
         }
@@ -63,6 +66,8 @@ impl EventKind {
             EventKind::UserDisabled => &["5.16", "5.18", "6.5"],
             EventKind::UserEnabled => &["5.16", "5.18"],
             EventKind::SessionCut => &["5.18", "6.5", "8.15"],
+            // Removal of access rights; management of privileged access.
+            EventKind::SessionKillRequested => &["5.18", "8.2"],
             // Logging and clock synchronisation (the event records the gateway's UTC time).
             EventKind::GatewayStart | EventKind::GatewayStop => &["8.15", "8.17"],
         }

@@ -39,6 +39,8 @@ pub struct FrontDoor {
     pub audit: AuditLog,
     pub registry: Registry,
     pub store: crate::store::Store,
+    /// This gateway process's id in the sessions table.
+    pub instance: String,
 }
 
 /// Accepts connections until `shutdown` completes, then returns (live sessions are left to the
@@ -244,6 +246,25 @@ impl FrontDoor {
         if self.audit.record(start).await.is_err() {
             return;
         }
+        let row = crate::store::sessions::SessionRow {
+            id: session_id.to_string(),
+            instance: self.instance.clone(),
+            user: user.clone(),
+            resource: resource.name.clone(),
+            client_addr: peer.to_string(),
+            started: crate::audit::event::now_ts(),
+            ended: None,
+            end_reason: None,
+            kill_requested_by: None,
+        };
+        let listed = {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.session_started(&row).await {
+                    warn!(error = %e, "cannot list the session in the sessions table");
+                }
+            })
+        };
         info!(resource = %resource.name, "session started");
 
         let opts = RelayOptions {
@@ -272,6 +293,18 @@ impl FrontDoor {
             "duration_ms": summary.duration_ms,
         });
         let _ = self.audit.record(end).await;
+        let _ = listed.await;
+        if let Err(e) = self
+            .store
+            .session_ended(
+                &session_id.to_string(),
+                &crate::audit::event::now_ts(),
+                &summary.reason.to_string(),
+            )
+            .await
+        {
+            warn!(error = %e, "cannot mark the session ended in the sessions table");
+        }
         info!(reason = %summary.reason, statements = summary.statements, "session ended");
     }
 
