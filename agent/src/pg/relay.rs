@@ -123,6 +123,7 @@ where
     // Bytes of the current message still to pass through unobserved.
     let mut skip: usize = 0;
     let mut terminated = false;
+    let mut observed = Vec::new();
     loop {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_BUF);
@@ -171,9 +172,7 @@ where
                 }
                 if let Some(stmt) = observer.observe(tag, &buf[pos + 5..end]) {
                     count.statements += 1;
-                    if sink.statement(stmt).await.is_err() {
-                        return EndReason::Killed("the audit log stopped accepting events".into());
-                    }
+                    observed.push(stmt);
                 }
                 pos = end;
             } else {
@@ -186,6 +185,14 @@ where
             }
             count.bytes += pos as u64;
             buf.advance(pos);
+        }
+        // Report after forwarding, so that waking the audit writer is not on the query's path.
+        // The relay reads nothing more from the client until these are queued, and the queue
+        // applies back-pressure rather than dropping.
+        for stmt in observed.drain(..) {
+            if sink.statement(stmt).await.is_err() {
+                return EndReason::Killed("the audit log stopped accepting events".into());
+            }
         }
         if let Some(v) = violation {
             return EndReason::ClientProtocolError(v);
