@@ -486,7 +486,12 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         Err(code) => return Ok(code),
                     };
                     let store = Store::open(&config.store_url).await?;
-                    verify_store(&store, &key).await?
+                    verify_store_anchored(
+                        &store,
+                        &key,
+                        Some(&crate::server::audit_anchor_path(&config)),
+                    )
+                    .await?
                 }
             };
             let mut out = std::io::stdout().lock();
@@ -665,8 +670,13 @@ async fn record_from_cli(
         SigningKey::load(&crate::server::audit_key_path(config))
             .context("loading the audit signing key")?,
     );
-    let (log, writer) =
-        crate::audit::AuditLog::spawn(store.clone(), key, config.audit.checkpoint_every, 16);
+    let (log, writer) = crate::audit::AuditLog::spawn_anchored(
+        store.clone(),
+        key,
+        config.audit.checkpoint_every,
+        16,
+        Some(crate::server::audit_anchor_path(config)),
+    );
     let seq = log.record_durable(e).await?;
     drop(log);
     let _ = writer.await;
@@ -678,7 +688,28 @@ pub async fn verify_store(
     store: &Store,
     key: &PublicKey,
 ) -> anyhow::Result<Result<crate::audit::verify::VerifyReport, VerifyError>> {
-    let checkpoints = store.audit_checkpoints().await?;
+    verify_store_anchored(store, key, None).await
+}
+
+/// Verifies the whole log in the store and, when the anchor file exists, that the log still
+/// reaches the checkpoint it holds (a log cut back together with its newest checkpoints fails).
+pub async fn verify_store_anchored(
+    store: &Store,
+    key: &PublicKey,
+    anchor: Option<&Path>,
+) -> anyhow::Result<Result<crate::audit::verify::VerifyReport, VerifyError>> {
+    let mut checkpoints = store.audit_checkpoints().await?;
+    if let Some(text) = anchor.and_then(|p| std::fs::read_to_string(p).ok()) {
+        match serde_json::from_str::<crate::audit::Checkpoint>(&text) {
+            Ok(cp) => checkpoints.push(cp),
+            Err(e) => {
+                return Ok(Err(VerifyError {
+                    seq: 0,
+                    problem: format!("the audit anchor file is not a checkpoint: {e}"),
+                }));
+            }
+        }
+    }
     let mut chain = match ChainVerifier::new(key, checkpoints, 1, GENESIS_HASH.to_string()) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),

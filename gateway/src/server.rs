@@ -29,6 +29,11 @@ pub fn audit_key_path(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("keys").join("audit-signing.pem")
 }
 
+/// The newest signed checkpoint, kept outside the store (see `AuditLog::spawn_anchored`).
+pub fn audit_anchor_path(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("audit-anchor.json")
+}
+
 pub fn token_authority(config: &Config) -> anyhow::Result<TokenAuthority> {
     let key = SigningKey::load_or_create(&token_key_path(config))
         .context("loading the token signing key")?;
@@ -59,11 +64,12 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     let store = Store::open(&config.store_url)
         .await
         .context("opening the store")?;
-    let (audit, writer) = AuditLog::spawn(
+    let (audit, writer) = AuditLog::spawn_anchored(
         store.clone(),
         audit_key.clone(),
         config.audit.checkpoint_every,
         config.audit.queue,
+        Some(audit_anchor_path(&config)),
     );
 
     let listener = TcpListener::bind(config.postgres.listen)

@@ -96,6 +96,19 @@ async fn tampering_with_the_store_is_detected_at_the_right_seq() -> anyhow::Resu
         .await?;
     assert_fails_at(&gw, (n - 2) as u64, "truncated log")?;
 
+    // Cut back together with the checkpoints that would give it away: the anchor file outside
+    // the store still signs the old head.
+    sqlx::query("delete from audit_checkpoints where seq > ?1")
+        .bind(n - 3)
+        .execute(&mut db)
+        .await?;
+    assert_fails_at(&gw, (n - 2) as u64, "truncated log and checkpoints")?;
+    std::fs::remove_file(gw.state_dir().join("audit-anchor.json"))?;
+    assert!(
+        gw.audit_verify()?.success(),
+        "without the anchor this cut is undetectable in the store alone (a known limit)"
+    );
+
     // A rewritten chain (every hash recomputed by the attacker) still contradicts the signed
     // checkpoint; a forged checkpoint does not verify.
     db.execute("update audit_checkpoints set hash = 'ab' || substr(hash, 3)")

@@ -64,6 +64,19 @@ impl AuditLog {
         checkpoint_every: u64,
         queue: usize,
     ) -> (AuditLog, JoinHandle<()>) {
+        Self::spawn_anchored(store, key, checkpoint_every, queue, None)
+    }
+
+    /// Like [`spawn`](Self::spawn), and also writes each new checkpoint to `anchor`, a file
+    /// outside the store: `audit verify` then notices a log cut back together with its newest
+    /// checkpoints.
+    pub fn spawn_anchored(
+        store: Store,
+        key: Arc<SigningKey>,
+        checkpoint_every: u64,
+        queue: usize,
+        anchor: Option<std::path::PathBuf>,
+    ) -> (AuditLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
         let writer = Writer {
             store,
@@ -71,6 +84,7 @@ impl AuditLog {
             checkpoint_every,
             last_checkpoint: None,
             head_seq: 0,
+            anchor,
         };
         let task = tokio::spawn(writer.run(rx));
         (
@@ -126,6 +140,24 @@ impl Msg {
     }
 }
 
+/// Replaces the anchor file with `cp` unless it already signs a later seq (another writer on
+/// the same host may have been faster).
+async fn write_anchor(path: &std::path::Path, cp: &Checkpoint) -> std::io::Result<()> {
+    if let Ok(old) = tokio::fs::read_to_string(path).await {
+        if let Ok(old) = serde_json::from_str::<Checkpoint>(&old) {
+            if old.seq >= cp.seq {
+                return Ok(());
+            }
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_string(cp).map_err(std::io::Error::other)?;
+    let mut f = tokio::fs::File::create(&tmp).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, text.as_bytes()).await?;
+    f.sync_all().await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
 /// Moves what is queued (up to [`MAX_BATCH`] messages in all) into `queued`.
 fn drain(rx: &mut mpsc::Receiver<Msg>, queued: &mut Vec<Msg>) {
     while queued.len() < MAX_BATCH {
@@ -143,6 +175,7 @@ struct Writer {
     /// Sequence number of the newest checkpoint this writer knows of.
     last_checkpoint: Option<u64>,
     head_seq: u64,
+    anchor: Option<std::path::PathBuf>,
 }
 
 impl Writer {
@@ -268,9 +301,15 @@ impl Writer {
                 signature: B64.encode(sig),
             };
             self.store.insert_checkpoint(&mut tx, &cp).await?;
-            new_cp = Some(seq);
+            new_cp = Some(cp);
         }
         tx.commit().await?;
+        if let (Some(cp), Some(path)) = (&new_cp, &self.anchor) {
+            if let Err(e) = write_anchor(path, cp).await {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write the audit anchor file");
+            }
+        }
+        let new_cp = new_cp.map(|c| c.seq);
         self.head_seq = seq;
         self.last_checkpoint = Some(
             new_cp
