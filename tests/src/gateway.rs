@@ -186,6 +186,12 @@ impl Resource {
         Resource::postgres(name, pg.addr(), ORDERS_DB).credential(ORDERS_USER, ORDERS_PASSWORD)
     }
 
+    /// [`orders_db`](Self::orders_db) labelled `env = "dev"`, `data_class = "internal"`: a
+    /// resource the default policies let group `engineering` reach.
+    pub fn orders_dev(pg: &PgServer, name: &str) -> Resource {
+        Resource::orders_db(pg, name).labels(&[("env", "dev"), ("data_class", "internal")])
+    }
+
     /// Changes `kind` (default `postgres`).
     pub fn kind(mut self, kind: &str) -> Resource {
         kind.clone_into(&mut self.kind);

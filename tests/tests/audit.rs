@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 use gatehouse_tests::{Gateway, GatewayConfig, PgServer, Pgbench, Psql, Resource};
 use sqlx::Executor as _;
 
-fn dev_orders(pg: &PgServer) -> Resource {
-    Resource::orders_db(pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")])
-}
-
 fn assert_fails_at(gw: &Gateway, seq: u64, what: &str) -> anyhow::Result<()> {
     let out = gw.audit_verify()?;
     assert!(!out.success(), "{what}: verify must fail: {out}");
@@ -26,7 +22,8 @@ fn assert_fails_at(gw: &Gateway, seq: u64, what: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_the_store_is_detected_at_the_right_seq() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let mut gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
+    let mut gw =
+        Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     let script: String = (1..=10).map(|i| format!("select {i};\n")).collect();
     Psql::new(gw.pg_addr(), "orders-db", "alice")
@@ -127,7 +124,7 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
     let gw = Gateway::start(
         GatewayConfig::new()
             .checkpoint_every(5)
-            .resource(dev_orders(&pg)),
+            .resource(Resource::orders_dev(&pg, "orders-db")),
     )?;
     for user in ["alice", "bob", "carol"] {
         gw.psql_as(
@@ -227,7 +224,7 @@ async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() 
     let mut gw = Gateway::start(
         GatewayConfig::new()
             .checkpoint_every(500)
-            .resource(dev_orders(&pg)),
+            .resource(Resource::orders_dev(&pg, "orders-db")),
     )?;
 
     // 20 interactive sessions, each a different user, parked in a long query.

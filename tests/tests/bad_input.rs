@@ -10,9 +10,7 @@ use gatehouse_tests::{
 use tokio::io::AsyncWriteExt;
 
 fn gateway(pg: &PgServer) -> anyhow::Result<Gateway> {
-    Gateway::start(GatewayConfig::new().resource(
-        Resource::orders_db(pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))
+    Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(pg, "orders-db")))
 }
 
 fn still_serves(gw: &Gateway) -> anyhow::Result<()> {
@@ -98,9 +96,11 @@ async fn plaintext_after_ssl_request_is_never_processed() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_message_lengths_are_refused_before_buffering() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().allow_plaintext(true).resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .allow_plaintext(true)
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
     let token = gw.token("alice", &["engineering"], "1h")?;
 
     // A password message claiming 1 GiB.
@@ -210,10 +210,7 @@ async fn gssenc_is_declined_and_silent_clients_time_out() -> anyhow::Result<()> 
     let gw = Gateway::start(
         GatewayConfig::new()
             .set("postgres", "handshake_timeout", "\"1s\"")
-            .resource(
-                Resource::orders_db(&pg, "orders-db")
-                    .labels(&[("env", "dev"), ("data_class", "internal")]),
-            ),
+            .resource(Resource::orders_dev(&pg, "orders-db")),
     )?;
     // GSSENCRequest gets `N`; the client may then ask for TLS on the same connection.
     let mut s = raw_connect(gw.pg_addr()).await?;

@@ -80,9 +80,11 @@ fn config_errors_name_the_key_and_bind_nothing() -> anyhow::Result<()> {
         ),
         (
             GatewayConfig::new().listen(&listen).resource(
-                Resource::orders_db(&pg, "orders-db")
-                    .labels(&[("env", "dev"), ("data_class", "internal")])
-                    .credential_env("orders_app", "GH_TEST_UNSET_VAR", None),
+                Resource::orders_dev(&pg, "orders-db").credential_env(
+                    "orders_app",
+                    "GH_TEST_UNSET_VAR",
+                    None,
+                ),
             ),
             "GH_TEST_UNSET_VAR",
         ),

@@ -8,10 +8,6 @@ use gatehouse_tests::{rust_client, Gateway, GatewayConfig, PgServer, Pgbench, Ps
 use serde_json::Value;
 use sqlx::{Connection as _, Executor as _, Row as _};
 
-fn dev_orders(pg: &PgServer) -> Resource {
-    Resource::orders_db(pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")])
-}
-
 fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events
         .iter()
@@ -22,7 +18,7 @@ fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 #[test]
 fn psql_queries_transactions_copy_and_large_results() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
 
     // The engineer lands in `orders` as the brokered account, never having seen its password.
@@ -148,7 +144,9 @@ fn psql_queries_transactions_copy_and_large_results() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_client_prepared_statements_transactions_and_copy() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg).log_parameters(true)))?;
+    let gw = Gateway::start(
+        GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db").log_parameters(true)),
+    )?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     let mut conn = rust_client(gw.pg_addr(), "orders-db", "alice", &token).await?;
 
@@ -214,7 +212,7 @@ async fn rust_client_prepared_statements_transactions_and_copy() -> anyhow::Resu
 fn parameters_stay_out_of_the_log_unless_the_resource_allows() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     pg.pgbench_init("orders", 1)?;
-    let gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     let out = Pgbench::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
@@ -382,7 +380,7 @@ fn md5_upstream_and_brokered_credential_failures() -> anyhow::Result<()> {
 #[test]
 fn ctrl_c_in_psql_cancels_only_through_the_gateway_key() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
@@ -406,7 +404,8 @@ fn ctrl_c_in_psql_cancels_only_through_the_gateway_key() -> anyhow::Result<()> {
 #[test]
 fn sigterm_ends_sessions_with_a_message_and_a_final_checkpoint() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let mut gw = Gateway::start(GatewayConfig::new().resource(dev_orders(&pg)))?;
+    let mut gw =
+        Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)

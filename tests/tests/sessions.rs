@@ -7,9 +7,8 @@ use gatehouse_tests::{Gateway, GatewayConfig, PgServer, Psql, Resource};
 #[test]
 fn admins_list_and_kill_live_sessions() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let mut gw = Gateway::start(GatewayConfig::new().resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let mut gw =
+        Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let cfg = gw.config_path().to_string_lossy().into_owned();
     let token = gw.token("alice", &["engineering"], "1h")?;
     let session = Psql::new(gw.pg_addr(), "orders-db", "alice")

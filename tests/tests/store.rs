@@ -132,9 +132,11 @@ fn gateway_runs_on_a_postgres_store() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     let store = PgServer::start()?;
     let url = store.create_database("gatehouse")?;
-    let mut gw = Gateway::start(GatewayConfig::new().store_url(&url).resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let mut gw = Gateway::start(
+        GatewayConfig::new()
+            .store_url(&url)
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
     let out = gw
         .psql_as(
             "alice",
@@ -166,9 +168,11 @@ fn a_dead_store_fails_closed_and_loses_nothing() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     let mut store = PgServer::start()?;
     let url = store.create_database("gatehouse")?;
-    let gw = Gateway::start(GatewayConfig::new().store_url(&url).resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .store_url(&url)
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
     let token = gw.token("alice", &["engineering"], "1h")?;
     // A session that is already open when the store dies keeps working; its statements wait
     // in the queue.

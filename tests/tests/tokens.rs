@@ -51,9 +51,7 @@ async fn sqlstate(gw: &Gateway, user: &str, token: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_28p01_and_are_audited() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let good = gw.token("alice", &["dba"], "1h")?;
     assert_eq!(
         sqlstate(&gw, "alice", &good).await.as_deref(),

@@ -8,9 +8,7 @@ use gatehouse_tests::{Gateway, GatewayConfig, PgServer, Psql, Resource};
 #[test]
 fn disabling_a_user_cuts_live_sessions_within_a_second() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let token = gw.token("alice", &["engineering"], "8h")?;
     let bob = gw.token("bob", &["engineering"], "8h")?;
     let cfg = gw.config_path().to_string_lossy().into_owned();
@@ -131,9 +129,7 @@ fn disabling_a_user_cuts_live_sessions_within_a_second() -> anyhow::Result<()> {
 #[test]
 fn a_leaver_who_never_logged_in_is_refused_from_the_start() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
-    let gw = Gateway::start(GatewayConfig::new().resource(
-        Resource::orders_db(&pg, "orders-db").labels(&[("env", "dev"), ("data_class", "internal")]),
-    ))?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
     let cfg = gw.config_path().to_string_lossy().into_owned();
     gw.cli(&[
         "users",

@@ -82,10 +82,6 @@ impl Upstream {
             secret,
         })
     }
-
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
 }
 
 /// Sends a `CancelRequest` for one upstream backend. Holds the upstream's key, which the client
