@@ -1,7 +1,13 @@
 //! Authentication: who is connecting.
 //!
-//! Today: gateway tokens ([`token`]), short-lived JWTs signed by the gateway's own key, used as
-//! the password at the PostgreSQL front door. Single sign-on through the company's OpenID
-//! provider will issue the same kind of credential.
+//! - [`token`]: gateway credentials, short-lived EdDSA JWTs signed by the gateway, used as the
+//!   password at the PostgreSQL front door and as the bearer token of the HTTP API.
+//! - [`keyring`]: the signing keys behind them, with rotation and the JWKS.
+//! - [`oidc`]: the OpenID relying party that turns a sign-in at the company's provider into a
+//!   gateway credential (authorization code + PKCE, device flow, refresh re-checks).
+//! - [`pending`]: the short-lived, single-use state of logins in progress.
 
+pub mod keyring;
+pub mod oidc;
+pub mod pending;
 pub mod token;

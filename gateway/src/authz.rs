@@ -81,6 +81,7 @@ pub fn connect_request(
     resource: &Resource,
     source_ip: IpAddr,
     auth_method: &str,
+    mfa: bool,
 ) -> AccessRequest {
     let hour = time::OffsetDateTime::now_utc().hour();
     AccessRequest {
@@ -95,7 +96,7 @@ pub fn connect_request(
             tags: resource.tags.clone(),
         },
         context: RequestContext {
-            mfa: false,
+            mfa,
             source_ip,
             auth_method: auth_method.to_string(),
             hour_utc: hour,

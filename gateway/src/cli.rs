@@ -58,6 +58,55 @@ enum Command {
     Users(UsersCommand),
     /// Live sessions (who, what, since when); `sessions kill ID` ends one within a second.
     Sessions(SessionsArgs),
+    /// Rotate the key that signs gateway credentials (the old key keeps verifying until every
+    /// credential it signed has expired; a running gateway picks the new key up within seconds).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sign in through your company's identity provider and keep a short-lived gateway
+    /// credential. Opens a browser (or prints the URL); `--device` for machines without one.
+    Login {
+        /// The gateway's HTTPS URL, e.g. https://gw.example.com:8443 (remembered after login;
+        /// also from GATEHOUSE_GATEWAY).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Sign in on another device: prints a URL and a code to enter there.
+        #[arg(long)]
+        device: bool,
+        /// Only print the sign-in URL; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// A PEM CA certificate to trust for the gateway (self-signed or private CA); remembered,
+        /// and used by `gatehouse psql` to verify the PostgreSQL front door too.
+        #[arg(long, env = "GATEHOUSE_CA_FILE")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Who you are signed in as, your groups, MFA, and when the credential expires.
+    Status,
+    /// Revoke your credential at the gateway and forget it.
+    Logout,
+    /// Run psql against a resource through the gateway with your credential (no password to
+    /// copy). Extra arguments go to psql: `gatehouse psql orders-db -- -c 'select 1'`.
+    Psql {
+        /// The resource name (`gatehouse` resources are databases to psql).
+        resource: String,
+        /// Arguments for psql.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print `export PG...` lines for a resource, for `eval "$(gatehouse env orders-db)"`.
+    /// The output contains your credential: do not paste it anywhere.
+    Env { resource: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Retire the current credential signing key and create a new one. Audited.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
 }
 
 #[derive(Args)]
@@ -322,6 +371,42 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }
+        }
+        Command::Keys(KeysCommand::Rotate { config, by }) => {
+            init_tracing(false, "warn");
+            let config = match load_config(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            keys_rotate(&config, &by).await
+        }
+        Command::Login {
+            gateway,
+            device,
+            no_browser,
+            ca_file,
+        } => {
+            init_tracing(false, "warn");
+            crate::client::login(gateway, ca_file, device, !no_browser).await
+        }
+        Command::Status => {
+            init_tracing(false, "warn");
+            crate::client::status().await
+        }
+        Command::Logout => {
+            init_tracing(false, "warn");
+            crate::client::logout().await
+        }
+        Command::Psql { resource, args } => {
+            init_tracing(false, "warn");
+            match crate::client::psql(&resource, &args) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Env { resource } => {
+            init_tracing(false, "warn");
+            crate::client::env(&resource)
         }
     };
     match result {
@@ -657,6 +742,20 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn keys_rotate(config: &Config, by: &str) -> anyhow::Result<()> {
+    let keys_dir = config.state_dir.join("keys");
+    let (old, new) = crate::authn::keyring::Keyring::rotate(&keys_dir)
+        .with_context(|| format!("rotating the token key in {}", keys_dir.display()))?;
+    let store = Store::open(&config.store_url).await?;
+    let mut e = crate::audit::NewEvent::new(crate::audit::EventKind::KeysRotated);
+    e.actor = by.to_string();
+    e.action = "rotate".into();
+    e.detail = serde_json::json!({ "retired_key_id": old, "key_id": new });
+    record_from_cli(config, &store, e).await?;
+    println!("rotated the credential signing key: {old} -> {new} ({old} keeps verifying until its credentials expire)");
+    Ok(())
 }
 
 /// Appends one event from a CLI process, durably. The writer shares the store with the running

@@ -71,6 +71,9 @@ struct File {
     audit: AuditFile,
     #[serde(default)]
     tokens: TokensFile,
+    #[serde(default)]
+    http: HttpFile,
+    oidc: Option<OidcFile>,
     #[serde(default, rename = "resource")]
     resources: Vec<ResourceFile>,
 }
@@ -121,6 +124,38 @@ struct TokensFile {
     max_ttl: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    listen: Option<String>,
+    public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_header_bytes: Option<u64>,
+    max_connections: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcFile {
+    issuer: String,
+    client_id: String,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    scopes: Option<Vec<String>>,
+    username_claim: Option<String>,
+    groups_claim: Option<String>,
+    #[serde(default)]
+    group_map: BTreeMap<String, Vec<String>>,
+    mfa_amr: Option<Vec<String>>,
+    mfa_acr: Option<Vec<String>>,
+    credential_ttl: Option<String>,
+    recheck_every: Option<String>,
+    ca_file: Option<PathBuf>,
+    allow_http: Option<bool>,
+    device_flow: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResourceFile {
@@ -166,7 +201,75 @@ pub struct Config {
     pub policies_dir: PathBuf,
     pub audit: AuditConfig,
     pub tokens: TokensConfig,
+    pub http: HttpConfig,
+    /// Single sign-on through an OpenID provider; `None` when not configured.
+    pub oidc: Option<OidcConfig>,
     pub resources: Vec<Resource>,
+}
+
+/// The HTTPS listener: login pages, the JSON API, the JWKS.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// The URL users and the provider reach the listener at (no trailing slash).
+    pub public_url: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// How the device flow is run for `gatehouse login --device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceFlow {
+    /// The provider's device authorization endpoint when it has one, else the gateway's page.
+    Auto,
+    /// Always the gateway's own verification page (browser sign-in by code flow).
+    Gateway,
+}
+
+/// The OpenID relying party.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret<String>,
+    /// Exactly `{public_url}/oidc/callback`.
+    pub redirect_url: String,
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub groups_claim: String,
+    /// Provider group -> Gatehouse groups. Empty: provider groups are used as they are.
+    pub group_map: BTreeMap<String, Vec<String>>,
+    /// `amr` values any one of which means the sign-in used more than one factor.
+    pub mfa_amr: Vec<String>,
+    /// `acr` values that mean the same.
+    pub mfa_acr: Vec<String>,
+    pub credential_ttl: Duration,
+    /// How often live logins are re-checked with the provider (refresh token grant).
+    pub recheck_every: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub allow_http: bool,
+    pub device_flow: DeviceFlow,
+}
+
+impl OidcConfig {
+    /// Maps provider groups to Gatehouse groups (sorted, deduplicated).
+    pub fn map_groups(&self, provider: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = if self.group_map.is_empty() {
+            provider.to_vec()
+        } else {
+            provider
+                .iter()
+                .filter_map(|g| self.group_map.get(g))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +459,12 @@ impl Config {
             max_ttl: duration("tokens.max_ttl", file.tokens.max_ttl.as_deref(), "24h")?,
         };
 
+        let http = http_config(file.http, &resolve)?;
+        let oidc = match file.oidc {
+            None => None,
+            Some(o) => Some(oidc_config(o, &http, &resolve, env, secrets)?),
+        };
+
         let mut resources: Vec<Resource> = Vec::new();
         for (i, r) in file.resources.into_iter().enumerate() {
             let key = |k: &str| format!("resource[{i}].{k}");
@@ -457,6 +566,8 @@ impl Config {
             policies_dir,
             audit,
             tokens,
+            http,
+            oidc,
             resources,
         })
     }
@@ -464,6 +575,144 @@ impl Config {
     pub fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
     }
+}
+
+fn http_config(h: HttpFile, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<HttpConfig, ConfigError> {
+    let listen_text = h.listen.as_deref().unwrap_or("127.0.0.1:8443");
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "http.listen",
+            format!("`{listen_text}` is not an ip:port address"),
+        )
+    })?;
+    if h.tls_cert.is_some() != h.tls_key.is_some() {
+        return Err(invalid(
+            "http.tls_cert",
+            "tls_cert and tls_key must be given together",
+        ));
+    }
+    let public_url = match h.public_url {
+        Some(u) => {
+            let u = u.trim_end_matches('/').to_string();
+            if !u.starts_with("https://") || u.len() <= "https://".len() {
+                return Err(invalid(
+                    "http.public_url",
+                    format!("`{u}` must be an https:// URL"),
+                ));
+            }
+            u
+        }
+        None => format!("https://{listen}"),
+    };
+    Ok(HttpConfig {
+        listen,
+        public_url,
+        tls_cert: h.tls_cert.as_deref().map(resolve),
+        tls_key: h.tls_key.as_deref().map(resolve),
+        max_header_bytes: bounded(
+            "http.max_header_bytes",
+            h.max_header_bytes,
+            16 * 1024,
+            1024,
+            1 << 20,
+        )? as usize,
+        max_connections: bounded("http.max_connections", h.max_connections, 1024, 1, 100_000)?
+            as usize,
+    })
+}
+
+fn oidc_config(
+    o: OidcFile,
+    http: &HttpConfig,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    env: &dyn Env,
+    secrets: Secrets,
+) -> Result<OidcConfig, ConfigError> {
+    let allow_http = o.allow_http.unwrap_or(false);
+    let issuer = o.issuer.trim_end_matches('/').to_string();
+    if !(issuer.starts_with("https://") || (allow_http && issuer.starts_with("http://"))) {
+        return Err(invalid(
+            "oidc.issuer",
+            format!("`{issuer}` must be an https:// URL (http only with `allow_http = true`, for loopback test providers)"),
+        ));
+    }
+    if o.client_id.is_empty() {
+        return Err(invalid("oidc.client_id", "must not be empty"));
+    }
+    let client_secret = match (o.client_secret_env, o.client_secret_file) {
+        (Some(_), None) | (None, Some(_)) if secrets == Secrets::Skip => String::new(),
+        (Some(var), None) => env.var(&var).ok_or_else(|| {
+            invalid(
+                "oidc.client_secret_env",
+                format!("environment variable `{var}` is not set"),
+            )
+        })?,
+        (None, Some(file)) => {
+            let file = resolve(&file);
+            std::fs::read_to_string(&file)
+                .map_err(|e| {
+                    invalid(
+                        "oidc.client_secret_file",
+                        format!("cannot read `{}`: {e}", file.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string()
+        }
+        _ => {
+            return Err(invalid(
+                "oidc.client_secret",
+                "give exactly one of `client_secret_env`, `client_secret_file`",
+            ))
+        }
+    };
+    let scopes = o.scopes.unwrap_or_else(|| {
+        ["openid", "profile", "email", "groups", "offline_access"]
+            .map(String::from)
+            .to_vec()
+    });
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(invalid("oidc.scopes", "must include `openid`"));
+    }
+    let device_flow = match o.device_flow.as_deref() {
+        None | Some("auto") => DeviceFlow::Auto,
+        Some("gateway") => DeviceFlow::Gateway,
+        Some(other) => {
+            return Err(invalid(
+                "oidc.device_flow",
+                format!("`{other}` is not one of `auto`, `gateway`"),
+            ))
+        }
+    };
+    let credential_ttl = duration("oidc.credential_ttl", o.credential_ttl.as_deref(), "8h")?;
+    if credential_ttl > Duration::from_secs(7 * 86_400) {
+        return Err(invalid("oidc.credential_ttl", "must be at most 7d"));
+    }
+    Ok(OidcConfig {
+        issuer,
+        client_id: o.client_id,
+        client_secret: Secret::new(client_secret),
+        redirect_url: format!("{}/oidc/callback", http.public_url),
+        scopes,
+        username_claim: o
+            .username_claim
+            .unwrap_or_else(|| "preferred_username".into()),
+        groups_claim: o.groups_claim.unwrap_or_else(|| "groups".into()),
+        group_map: o.group_map,
+        mfa_amr: o.mfa_amr.unwrap_or_else(|| {
+            [
+                "mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "iris", "pop",
+            ]
+            .map(String::from)
+            .to_vec()
+        }),
+        mfa_acr: o.mfa_acr.unwrap_or_default(),
+        credential_ttl,
+        recheck_every: duration("oidc.recheck_every", o.recheck_every.as_deref(), "5m")?,
+        ca_file: o.ca_file.as_deref().map(resolve),
+        allow_http,
+        device_flow,
+    })
 }
 
 fn bounded(

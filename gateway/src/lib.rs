@@ -4,11 +4,15 @@
 //! [`authz`] (Cedar, may they) -> [`audit`] (the decision, durable before anything else) ->
 //! `gatehouse_agent` (upstream with the brokered credential, relay, statement observer) ->
 //! [`audit`] (statements, session end). [`registry`] holds live sessions for cancel and kill.
+//!
+//! [`web`] is the HTTPS side: single sign-on through [`authn::oidc`], the JSON API the CLI
+//! uses, and the JWKS of gateway credentials.
 
 pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod keys;
 pub mod pg;
@@ -16,3 +20,4 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod web;

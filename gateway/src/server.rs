@@ -10,12 +10,14 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::authn::oidc::RelyingParty;
 use crate::authn::token::TokenAuthority;
 use crate::config::Config;
 use crate::keys::SigningKey;
 use crate::pg::FrontDoor;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::web::Web;
 
 /// How long shutdown waits for sessions to record their end.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -35,10 +37,8 @@ pub fn audit_anchor_path(config: &Config) -> std::path::PathBuf {
 }
 
 pub fn token_authority(config: &Config) -> anyhow::Result<TokenAuthority> {
-    let key = SigningKey::load_or_create(&token_key_path(config))
-        .context("loading the token signing key")?;
     Ok(TokenAuthority::new(
-        key,
+        config.state_dir.join("keys"),
         config.tokens.issuer.clone(),
         config.tokens.audience.clone(),
         config.tokens.max_ttl,
@@ -81,6 +81,22 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
             )
         })?;
     let pg_addr = listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding the https listener to {}", config.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let http_tls = crate::tls::acceptor(
+        config.http.tls_cert.as_deref(),
+        config.http.tls_key.as_deref(),
+        &config.state_dir,
+    )
+    .context("setting up TLS for the https listener")?;
+    let rp = match &config.oidc {
+        Some(o) => Some(Arc::new(
+            RelyingParty::new(o.clone()).context("setting up single sign-on")?,
+        )),
+        None => None,
+    };
 
     let mut start = NewEvent::new(EventKind::GatewayStart);
     start.actor = "gatehouse".into();
@@ -88,6 +104,8 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     start.detail = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "postgres_listen": pg_addr.to_string(),
+        "https_listen": http_addr.to_string(),
+        "sso_issuer": config.oidc.as_ref().map(|o| o.issuer.clone()),
         "resources": config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "policies": policies.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
         "token_key_id": tokens.key_id(),
@@ -113,10 +131,11 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         }
     }
     let registry = Registry::default();
+    let tokens = Arc::new(tokens);
     let door = Arc::new(FrontDoor {
         config: config.clone(),
         tls,
-        tokens: Arc::new(tokens),
+        tokens: tokens.clone(),
         policies: Arc::new(policies),
         audit: audit.clone(),
         registry: registry.clone(),
@@ -129,17 +148,53 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         audit.clone(),
     ));
 
+    let web = Arc::new(Web::new(
+        config.clone(),
+        tokens.clone(),
+        rp.clone(),
+        audit.clone(),
+        store.clone(),
+        registry.clone(),
+        postgres_public(&config, pg_addr),
+    ));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let https = tokio::spawn(crate::web::serve(
+        http_listener,
+        http_tls,
+        web.clone(),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
+    let recheck = rp.as_ref().map(|rp| {
+        tokio::spawn(crate::web::session::recheck_logins(
+            web.clone(),
+            rp.clone(),
+            rp.config().recheck_every,
+        ))
+    });
+    let key_reload = tokio::spawn(reload_keys(tokens.clone(), audit.clone()));
+
     if let Some(path) = ready_file {
-        let ready =
-            serde_json::json!({ "postgres": pg_addr.to_string(), "pid": std::process::id() });
+        let ready = serde_json::json!({
+            "postgres": pg_addr.to_string(),
+            "https": http_addr.to_string(),
+            "pid": std::process::id(),
+        });
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, ready.to_string()).context("writing the ready file")?;
         std::fs::rename(&tmp, path).context("writing the ready file")?;
     }
-    info!(postgres = %pg_addr, resources = config.resources.len(), "gatehouse is serving");
+    info!(postgres = %pg_addr, https = %http_addr, sso = rp.is_some(), resources = config.resources.len(), "gatehouse is serving");
 
     crate::pg::serve(listener, door, shutdown_signal()).await;
     watcher.abort();
+    let _ = stop_http.send(());
+    let _ = https.await;
+    if let Some(r) = recheck {
+        r.abort();
+    }
+    key_reload.abort();
 
     info!(live = registry.len(), "shutting down: ending live sessions");
     registry.kill_all("the gateway is shutting down");
@@ -164,6 +219,38 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// The PostgreSQL front door as clients reach it: the public URL's host with the listen port.
+fn postgres_public(config: &Config, pg_addr: std::net::SocketAddr) -> String {
+    let host = reqwest::Url::parse(&config.http.public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_else(|| pg_addr.ip().to_string());
+    format!("{host}:{}", pg_addr.port())
+}
+
+/// How often the token keyring is re-read (to pick up `gatehouse keys rotate`).
+const KEY_RELOAD: Duration = Duration::from_secs(2);
+
+async fn reload_keys(tokens: Arc<TokenAuthority>, audit: AuditLog) {
+    let mut tick = tokio::time::interval(KEY_RELOAD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokens.reload() {
+            Ok(Some(kid)) => {
+                info!(key_id = %kid, "token signing key rotated; the previous key still verifies");
+                let mut e = NewEvent::new(EventKind::KeysRotated);
+                e.actor = "gatehouse".into();
+                e.action = "load".into();
+                e.detail = serde_json::json!({ "key_id": kid, "jwks": tokens.jwks() });
+                let _ = audit.record(e).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot re-read the token keyring"),
+        }
+    }
 }
 
 /// How often live sessions are checked against the users table.

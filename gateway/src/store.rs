@@ -6,6 +6,7 @@
 //! durability promise rests on it.
 
 pub mod audit;
+pub mod logins;
 pub mod sessions;
 pub mod users;
 

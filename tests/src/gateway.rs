@@ -313,6 +313,7 @@ impl Resource {
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     listen: String,
+    http_listen: String,
     allow_plaintext: bool,
     tls: Option<(PathBuf, PathBuf)>,
     store_url: Option<String>,
@@ -337,6 +338,7 @@ impl GatewayConfig {
     pub fn new() -> GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:0".to_owned(),
+            http_listen: "127.0.0.1:0".to_owned(),
             allow_plaintext: false,
             tls: None,
             store_url: None,
@@ -349,6 +351,14 @@ impl GatewayConfig {
             extra_toml: String::new(),
             binary: None,
         }
+    }
+
+    /// `[http] listen` (default `127.0.0.1:0`). Single sign-on tests pick a free port first
+    /// ([`free_port`](crate::util::free_port)) because the provider must know the exact
+    /// redirect URL before the gateway starts.
+    pub fn http_listen(mut self, addr: &str) -> GatewayConfig {
+        addr.clone_into(&mut self.http_listen);
+        self
     }
 
     /// `[postgres] listen` (default `127.0.0.1:0`: the gateway picks a port, which changes on
@@ -456,6 +466,7 @@ impl GatewayConfig {
             line("postgres", format!("tls_cert = {}", toml_path(cert)));
             line("postgres", format!("tls_key = {}", toml_path(key)));
         }
+        line("http", format!("listen = {}", toml_str(&self.http_listen)));
         line(
             "store",
             format!("url = {}", toml_str(&self.store_url_for(state_dir))),
@@ -481,7 +492,9 @@ impl GatewayConfig {
         let mut out = String::from("# Written by gatehouse-tests.\n");
         let _ = writeln!(out, "state_dir = {}", toml_path(state_dir));
         // Known sections in a fixed order, then any others.
-        let known = ["postgres", "store", "policies", "audit", "tokens", "log"];
+        let known = [
+            "postgres", "http", "store", "policies", "audit", "tokens", "log",
+        ];
         let mut order: Vec<&str> = known.to_vec();
         order.extend(sections.keys().filter(|k| !known.contains(k)));
         for section in order {
@@ -678,6 +691,28 @@ impl Gateway {
     /// The PostgreSQL front door, from the ready file.
     pub fn pg_addr(&self) -> SocketAddr {
         self.pg_addr
+    }
+
+    /// The HTTPS listener (login pages, API, JWKS), from the ready file.
+    pub fn https_addr(&self) -> anyhow::Result<SocketAddr> {
+        let addr = self
+            .ready
+            .get("https")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("ready file has no \"https\" address: {}", self.ready))?;
+        addr.parse()
+            .with_context(|| format!("ready file: bad https address {addr:?}"))
+    }
+
+    /// `https://127.0.0.1:PORT` of the HTTPS listener.
+    pub fn https_url(&self) -> anyhow::Result<String> {
+        Ok(format!("https://{}", self.https_addr()?))
+    }
+
+    /// The self-signed certificate the gateway generated (both listeners use it), for clients
+    /// that verify it.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.state_dir.join("tls").join("cert.pem")
     }
 
     /// The whole ready file of the current run (other front doors may add fields).

@@ -555,3 +555,11 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound and released). For servers that
+/// must know their address before they start, such as the gateway's HTTPS listener whose
+/// callback URL the identity provider needs up front.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    Ok(l.local_addr()?.port())
+}

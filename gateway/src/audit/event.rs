@@ -31,6 +31,18 @@ pub enum EventKind {
     SessionKillRequested,
     GatewayStart,
     GatewayStop,
+    /// A person signed in through the identity provider.
+    LoginSucceeded,
+    /// A sign-in failed (provider refusal, bad state or nonce, replayed code, bad redirect ...).
+    LoginFailed,
+    /// The gateway issued a credential after a login.
+    CredentialIssued,
+    /// A credential (a login) was revoked: logout, or the provider no longer vouches.
+    CredentialRevoked,
+    /// The token signing key was rotated.
+    KeysRotated,
+    /// The HTTPS listener refused a request before any handler (oversized headers ...).
+    HttpRefused,
 }
 
 impl EventKind {
@@ -49,6 +61,12 @@ impl EventKind {
             EventKind::SessionKillRequested => "session.kill",
             EventKind::GatewayStart => "gateway.start",
             EventKind::GatewayStop => "gateway.stop",
+            EventKind::LoginSucceeded => "login.succeeded",
+            EventKind::LoginFailed => "login.failed",
+            EventKind::CredentialIssued => "credential.issued",
+            EventKind::CredentialRevoked => "credential.revoked",
+            EventKind::KeysRotated => "keys.rotated",
+            EventKind::HttpRefused => "http.refused",
         }
     }
 
@@ -70,6 +88,16 @@ impl EventKind {
             EventKind::SessionKillRequested => &["5.18", "8.2"],
             // Logging and clock synchronisation (the event records the gateway's UTC time).
             EventKind::GatewayStart | EventKind::GatewayStop => &["8.15", "8.17"],
+            // Secure authentication; management of authentication information.
+            EventKind::LoginSucceeded | EventKind::LoginFailed => &["5.17", "8.5"],
+            // Identity management (first sight registers the person), authentication information.
+            EventKind::CredentialIssued => &["5.16", "5.17", "8.5"],
+            // Removal of access rights; termination (a leaver's provider account is gone).
+            EventKind::CredentialRevoked => &["5.17", "5.18", "6.5"],
+            // Use of cryptography: key management.
+            EventKind::KeysRotated => &["8.24"],
+            // Networks security; secure authentication (the request never reached a handler).
+            EventKind::HttpRefused => &["8.20", "8.5"],
         }
     }
 }

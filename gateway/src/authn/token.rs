@@ -1,13 +1,22 @@
 //! Gateway tokens: EdDSA (Ed25519) JWTs with `kid`, checked for `iss`, `aud`, `exp`, `nbf`, `iat`
 //! and `jti`, with at most 30 s of clock leeway. Only EdDSA is accepted: `none` and HMAC
 //! algorithms are refused before any signature check, which rules out algorithm confusion.
+//!
+//! Two kinds share the format: tokens an admin issues for service accounts
+//! (`gatehouse token issue`), and credentials issued after a single sign-on login, which also
+//! carry the login id (`sid`), the provider's `amr` and whether the sign-in used MFA. Both have
+//! the gateway's own `typ` and `aud`, so an identity provider's token is never taken for one.
+//! Keys come from the [`Keyring`]: the current key signs, retired keys still verify.
 
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{KeyError, SigningKey};
+use super::keyring::Keyring;
+use crate::keys::KeyError;
 
 /// Clock leeway for `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 30;
@@ -28,6 +37,33 @@ pub struct Claims {
     pub nbf: u64,
     pub iat: u64,
     pub jti: String,
+    /// How the holder authenticated: absent for issued tokens, `oidc` after a login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// The login this credential belongs to (revoked together at logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Authentication methods the provider reported (`amr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Whether the sign-in used more than one factor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mfa: bool,
+}
+
+impl Claims {
+    /// The `auth_method` policies see: `oidc` for login credentials, else `gateway_token`.
+    pub fn auth_method(&self) -> &str {
+        self.auth.as_deref().unwrap_or("gateway_token")
+    }
+}
+
+/// What a login adds to a credential.
+#[derive(Debug, Clone, Default)]
+pub struct LoginClaims {
+    pub sid: String,
+    pub amr: Vec<String>,
+    pub mfa: bool,
 }
 
 /// Why a token was refused. Logged and audited; the client only learns that it was refused.
@@ -65,35 +101,99 @@ pub enum TokenError {
 
 /// Issues and verifies gateway tokens.
 pub struct TokenAuthority {
-    key: SigningKey,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    ring: RwLock<Arc<LoadedRing>>,
+    keys_dir: PathBuf,
     issuer: String,
     audience: String,
     max_ttl: Duration,
 }
 
+/// A keyring with its jsonwebtoken keys prepared.
+struct LoadedRing {
+    ring: Keyring,
+    encoding: EncodingKey,
+    decoding: Vec<(String, DecodingKey)>,
+}
+
+impl LoadedRing {
+    fn new(ring: Keyring) -> LoadedRing {
+        let encoding = EncodingKey::from_ed_der(ring.current.pkcs8_der());
+        let decoding = ring
+            .verifying()
+            .map(|k| (k.key_id.clone(), DecodingKey::from_ed_der(&k.raw)))
+            .collect();
+        LoadedRing {
+            ring,
+            encoding,
+            decoding,
+        }
+    }
+}
+
 impl TokenAuthority {
+    /// Loads the keyring under `keys_dir` (creating the first key).
     pub fn new(
-        key: SigningKey,
+        keys_dir: PathBuf,
         issuer: String,
         audience: String,
         max_ttl: Duration,
     ) -> Result<Self, KeyError> {
-        let encoding = EncodingKey::from_ed_der(key.pkcs8_der());
-        let decoding = DecodingKey::from_ed_der(&key.public_key().raw);
+        let ring = Keyring::load(&keys_dir, Self::overlap_for(max_ttl))?;
         Ok(TokenAuthority {
-            key,
-            encoding,
-            decoding,
+            ring: RwLock::new(Arc::new(LoadedRing::new(ring))),
+            keys_dir,
             issuer,
             audience,
             max_ttl,
         })
     }
 
-    pub fn key_id(&self) -> &str {
-        &self.key.key_id
+    /// How long a retired key keeps verifying: the longest lifetime plus leeway.
+    fn overlap_for(max_ttl: Duration) -> Duration {
+        max_ttl.max(Duration::from_secs(7 * 86_400)) + Duration::from_secs(LEEWAY_SECS)
+    }
+
+    fn loaded(&self) -> Arc<LoadedRing> {
+        match self.ring.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the keyring (after `gatehouse keys rotate`). Returns the current key id when it
+    /// changed.
+    pub fn reload(&self) -> Result<Option<String>, KeyError> {
+        let ring = Keyring::load(&self.keys_dir, Self::overlap_for(self.max_ttl))?;
+        let before = self.loaded();
+        let same = before.ring.current.key_id == ring.current.key_id
+            && before.ring.retired.len() == ring.retired.len();
+        if same {
+            return Ok(None);
+        }
+        let kid = ring.current.key_id.clone();
+        let loaded = Arc::new(LoadedRing::new(ring));
+        match self.ring.write() {
+            Ok(mut w) => *w = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
+        }
+        Ok((before.ring.current.key_id != kid).then_some(kid))
+    }
+
+    pub fn key_id(&self) -> String {
+        self.loaded().ring.current.key_id.clone()
+    }
+
+    /// The public keys that verify gateway tokens, as a JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.loaded().ring.jwks()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// Signs a token for `user` in `groups`, valid from now for `ttl` (capped at `max_ttl`).
@@ -102,6 +202,27 @@ impl TokenAuthority {
         user: &str,
         groups: &[String],
         ttl: Duration,
+    ) -> Result<(String, Claims), TokenError> {
+        self.sign(user, groups, ttl, None)
+    }
+
+    /// Signs a credential after a single sign-on login.
+    pub fn issue_login(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+        login: LoginClaims,
+    ) -> Result<(String, Claims), TokenError> {
+        self.sign(user, groups, ttl, Some(login))
+    }
+
+    fn sign(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+        login: Option<LoginClaims>,
     ) -> Result<(String, Claims), TokenError> {
         if ttl > self.max_ttl {
             return Err(TokenError::Sign(format!(
@@ -114,6 +235,10 @@ impl TokenAuthority {
         let mut jti = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jti)
             .map_err(|_| TokenError::Sign("random number generator failed".into()))?;
+        let (auth, sid, amr, mfa) = match login {
+            Some(l) => (Some("oidc".to_string()), Some(l.sid), l.amr, l.mfa),
+            None => (None, None, Vec::new(), false),
+        };
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -123,21 +248,41 @@ impl TokenAuthority {
             nbf: now,
             iat: now,
             jti: crate::audit::event::hex(&jti),
+            auth,
+            sid,
+            amr,
+            mfa,
         };
+        let loaded = self.loaded();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.key.key_id.clone());
+        header.kid = Some(loaded.ring.current.key_id.clone());
         header.typ = Some(TOKEN_TYP.to_string());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+        let token = jsonwebtoken::encode(&header, &claims, &loaded.encoding)
             .map_err(|e| TokenError::Sign(e.to_string()))?;
         Ok((token, claims))
     }
 
-    /// Verifies `token`; `user` is the name the client connected as, which must be the subject.
-    pub fn verify(&self, token: &str, user: &str) -> Result<Claims, TokenError> {
-        self.verify_at(token, user, unix_now())
+    /// Verifies `token` for whoever its subject is (the HTTP API's bearer credentials).
+    pub fn verify_bearer(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_inner(token, None, unix_now())
     }
 
+    /// Verifies `token`; `user` is the name the client connected as, which must be the subject.
+    pub fn verify(&self, token: &str, user: &str) -> Result<Claims, TokenError> {
+        self.verify_inner(token, Some(user), unix_now())
+    }
+
+    #[cfg(test)]
     fn verify_at(&self, token: &str, user: &str, now: u64) -> Result<Claims, TokenError> {
+        self.verify_inner(token, Some(user), now)
+    }
+
+    fn verify_inner(
+        &self,
+        token: &str,
+        user: Option<&str>,
+        now: u64,
+    ) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
@@ -148,11 +293,14 @@ impl TokenAuthority {
         if header.typ.as_deref() != Some(TOKEN_TYP) {
             return Err(TokenError::Type);
         }
-        match header.kid.as_deref() {
-            Some(kid) if kid == self.key.key_id => {}
-            Some(kid) => return Err(TokenError::UnknownKey(kid.chars().take(64).collect())),
+        let loaded = self.loaded();
+        let decoding = match header.kid.as_deref() {
+            Some(kid) => match loaded.decoding.iter().find(|(k, _)| k == kid) {
+                Some((_, key)) => key,
+                None => return Err(TokenError::UnknownKey(kid.chars().take(64).collect())),
+            },
             None => return Err(TokenError::UnknownKey(String::new())),
-        }
+        };
         // Signature and claim syntax first; time, issuer and audience checked below so that
         // each failure has its own reason in the audit log.
         let mut v = Validation::new(Algorithm::EdDSA);
@@ -161,11 +309,11 @@ impl TokenAuthority {
         v.validate_aud = false;
         v.required_spec_claims.clear();
         let data =
-            jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &v).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
-                    _ => TokenError::Malformed,
-                }
+            jsonwebtoken::decode::<serde_json::Value>(token, decoding, &v).map_err(|e| match e
+                .kind()
+            {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
+                _ => TokenError::Malformed,
             })?;
         for claim in ["iss", "aud", "sub", "exp", "nbf", "iat", "jti"] {
             if data.claims.get(claim).is_none() {
@@ -189,8 +337,10 @@ impl TokenAuthority {
         if claims.aud != self.audience {
             return Err(TokenError::Audience);
         }
-        if claims.sub != user {
-            return Err(TokenError::Subject(claims.sub, user.to_string()));
+        if let Some(user) = user {
+            if claims.sub != user {
+                return Err(TokenError::Subject(claims.sub, user.to_string()));
+            }
         }
         Ok(claims)
     }
@@ -213,9 +363,8 @@ mod tests {
 
     fn authority(name: &str) -> TokenAuthority {
         let dir = std::env::temp_dir().join(format!("gh-token-{}-{name}", std::process::id()));
-        let key = SigningKey::load_or_create(&dir.join("token.pem")).unwrap();
         TokenAuthority::new(
-            key,
+            dir,
             "gatehouse".into(),
             "gatehouse".into(),
             Duration::from_secs(86_400),
@@ -268,7 +417,7 @@ mod tests {
                 h
             },
             &c,
-            &EncodingKey::from_secret(&a.key.public_key().raw),
+            &EncodingKey::from_secret(&a.loaded().ring.current.public_key().raw),
         )
         .unwrap();
         assert_eq!(
@@ -311,11 +460,7 @@ mod tests {
             Err(TokenError::NotYetValid)
         );
         let wrong_aud = TokenAuthority::new(
-            SigningKey::load(
-                &std::env::temp_dir()
-                    .join(format!("gh-token-{}-attacks/token.pem", std::process::id())),
-            )
-            .unwrap(),
+            std::env::temp_dir().join(format!("gh-token-{}-attacks", std::process::id())),
             "gatehouse".into(),
             "other".into(),
             Duration::from_secs(60),

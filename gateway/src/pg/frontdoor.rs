@@ -387,13 +387,46 @@ impl FrontDoor {
             e.reason = "user is disabled".into();
             e.session_id = session_id.to_string();
             e.controls = vec!["5.18".into(), "6.5".into()];
-            e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": "gateway_token", "token_id": claims.jti });
+            e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": claims.auth_method(), "token_id": claims.jti });
             let _ = self.audit.record_durable(e).await;
             info!("refused: user is disabled");
             return Err(Refusal::new(
                 "28000",
                 format!("user \"{user}\" is disabled; ask an administrator"),
             ));
+        }
+        if let Some(sid) = &claims.sid {
+            let lookup = tokio::time::timeout(STORE_LOOKUP_TIMEOUT, self.store.login(sid)).await;
+            let revoked = match lookup
+                .map_err(|_| "timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                Ok(Some(l)) => l.revoked_at.is_some(),
+                Ok(None) => true,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the logins table; refusing the connection");
+                    return Err(Refusal::new("58000", "gatehouse cannot check the credential's status; the connection is refused (fail closed)"));
+                }
+            };
+            if revoked {
+                let mut e = NewEvent::new(EventKind::AuthFailed);
+                e.actor = user.to_string();
+                e.resource = resource_name.to_string();
+                e.action = "connect".into();
+                e.decision = "deny".into();
+                e.reason = "the credential's login was revoked".into();
+                e.session_id = session_id.to_string();
+                e.controls = vec!["5.18".into()];
+                e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": claims.auth_method(), "login_id": sid });
+                let _ = self.audit.record_durable(e).await;
+                info!("refused: credential revoked");
+                return Err(Refusal {
+                    code: "28P01",
+                    message: format!("the credential of user \"{user}\" was revoked"),
+                    detail: None,
+                    hint: Some("sign in again with `gatehouse login`".into()),
+                });
+            }
         }
         {
             let store = self.store.clone();
@@ -418,7 +451,10 @@ impl FrontDoor {
         decision_event.detail = serde_json::json!({
             "groups": claims.groups,
             "client_addr": peer.to_string(),
-            "auth_method": "gateway_token",
+            "auth_method": claims.auth_method(),
+            "mfa": claims.mfa,
+            "amr": claims.amr,
+            "login_id": claims.sid,
             "token_id": claims.jti,
             "tls": tls,
         });
@@ -436,7 +472,8 @@ impl FrontDoor {
             &claims.groups,
             &resource,
             peer.ip(),
-            "gateway_token",
+            claims.auth_method(),
+            claims.mfa,
         );
         let decision = self.policies.authorize(&request);
         decision_event.decision = if decision.allowed { "allow" } else { "deny" }.into();

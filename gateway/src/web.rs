@@ -1,0 +1,264 @@
+//! The HTTPS listener: single sign-on pages, the JSON API the `gatehouse` CLI talks to, and the
+//! JWKS of gateway credentials.
+//!
+//! rustls (the same certificate handling as the PostgreSQL front door) under hyper's HTTP/1.1
+//! server, with axum routing. Every request is bounded before a handler runs: header bytes
+//! (`http.max_header_bytes`, refused with 431 and audited), body size, header read time, and the
+//! number of connections.
+//!
+//! - [`login`]: `/login`, `/oidc/callback`, `/device`: the browser side of sign-in.
+//! - [`api`]: `/api/v1/...`: credential pickup, device flow, whoami, logout, info.
+//! - [`page`]: the few HTML pages, escaped.
+//! - [`session`]: what a completed login becomes: a login row, a credential, audit events.
+
+pub mod api;
+pub mod login;
+pub mod page;
+pub mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use tracing::{info, warn};
+
+use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::authn::oidc::RelyingParty;
+use crate::authn::pending::Pending;
+use crate::authn::token::TokenAuthority;
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Largest request body (JSON API and forms).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a client may take to send its request headers, and to finish the TLS handshake.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Logins in progress kept at most, and for how long.
+const MAX_PENDING: usize = 10_000;
+pub const LOGIN_TTL: Duration = Duration::from_secs(600);
+/// One-time codes handed to the CLI's loopback listener live this long.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// Device logins live at most this long (the provider's own expiry may be shorter).
+pub const DEVICE_TTL: Duration = Duration::from_secs(900);
+
+/// Everything the HTTPS handlers share.
+pub struct Web {
+    pub config: Arc<Config>,
+    pub tokens: Arc<TokenAuthority>,
+    pub rp: Option<Arc<RelyingParty>>,
+    pub audit: AuditLog,
+    pub store: Store,
+    pub registry: Registry,
+    /// The PostgreSQL front door's address as clients reach it (`host:port`).
+    pub postgres_public: String,
+    pub logins: Pending<login::LoginTx>,
+    pub codes: Pending<session::IssuedCode>,
+    pub devices: Pending<api::DeviceTx>,
+    /// Refresh tokens of live logins by login id, for re-checks; memory only.
+    pub refresh: std::sync::Mutex<HashMap<String, session::LiveLogin>>,
+}
+
+impl Web {
+    pub fn new(
+        config: Arc<Config>,
+        tokens: Arc<TokenAuthority>,
+        rp: Option<Arc<RelyingParty>>,
+        audit: AuditLog,
+        store: Store,
+        registry: Registry,
+        postgres_public: String,
+    ) -> Web {
+        Web {
+            config,
+            tokens,
+            rp,
+            audit,
+            store,
+            registry,
+            postgres_public,
+            logins: Pending::new(LOGIN_TTL, MAX_PENDING),
+            codes: Pending::new(CODE_TTL, MAX_PENDING),
+            devices: Pending::new(DEVICE_TTL, MAX_PENDING),
+            refresh: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a refusal with the client's address; `actor` may be empty when unknown.
+    pub async fn audit_refusal(
+        &self,
+        kind: EventKind,
+        actor: &str,
+        action: &str,
+        reason: &str,
+        peer: SocketAddr,
+        detail: serde_json::Value,
+    ) {
+        let mut e = NewEvent::new(kind);
+        e.actor = if actor.is_empty() {
+            "-".into()
+        } else {
+            actor.into()
+        };
+        e.action = action.into();
+        e.decision = "deny".into();
+        e.reason = reason.into();
+        let mut d = match detail {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        d.insert("client_addr".into(), peer.to_string().into());
+        e.detail = serde_json::Value::Object(d);
+        if let Err(err) = self.audit.record_durable(e).await {
+            warn!(error = %err, "cannot record a refusal in the audit log");
+        }
+        info!(kind = kind.as_str(), reason, client.addr = %peer, "refused");
+    }
+}
+
+/// The routes.
+pub fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/", get(login::home))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/.well-known/jwks.json", get(api::jwks))
+        .route("/login", get(login::start))
+        .route("/oidc/callback", get(login::callback))
+        .route("/device", get(login::device_page))
+        .route("/api/v1/info", get(api::info))
+        .route("/api/v1/login/token", post(api::login_token))
+        .route("/api/v1/device", post(api::device_start))
+        .route("/api/v1/device/token", post(api::device_token))
+        .route("/api/v1/whoami", get(api::whoami))
+        .route("/api/v1/logout", post(api::logout))
+        .fallback(|| async { api::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guard))
+        .with_state(web)
+}
+
+/// Refuses requests whose headers exceed `http.max_header_bytes` (431, audited) and sets the
+/// security headers on every response.
+async fn guard(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let header_bytes: usize = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if header_bytes > web.config.http.max_header_bytes {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let path: String = req.uri().path().chars().take(128).collect();
+        web.audit_refusal(
+            EventKind::HttpRefused,
+            "",
+            "request",
+            "request headers too large",
+            peer,
+            serde_json::json!({ "path": path, "header_bytes": header_bytes, "limit": web.config.http.max_header_bytes }),
+        )
+        .await;
+        return api::error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "request headers too large",
+        );
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    resp
+}
+
+/// Accepts HTTPS connections until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    web: Arc<Web>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(web.config.http.max_connections));
+    // hyper refuses (with 431) anything past its buffer; the guard's own limit, which audits,
+    // sits below it.
+    let max_buf = (web.config.http.max_header_bytes * 2).max(8192 * 2);
+    let app = router(web);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "https accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(client.addr = %peer, "https connection refused: connection limit reached");
+            continue;
+        };
+        let tls = tls.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(client.addr = %peer, error = %e, "https TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(max_buf)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(client.addr = %peer, error = %e, "https connection ended with an error");
+            }
+        });
+    }
+}
