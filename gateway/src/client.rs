@@ -238,10 +238,9 @@ async fn browser_login(
     if !resp.status().is_success() {
         bail!("the gateway refused the login: {}", api_error(resp).await);
     }
-    Ok(resp
-        .json()
+    resp.json()
         .await
-        .context("the gateway's answer is not a credential")?)
+        .context("the gateway's answer is not a credential")
 }
 
 fn open_in_browser(url: &str) {
@@ -408,10 +407,10 @@ async fn device_login(http: &reqwest::Client, gateway: &str) -> anyhow::Result<I
             .await
             .context("cannot reach the gateway")?;
         if resp.status().is_success() {
-            return Ok(resp
+            return resp
                 .json()
                 .await
-                .context("the gateway's answer is not a credential")?);
+                .context("the gateway's answer is not a credential");
         }
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
         match v.get("error").and_then(|e| e.as_str()) {

@@ -392,6 +392,43 @@ mod tests {
     }
 
     #[test]
+    fn rotation_keeps_old_credentials_valid_and_signs_with_the_new_key() {
+        let dir = std::env::temp_dir().join(format!("gh-token-{}-rotation", std::process::id()));
+        let a = TokenAuthority::new(
+            dir.clone(),
+            "gatehouse".into(),
+            "gatehouse".into(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let (old_token, _) = a.issue("alice", &[], Duration::from_secs(600)).unwrap();
+        let old_kid = a.key_id();
+        let (retired, new_kid) = Keyring::rotate(&dir).unwrap();
+        assert_eq!(retired, old_kid);
+        assert_eq!(a.reload().unwrap(), Some(new_kid.clone()));
+        assert_eq!(a.reload().unwrap(), None, "nothing changed since");
+        assert!(a.verify(&old_token, "alice").is_ok(), "overlap");
+        let (new_token, _) = a.issue("alice", &[], Duration::from_secs(600)).unwrap();
+        let header = jsonwebtoken::decode_header(&new_token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+        let kids: Vec<String> = a.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kids, vec![new_kid, old_kid]);
+        // Once the retired key is gone, its credentials are refused.
+        std::fs::remove_dir_all(dir.join("token-retired")).unwrap();
+        a.reload().unwrap();
+        assert!(matches!(
+            a.verify(&old_token, "alice"),
+            Err(TokenError::UnknownKey(_))
+        ));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn attacks_are_refused_with_their_reason() {
         let a = authority("attacks");
         let other = authority("other");
