@@ -1,0 +1,476 @@
+//! The single sign-on attack suite: forged and misused credentials at both the PostgreSQL front
+//! door and the HTTP API, and tampering with every step of the login flow. Every case must be
+//! refused AND leave an audit event (`auth.failed`, `login.failed` or `http.refused`) whose
+//! reason says what was wrong.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use gatehouse_gateway::keys::SigningKey;
+use gatehouse_tests::browser::{query_param, Browser};
+use gatehouse_tests::oidc::{ALICE, ALICE_PASSWORD, CLIENT_ID, CLIENT_SECRET, DEVICE_CODE_GRANT};
+use gatehouse_tests::sso::{post_json, CliFlow, Sso};
+use gatehouse_tests::Psql;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const REFUSAL_KINDS: [&str; 3] = ["auth.failed", "login.failed", "http.refused"];
+
+struct Suite<'a> {
+    sso: &'a Sso,
+    seen: usize,
+    results: Vec<(String, bool, Option<String>)>,
+}
+
+impl Suite<'_> {
+    fn refusals(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .sso
+            .gw
+            .audit_export_jsonl()?
+            .into_iter()
+            .filter(|e| e["type"] == "event" && REFUSAL_KINDS.contains(&e["kind"].as_str().unwrap_or("")))
+            .collect())
+    }
+
+    /// Runs one case: `attack` returns whether the attempt was refused; afterwards a new
+    /// refusal event whose reason contains `needle` (case-insensitive) must exist.
+    fn case(
+        &mut self,
+        name: &str,
+        needle: &str,
+        attack: impl FnOnce() -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let refused = attack().map_err(|e| e.context(format!("case `{name}`")))?;
+        let events = self.refusals()?;
+        let new = &events[self.seen.min(events.len())..];
+        let hit = new
+            .iter()
+            .find(|e| {
+                e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_lowercase()
+                    .contains(&needle.to_lowercase())
+            })
+            .map(|e| format!("{} seq {}: {}", e["kind"], e["seq"], e["reason"]));
+        if hit.is_none() {
+            eprintln!("case `{name}`: new refusal events: {new:?}");
+        }
+        self.seen = events.len();
+        self.results.push((name.to_string(), refused, hit));
+        Ok(())
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn payload(token: &str) -> anyhow::Result<Value> {
+    let part = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("not a JWT"))?;
+    Ok(serde_json::from_slice(&B64URL.decode(part)?)?)
+}
+
+fn raw_jwt(header: &Value, claims: &Value, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string()),
+        B64URL.encode(sig)
+    )
+}
+
+fn signed(key: &SigningKey, typ: &str, kid: &str, claims: &Value) -> anyhow::Result<String> {
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some(kid.into());
+    h.typ = Some(typ.into());
+    Ok(jsonwebtoken::encode(
+        &h,
+        claims,
+        &EncodingKey::from_ed_der(key.pkcs8_der()),
+    )?)
+}
+
+/// Whether psql as `user` with `password` was refused with an authentication error.
+fn pg_refused(sso: &Sso, user: &str, password: &str) -> anyhow::Result<bool> {
+    let out = Psql::new(sso.gw.pg_addr(), "orders-db", user)
+        .password(password)
+        .run("select 1")?;
+    Ok(!out.success()
+        && (out.stderr.contains("authentication failed")
+            || out.stderr.contains("was revoked")
+            || out.stderr.contains("is disabled")))
+}
+
+/// Whether `GET /api/v1/whoami` with the bearer was refused with 401.
+fn api_refused(sso: &Sso, browser: &Browser, bearer: &str) -> anyhow::Result<bool> {
+    let resp = browser
+        .client()
+        .get(format!("{}/api/v1/whoami", sso.base))
+        .bearer_auth(bearer)
+        .send()?;
+    Ok(resp.status().as_u16() == 401)
+}
+
+/// An ID token straight from the provider (device grant with the gateway's own client).
+fn provider_id_token(sso: &Sso) -> anyhow::Result<String> {
+    let disco = sso.op.discovery()?;
+    let http = reqwest::blocking::Client::new();
+    let start: Value = http
+        .post(disco["device_authorization_endpoint"].as_str().unwrap_or_default())
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("scope", "openid profile email groups")])
+        .send()?
+        .json()?;
+    let mut b = sso.browser()?;
+    b.confirm_device(
+        start["verification_uri"].as_str().unwrap_or_default(),
+        start["user_code"].as_str().unwrap_or_default(),
+        ALICE,
+        ALICE_PASSWORD,
+    )?;
+    let tokens: Value = http
+        .post(disco["token_endpoint"].as_str().unwrap_or_default())
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[
+            ("grant_type", DEVICE_CODE_GRANT),
+            ("device_code", start["device_code"].as_str().unwrap_or_default()),
+        ])
+        .send()?
+        .json()?;
+    tokens["id_token"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("no id_token: {tokens}"))
+}
+
+/// Starts a login as the CLI would and returns the provider's authorization URL (the browser
+/// holds the binding cookie afterwards).
+fn authorize_url(sso: &Sso, browser: &mut Browser, flow: &CliFlow) -> anyhow::Result<reqwest::Url> {
+    let page = browser.get(flow.login_url()?)?;
+    page.location()
+        .filter(|_| page.is_redirect())
+        .ok_or_else(|| anyhow::anyhow!("/login did not redirect: {}", page.describe()))
+        .map(|u| {
+            let _ = sso;
+            u
+        })
+}
+
+fn with_param(url: &reqwest::Url, name: &str, value: Option<&str>) -> reqwest::Url {
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut out = url.clone();
+    {
+        let mut q = out.query_pairs_mut();
+        q.clear();
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
+        }
+        if let Some(v) = value {
+            q.append_pair(name, v);
+        }
+    }
+    out
+}
+
+/// Signs in at the provider from an (altered) authorization URL and delivers the callback to
+/// the gateway; true when the gateway refused the sign-in.
+fn callback_refused(
+    sso: &Sso,
+    browser: &mut Browser,
+    authorize: &reqwest::Url,
+) -> anyhow::Result<bool> {
+    let base = sso.base.clone();
+    let back = browser.sign_in(authorize.as_str(), ALICE, ALICE_PASSWORD, move |u| {
+        u.as_str().starts_with(&format!("{base}/oidc/callback"))
+    })?;
+    let page = browser.get(back.as_str())?;
+    Ok(page.status >= 400 && page.body.contains("Sign-in failed"))
+}
+
+#[test]
+fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
+    let sso = Sso::start()?;
+    let mut browser = sso.browser()?;
+    let good = sso.browser_login(&mut browser, ALICE, ALICE_PASSWORD)?;
+    let good_token = good["credential"].as_str().unwrap_or_default().to_string();
+    assert!(
+        !pg_refused(&sso, ALICE, &good_token)?,
+        "the legitimate credential must work, or the suite proves nothing"
+    );
+    assert!(!api_refused(&sso, &browser, &good_token)?);
+
+    let key = SigningKey::load(&sso.gw.state_dir().join("keys/token-signing.pem"))?;
+    let kid = key.key_id.clone();
+    let typ = "gatehouse-access+jwt";
+    let claims = payload(&good_token)?;
+    let other_dir = gatehouse_tests::temp_dir("other-key")?;
+    let other = SigningKey::load_or_create(&other_dir.join("k.pem"))?;
+
+    // Forged or misused credentials, each presented at both doors.
+    let mut forged: Vec<(&str, &str, String)> = Vec::new();
+    forged.push((
+        "alg none",
+        "malformed",
+        raw_jwt(&json!({"alg": "none", "typ": typ, "kid": kid}), &claims, b""),
+    ));
+    let hs = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some(kid.clone());
+        h.typ = Some(typ.into());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &EncodingKey::from_secret(&key.public_key().raw),
+        )?
+    };
+    forged.push(("HS256 signed with the public key", "algorithm", hs));
+    forged.push((
+        "unknown kid",
+        "key id",
+        signed(&other, typ, "not-a-gateway-key", &claims)?,
+    ));
+    forged.push((
+        "another key claiming our kid",
+        "signature",
+        signed(&other, typ, &kid, &claims)?,
+    ));
+    let mut c = claims.clone();
+    c["exp"] = json!(now() - 120);
+    forged.push(("expired", "expired", signed(&key, typ, &kid, &c)?));
+    let mut c = claims.clone();
+    c["nbf"] = json!(now() + 600);
+    forged.push(("not yet valid", "not valid yet", signed(&key, typ, &kid, &c)?));
+    let mut c = claims.clone();
+    c["iss"] = json!("https://evil.example");
+    forged.push(("wrong issuer", "issuer", signed(&key, typ, &kid, &c)?));
+    let mut c = claims.clone();
+    c["aud"] = json!(CLIENT_ID.to_string() + "-other");
+    forged.push(("wrong audience", "audience", signed(&key, typ, &kid, &c)?));
+    forged.push(("wrong typ", "type", signed(&key, "JWT", &kid, &claims)?));
+    let parts: Vec<&str> = good_token.split('.').collect();
+    let mut evil = claims.clone();
+    evil["groups"] = json!(["dba"]);
+    evil["mfa"] = json!(true);
+    forged.push((
+        "tampered payload",
+        "signature",
+        format!("{}.{}.{}", parts[0], B64URL.encode(evil.to_string()), parts[2]),
+    ));
+    forged.push((
+        "provider ID token as a gateway credential",
+        "algorithm",
+        provider_id_token(&sso)?,
+    ));
+    forged.push(("oversized token", "too long", "x".repeat(9000)));
+
+    let mut suite = Suite {
+        sso: &sso,
+        seen: 0,
+        results: Vec::new(),
+    };
+    suite.seen = suite.refusals()?.len();
+    for (name, needle, token) in &forged {
+        suite.case(&format!("psql: {name}"), needle, || pg_refused(&sso, ALICE, token))?;
+        suite.case(&format!("api: {name}"), needle, || {
+            api_refused(&sso, &browser, token)
+        })?;
+    }
+    suite.case("psql: credential of another user", "does not match", || {
+        pg_refused(&sso, "bob", &good_token)
+    })?;
+
+    // Revoked by logout, at both doors.
+    let mut b2 = sso.browser()?;
+    let second = sso.browser_login(&mut b2, ALICE, ALICE_PASSWORD)?;
+    let second_token = second["credential"].as_str().unwrap_or_default().to_string();
+    let out = b2
+        .client()
+        .post(format!("{}/api/v1/logout", sso.base))
+        .bearer_auth(&second_token)
+        .send()?;
+    assert_eq!(out.status().as_u16(), 200);
+    suite.case("psql: revoked credential", "revoked", || {
+        pg_refused(&sso, ALICE, &second_token)
+    })?;
+    suite.case("api: revoked credential", "revoked", || {
+        api_refused(&sso, &browser, &second_token)
+    })?;
+
+    // The login flow.
+    let cb = format!("{}/oidc/callback", sso.base);
+    suite.case("callback without state", "no state", || {
+        let p = browser.get(format!("{cb}?code=abc"))?;
+        Ok(p.status == 400)
+    })?;
+    suite.case("callback with an unknown state", "unknown, expired or already used state", || {
+        let p = browser.get(format!("{cb}?code=abc&state=forged-state"))?;
+        Ok(p.status == 400)
+    })?;
+    // A legitimate login whose callback is then replayed.
+    let mut b3 = sso.browser()?;
+    let flow = CliFlow::new(&sso.base);
+    let auth = authorize_url(&sso, &mut b3, &flow)?;
+    let first_nonce = query_param(&auth, "nonce").unwrap_or_default();
+    let base = sso.base.clone();
+    let callback = b3.sign_in(auth.as_str(), ALICE, ALICE_PASSWORD, move |u| {
+        u.as_str().starts_with(&format!("{base}/oidc/callback"))
+    })?;
+    let done = b3.get(callback.as_str())?;
+    assert!(done.is_redirect(), "legit callback: {}", done.describe());
+    let used_code = query_param(&callback, "code").unwrap_or_default();
+    suite.case("replayed callback (state reuse)", "already used state", || {
+        let p = b3.get(callback.as_str())?;
+        Ok(p.status == 400)
+    })?;
+    suite.case("state not bound to this browser", "not bound", || {
+        let mut b = sso.browser()?;
+        let flow = CliFlow::new(&sso.base);
+        let auth = authorize_url(&sso, &mut b, &flow)?;
+        let state = query_param(&auth, "state").unwrap_or_default();
+        // The victim's browser never started this login: no binding cookie.
+        let mut victim = sso.browser()?;
+        let p = victim.get(format!("{cb}?code=abc&state={state}"))?;
+        Ok(p.status == 400)
+    })?;
+    suite.case("wrong nonce", "nonce", || {
+        let mut b = sso.browser()?;
+        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        callback_refused(&sso, &mut b, &with_param(&auth, "nonce", Some("attacker-nonce")))
+    })?;
+    suite.case("reused nonce from an earlier login", "nonce", || {
+        let mut b = sso.browser()?;
+        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        callback_refused(&sso, &mut b, &with_param(&auth, "nonce", Some(&first_nonce)))
+    })?;
+    suite.case("authorization request without PKCE", "pkce", || {
+        let mut b = sso.browser()?;
+        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let stripped = with_param(&with_param(&auth, "code_challenge", None), "code_challenge_method", None);
+        callback_refused(&sso, &mut b, &stripped)
+    })?;
+    suite.case("PKCE challenge substituted", "grant", || {
+        let mut b = sso.browser()?;
+        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let attacker = B64URL.encode([7u8; 32]);
+        callback_refused(&sso, &mut b, &with_param(&auth, "code_challenge", Some(&attacker)))
+    })?;
+    suite.case("replayed authorization code", "grant", || {
+        let mut b = sso.browser()?;
+        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let state = query_param(&auth, "state").unwrap_or_default();
+        let p = b.get(format!("{cb}?code={used_code}&state={state}"))?;
+        Ok(p.status >= 400 && p.body.contains("Sign-in failed"))
+    })?;
+    for (name, redirect) in [
+        ("open redirect //evil.example", "//evil.example/callback"),
+        ("open redirect javascript:", "javascript:alert(document.cookie)"),
+        ("redirect to another host", "https://evil.example/callback"),
+        ("loopback look-alike host", "http://127.0.0.1.evil.example:8080/callback"),
+        ("loopback with user info", "http://127.0.0.1:8080@evil.example/callback"),
+    ] {
+        suite.case(name, "redirect is not the registered loopback", || {
+            let flow = CliFlow::new(&sso.base);
+            let p = browser.get(flow.login_url_with(redirect)?)?;
+            Ok(p.status == 400 && p.location().is_none())
+        })?;
+    }
+    for (name, to) in [
+        ("return_to //evil.example", "//evil.example"),
+        ("return_to javascript:", "javascript:alert(1)"),
+    ] {
+        suite.case(name, "not a relative path", || {
+            let url = reqwest::Url::parse_with_params(&format!("{}/login", sso.base), &[("return_to", to)])?;
+            let p = browser.get(url.as_str())?;
+            Ok(p.status == 400 && p.location().is_none())
+        })?;
+    }
+    suite.case("oversized headers", "too large", || {
+        let resp = browser
+            .client()
+            .get(format!("{}/api/v1/info", sso.base))
+            .header("x-filler", "a".repeat(20_000))
+            .send()?;
+        Ok(resp.status().as_u16() == 431)
+    })?;
+
+    // The one-time code handed to the CLI.
+    let flow = CliFlow::new(&sso.base);
+    let mut b4 = sso.browser()?;
+    let back = b4.sign_in(flow.login_url()?, ALICE, ALICE_PASSWORD, |u| flow.is_callback(u))?;
+    let code = query_param(&back, "code").unwrap_or_default();
+    suite.case("one-time code with the wrong PKCE verifier", "code_verifier", || {
+        let (status, _) = post_json(
+            &b4,
+            &format!("{}/api/v1/login/token", sso.base),
+            &json!({"code": code, "code_verifier": "not-the-verifier-not-the-verifier-00000000"}),
+        )?;
+        Ok(status == 400)
+    })?;
+    suite.case("one-time code replayed", "already used code", || {
+        let (status, _) = post_json(
+            &b4,
+            &format!("{}/api/v1/login/token", sso.base),
+            &json!({"code": code, "code_verifier": flow.verifier}),
+        )?;
+        Ok(status == 400)
+    })?;
+    suite.case("unknown device code", "device code", || {
+        let (status, _) = post_json(
+            &b4,
+            &format!("{}/api/v1/device/token", sso.base),
+            &json!({"device_code": "guessed"}),
+        )?;
+        Ok(status == 400)
+    })?;
+
+    // A disabled user's still-valid credential.
+    let cfg = sso.gw.config_path().to_string_lossy().into_owned();
+    sso.gw
+        .cli(&["users", "disable", "alice", "--config", &cfg, "--by", "test"])?
+        .ok()?;
+    suite.case("psql: credential of a disabled user", "disabled", || {
+        pg_refused(&sso, ALICE, &good_token)
+    })?;
+    suite.case("api: credential of a disabled user", "disabled", || {
+        api_refused(&sso, &browser, &good_token)
+    })?;
+    suite.case("login of a disabled user", "disabled", || {
+        let mut b = sso.browser()?;
+        let flow = CliFlow::new(&sso.base);
+        let base = sso.base.clone();
+        let back = b.sign_in(flow.login_url()?, ALICE, ALICE_PASSWORD, move |u| {
+            u.as_str().starts_with(&format!("{base}/oidc/callback"))
+        })?;
+        let p = b.get(back.as_str())?;
+        Ok(p.status == 403 && p.location().is_none())
+    })?;
+
+    let failures: Vec<String> = suite
+        .results
+        .iter()
+        .filter(|(_, refused, hit)| !refused || hit.is_none())
+        .map(|(name, refused, hit)| format!("{name}: refused={refused} audited={hit:?}"))
+        .collect();
+    assert!(
+        suite.results.len() >= 30,
+        "only {} cases",
+        suite.results.len()
+    );
+    assert!(failures.is_empty(), "cases not refused or not audited:\n{}", failures.join("\n"));
+
+    // The log still verifies after all of it.
+    let verify = sso.gw.audit_verify()?;
+    assert!(verify.success(), "{verify}");
+    Ok(())
+}
