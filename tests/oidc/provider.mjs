@@ -97,6 +97,10 @@ const grantMembers = new Map();
 const userCodes = new Map();
 const sessionUids = new Map();
 const GRACE_MS = 5 * 60 * 1000;
+// Models whose records die with their grant (as in oidc-provider's own memory adapter). Not
+// Interaction: it carries the grantId too, but must survive a logout in the middle of a login.
+const GRANTABLE = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode',
+  'BackchannelAuthenticationRequest', 'PreAuthorizedCode']);
 
 class MapAdapter {
   constructor(name) {
@@ -111,7 +115,7 @@ class MapAdapter {
     const key = this.key(id);
     const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 + GRACE_MS : Infinity;
     store.set(key, { payload, expiresAt });
-    if (payload.grantId) {
+    if (GRANTABLE.has(this.name) && payload.grantId) {
       const members = grantMembers.get(payload.grantId) ?? new Set();
       members.add(key);
       grantMembers.set(payload.grantId, members);

@@ -732,3 +732,100 @@ fn browser_cookie_helpers_see_the_provider_session() -> anyhow::Result<()> {
     assert_eq!(browser.cookie_header(op.issuer())?, None);
     Ok(())
 }
+
+#[test]
+fn prompt_login_switches_user_in_the_same_browser() -> anyhow::Result<()> {
+    let op = provider()?;
+    let mut browser = Browser::new()?;
+    code_for(&op, &mut browser, DANA, DANA_PASSWORD)?;
+    // Without prompt=login the provider's session answers for dana again; with it the login
+    // form comes back, and signing in as another user ends dana's provider session first (an
+    // auto-submitting form the browser posts).
+    browser.clear_hops();
+    let (verifier, challenge) = pkce()?;
+    let url = auth_url(
+        &op,
+        "s",
+        "n",
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("prompt", "login"),
+        ],
+    )?;
+    let back = browser.sign_in(url.as_str(), MALLORY, MALLORY_PASSWORD, at_redirect)?;
+    assert!(
+        browser
+            .hops()
+            .iter()
+            .any(|h| h.method == "POST" && h.url.path() == "/session/end/confirm"),
+        "{:#?}",
+        browser.hops()
+    );
+    let code = query_param(&back, "code").ok_or_else(|| anyhow!("no code in {back}"))?;
+    let (status, tokens) = exchange(&op, ClientAuth::Basic, &code, &verifier)?;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = verified_claims(&op, str_field(&tokens, "id_token")?)?;
+    assert_eq!(claims["sub"], MALLORY);
+    assert_eq!(claims["groups"], json!(["contractors"]));
+    Ok(())
+}
+
+#[test]
+fn rp_initiated_logout_ends_the_provider_session() -> anyhow::Result<()> {
+    const AFTER_LOGOUT: &str = "https://127.0.0.1:9/signed-out";
+    let op = OidcProvider::start(
+        OidcSpec::default_users().with_client(
+            OidcClient::new(CLIENT_ID, CLIENT_SECRET, &[REDIRECT])
+                .post_logout_redirect_uri(AFTER_LOGOUT),
+        ),
+    )?;
+    let mut browser = Browser::new()?;
+    let (verifier, _, code) = code_for(&op, &mut browser, DANA, DANA_PASSWORD)?;
+    let (status, tokens) = exchange(&op, ClientAuth::Basic, &code, &verifier)?;
+    assert_eq!(status, 200, "{tokens}");
+
+    let logout = Url::parse_with_params(
+        &op.url("/session/end"),
+        &[
+            ("id_token_hint", str_field(&tokens, "id_token")?),
+            ("post_logout_redirect_uri", AFTER_LOGOUT),
+            ("state", "bye"),
+        ],
+    )?;
+    let page = browser.follow(logout.as_str(), |_| false)?.page()?;
+    let form = page
+        .form("op.logoutForm")
+        .ok_or_else(|| anyhow!("no logout form: {}", page.describe()))?;
+    assert_eq!(form.value("logout"), Some("yes"));
+    let done = browser.submit(&form, &[])?;
+    let back = browser
+        .follow_from(done, &|u: &Url| u.as_str().starts_with(AFTER_LOGOUT))?
+        .stopped()?;
+    assert_eq!(query_param(&back, "state").as_deref(), Some("bye"));
+
+    // The provider asks for a password again; the refresh token died with the session.
+    let (_, challenge) = pkce()?;
+    let url = auth_url(
+        &op,
+        "s",
+        "n",
+        &[
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )?;
+    let page = browser.follow(url.as_str(), at_redirect)?.page()?;
+    assert!(
+        page.form_with_input("password").is_some(),
+        "{}",
+        page.describe()
+    );
+    let (status, body) = refresh(&op, str_field(&tokens, "refresh_token")?)?;
+    assert_eq!(
+        (status, &body["error"]),
+        (400, &json!("invalid_grant")),
+        "{body}"
+    );
+    Ok(())
+}
