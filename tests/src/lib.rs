@@ -9,6 +9,14 @@
 //!   [`GatewayConfig`] and [`Resource`], with helpers for tokens, the CLI and the audit log.
 //! - [`clients`]: `psql`, `pgbench`, a `sqlx` client and raw wire-protocol helpers for
 //!   bad-input tests.
+//! - [`OidcProvider`] ([`oidc`]): a real OpenID provider (the OpenID Certified `oidc-provider`
+//!   npm package under node, `tests/oidc/provider.mjs`) on `http://127.0.0.1:<port>`, configured
+//!   through [`OidcSpec`] (clients, [`OidcUser`]s; [`OidcSpec::default_users`] has `alice`,
+//!   `dana` with MFA and `mallory`), with test controls such as
+//!   [`OidcProvider::disable_user`].
+//! - [`Browser`] ([`browser`]): a synchronous browser-like HTTP client (cookie jar, manual
+//!   redirects with a recorded history, plain HTML forms) that signs in through the provider
+//!   ([`Browser::sign_in`]) and approves device logins ([`Browser::confirm_device`]).
 //!
 //! Nothing is skipped: when a binary is missing the helpers return an error that says what to
 //! install (`scripts/test` installs everything on a fresh Debian machine).
@@ -42,14 +50,19 @@
 //!   then `<workspace>/target/debug/gatehouse`).
 //! - `PG_BIN`: the directory holding `initdb` and `postgres` (default: the newest
 //!   `/usr/lib/postgresql/*/bin`, then `PATH`).
+//! - `PATH`: must hold `node` for [`OidcProvider`], which also needs `tests/oidc/node_modules`
+//!   (`npm ci --prefix tests/oidc`).
 //! - `GATEHOUSE_TESTS_KEEP=1`: keep every temporary directory (they are always kept, and
 //!   their path printed, when a test panics).
 
+pub mod browser;
 pub mod clients;
 pub mod gateway;
+pub mod oidc;
 pub mod pg;
 pub mod util;
 
+pub use browser::{query_param, Browser, Followed, Form, Hop, Page};
 pub use clients::{
     cancel_request, frontend_message, gssenc_request, password_message, pgbench, psql, psql_async,
     psql_script, query_message, raw_connect, read_backend_message, read_byte, read_to_close,
@@ -57,5 +70,6 @@ pub use clients::{
     BackendMessage, Pgbench, PgbenchOutput, Psql, PsqlOutput,
 };
 pub use gateway::{gatehouse, gatehouse_bin, Gateway, GatewayConfig, Resource};
+pub use oidc::{OidcClient, OidcProvider, OidcSpec, OidcUser};
 pub use pg::PgServer;
 pub use util::{run_command, send_signal, temp_dir, workspace_root, CmdOutput, TempDir};
