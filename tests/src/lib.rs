@@ -60,6 +60,7 @@ pub mod clients;
 pub mod gateway;
 pub mod oidc;
 pub mod pg;
+pub mod sso;
 pub mod util;
 
 pub use browser::{query_param, Browser, Followed, Form, Hop, Page};
@@ -72,4 +73,6 @@ pub use clients::{
 pub use gateway::{gatehouse, gatehouse_bin, Gateway, GatewayConfig, Resource};
 pub use oidc::{OidcClient, OidcProvider, OidcSpec, OidcUser};
 pub use pg::PgServer;
-pub use util::{run_command, send_signal, temp_dir, workspace_root, CmdOutput, TempDir};
+pub use util::{
+    free_port, run_command, send_signal, temp_dir, workspace_root, CmdOutput, TempDir,
+};

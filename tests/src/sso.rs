@@ -125,7 +125,7 @@ impl Sso {
             .env("GATEHOUSE_HOME", home)
             .env_remove("GATEHOUSE_CONFIG")
             .env_remove("GATEHOUSE_GATEWAY");
-        run_command(cmd, Duration::from_secs(60))
+        run_command(&mut cmd, None, Duration::from_secs(60))
     }
 
     /// `gatehouse login --no-browser` as `user`, driven through the browser.
