@@ -73,6 +73,4 @@ pub use clients::{
 pub use gateway::{gatehouse, gatehouse_bin, Gateway, GatewayConfig, Resource};
 pub use oidc::{OidcClient, OidcProvider, OidcSpec, OidcUser};
 pub use pg::PgServer;
-pub use util::{
-    free_port, run_command, send_signal, temp_dir, workspace_root, CmdOutput, TempDir,
-};
+pub use util::{free_port, run_command, send_signal, temp_dir, workspace_root, CmdOutput, TempDir};

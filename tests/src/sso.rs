@@ -87,13 +87,11 @@ impl Sso {
         let pg = PgServer::start()?;
         let port = free_port()?;
         let base = format!("https://127.0.0.1:{port}");
-        let op = OidcProvider::start(spec(
-            OidcSpec::default_users().user(erin()).client(
-                CLIENT_ID,
-                CLIENT_SECRET,
-                &[&format!("{base}/oidc/callback")],
-            ),
-        ))?;
+        let op = OidcProvider::start(spec(OidcSpec::default_users().user(erin()).client(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            &[&format!("{base}/oidc/callback")],
+        )))?;
         let config = GatewayConfig::new()
             .http_listen(&format!("127.0.0.1:{port}"))
             .resource(Resource::orders_dev(&pg, "orders-db"))
@@ -104,7 +102,11 @@ impl Sso {
             .set("http", "public_url", &toml_str(&base))
             .set("oidc", "issuer", &toml_str(op.issuer()))
             .set("oidc", "client_id", &toml_str(CLIENT_ID))
-            .set("oidc", "client_secret_env", &toml_str("GATEHOUSE_TEST_OIDC_SECRET"))
+            .set(
+                "oidc",
+                "client_secret_env",
+                &toml_str("GATEHOUSE_TEST_OIDC_SECRET"),
+            )
             .set("oidc", "allow_http", "true")
             .set("oidc", "recheck_every", &toml_str("1s"))
             .env("GATEHOUSE_TEST_OIDC_SECRET", CLIENT_SECRET);
@@ -311,7 +313,10 @@ pub fn post_json(
     let resp = browser.client().post(url).json(body).send()?;
     let status = resp.status().as_u16();
     let text = resp.text()?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// Reads `credentials.json` from a home directory.

@@ -51,15 +51,30 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
     let status = sso.cli(home, &["status"])?.ok()?;
     assert!(status.stdout.contains("user:     alice"), "{status}");
     assert!(status.stdout.contains("groups:   engineering"), "{status}");
-    assert!(status.stdout.contains("mfa:      no (amr: pwd)"), "{status}");
+    assert!(
+        status.stdout.contains("mfa:      no (amr: pwd)"),
+        "{status}"
+    );
 
     let out = sso
-        .cli(home, &["psql", "orders-db", "--", "-tAc", "select count(*) from orders"])?
+        .cli(
+            home,
+            &[
+                "psql",
+                "orders-db",
+                "--",
+                "-tAc",
+                "select count(*) from orders",
+            ],
+        )?
         .ok()?;
     assert_eq!(out.stdout.trim(), "1000", "{out}");
     let env = sso.cli(home, &["env", "orders-db"])?.ok()?;
     assert!(env.stdout.contains("export PGUSER='alice'"), "{env}");
-    assert!(env.stdout.contains("export PGSSLMODE='verify-full'"), "{env}");
+    assert!(
+        env.stdout.contains("export PGSSLMODE='verify-full'"),
+        "{env}"
+    );
 
     let events = sso.gw.settled_export()?;
     let ok = events_of(&events, "login.succeeded");
@@ -95,7 +110,10 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
         .iter()
         .any(|e| e["reason"].as_str().unwrap_or("").contains("revoked")));
     let out = sso.cli(home, &["status"])?;
-    assert!(!out.success() && out.stderr.contains("not logged in"), "{out}");
+    assert!(
+        !out.success() && out.stderr.contains("not logged in"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -174,7 +192,11 @@ fn device_login(
         }
     }
     // "To sign in, visit", "", "  URL", "", "and enter the code", "", "  CODE"
-    let trimmed: Vec<&str> = lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+    let trimmed: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
     let at = |marker: &str| {
         trimmed
             .iter()
@@ -229,10 +251,17 @@ fn device_flow_through_the_provider() -> anyhow::Result<()> {
         Ok(())
     })?;
     assert!(out.success(), "{out}");
-    assert!(out.stdout.contains("as dana") && out.stdout.contains("MFA: yes"), "{out}");
+    assert!(
+        out.stdout.contains("as dana") && out.stdout.contains("MFA: yes"),
+        "{out}"
+    );
     let q = ["psql", "vault-db", "--", "-tAc", "select current_user"];
     let res = sso.cli(home.path(), &q)?.ok()?;
-    assert_eq!(res.stdout.trim(), "orders_app", "upstream runs as the brokered account");
+    assert_eq!(
+        res.stdout.trim(),
+        "orders_app",
+        "upstream runs as the brokered account"
+    );
     let events = sso.gw.settled_export()?;
     let ok = events_of(&events, "login.succeeded");
     assert_eq!(ok.len(), 1);
@@ -255,7 +284,11 @@ fn device_flow_on_the_gateway_page() -> anyhow::Result<()> {
         let callback = b.sign_in(&url, user, ALICE_PASSWORD, |u| u.path() == "/oidc/callback")?;
         let done = b.get(callback.as_str())?;
         assert_eq!(done.status, 200, "{}", done.describe());
-        assert!(done.body.contains("Return to your terminal"), "{}", done.describe());
+        assert!(
+            done.body.contains("Return to your terminal"),
+            "{}",
+            done.describe()
+        );
         Ok(())
     })?;
     assert!(out.success(), "{out}");
@@ -265,8 +298,8 @@ fn device_flow_on_the_gateway_page() -> anyhow::Result<()> {
 }
 
 #[test]
-fn the_provider_dropping_a_person_revokes_their_login_and_cuts_their_sessions(
-) -> anyhow::Result<()> {
+fn the_provider_dropping_a_person_revokes_their_login_and_cuts_their_sessions() -> anyhow::Result<()>
+{
     let sso = Sso::start()?;
     let login = sso.cli_login(ALICE, ALICE_PASSWORD)?;
     let credential = login.credential()?;

@@ -28,7 +28,9 @@ impl Suite<'_> {
             .gw
             .audit_export_jsonl()?
             .into_iter()
-            .filter(|e| e["type"] == "event" && REFUSAL_KINDS.contains(&e["kind"].as_str().unwrap_or("")))
+            .filter(|e| {
+                e["type"] == "event" && REFUSAL_KINDS.contains(&e["kind"].as_str().unwrap_or(""))
+            })
             .collect())
     }
 
@@ -123,7 +125,11 @@ fn provider_id_token(sso: &Sso) -> anyhow::Result<String> {
     let disco = sso.op.discovery()?;
     let http = reqwest::blocking::Client::new();
     let start: Value = http
-        .post(disco["device_authorization_endpoint"].as_str().unwrap_or_default())
+        .post(
+            disco["device_authorization_endpoint"]
+                .as_str()
+                .unwrap_or_default(),
+        )
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
         .form(&[("scope", "openid profile email groups")])
         .send()?
@@ -140,7 +146,10 @@ fn provider_id_token(sso: &Sso) -> anyhow::Result<String> {
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
         .form(&[
             ("grant_type", DEVICE_CODE_GRANT),
-            ("device_code", start["device_code"].as_str().unwrap_or_default()),
+            (
+                "device_code",
+                start["device_code"].as_str().unwrap_or_default(),
+            ),
         ])
         .send()?
         .json()?;
@@ -222,7 +231,11 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     forged.push((
         "alg none",
         "malformed",
-        raw_jwt(&json!({"alg": "none", "typ": typ, "kid": kid}), &claims, b""),
+        raw_jwt(
+            &json!({"alg": "none", "typ": typ, "kid": kid}),
+            &claims,
+            b"",
+        ),
     ));
     let hs = {
         let mut h = Header::new(Algorithm::HS256);
@@ -250,7 +263,11 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     forged.push(("expired", "expired", signed(&key, typ, &kid, &c)?));
     let mut c = claims.clone();
     c["nbf"] = json!(now() + 600);
-    forged.push(("not yet valid", "not valid yet", signed(&key, typ, &kid, &c)?));
+    forged.push((
+        "not yet valid",
+        "not valid yet",
+        signed(&key, typ, &kid, &c)?,
+    ));
     let mut c = claims.clone();
     c["iss"] = json!("https://evil.example");
     forged.push(("wrong issuer", "issuer", signed(&key, typ, &kid, &c)?));
@@ -265,7 +282,12 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     forged.push((
         "tampered payload",
         "signature",
-        format!("{}.{}.{}", parts[0], B64URL.encode(evil.to_string()), parts[2]),
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            B64URL.encode(evil.to_string()),
+            parts[2]
+        ),
     ));
     forged.push((
         "provider ID token as a gateway credential",
@@ -281,7 +303,9 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     };
     suite.seen = suite.refusals()?.len();
     for (name, needle, token) in &forged {
-        suite.case(&format!("psql: {name}"), needle, || pg_refused(&sso, ALICE, token))?;
+        suite.case(&format!("psql: {name}"), needle, || {
+            pg_refused(&sso, ALICE, token)
+        })?;
         suite.case(&format!("api: {name}"), needle, || {
             api_refused(&sso, &browser, token)
         })?;
@@ -293,7 +317,10 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     // Revoked by logout, at both doors.
     let mut b2 = sso.browser()?;
     let second = sso.browser_login(&mut b2, ALICE, ALICE_PASSWORD)?;
-    let second_token = second["credential"].as_str().unwrap_or_default().to_string();
+    let second_token = second["credential"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let out = b2
         .client()
         .post(format!("{}/api/v1/logout", sso.base))
@@ -313,10 +340,14 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         let p = browser.get(format!("{cb}?code=abc"))?;
         Ok(p.status == 400)
     })?;
-    suite.case("callback with an unknown state", "unknown, expired or already used state", || {
-        let p = browser.get(format!("{cb}?code=abc&state=forged-state"))?;
-        Ok(p.status == 400)
-    })?;
+    suite.case(
+        "callback with an unknown state",
+        "unknown, expired or already used state",
+        || {
+            let p = browser.get(format!("{cb}?code=abc&state=forged-state"))?;
+            Ok(p.status == 400)
+        },
+    )?;
     // A legitimate login whose callback is then replayed.
     let mut b3 = sso.browser()?;
     let flow = CliFlow::new(&sso.base);
@@ -329,10 +360,14 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     let done = b3.get(callback.as_str())?;
     assert!(done.is_redirect(), "legit callback: {}", done.describe());
     let used_code = query_param(&callback, "code").unwrap_or_default();
-    suite.case("replayed callback (state reuse)", "already used state", || {
-        let p = b3.get(callback.as_str())?;
-        Ok(p.status == 400)
-    })?;
+    suite.case(
+        "replayed callback (state reuse)",
+        "already used state",
+        || {
+            let p = b3.get(callback.as_str())?;
+            Ok(p.status == 400)
+        },
+    )?;
     suite.case("state not bound to this browser", "not bound", || {
         let mut b = sso.browser()?;
         let flow = CliFlow::new(&sso.base);
@@ -346,24 +381,40 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     suite.case("wrong nonce", "nonce", || {
         let mut b = sso.browser()?;
         let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
-        callback_refused(&sso, &mut b, &with_param(&auth, "nonce", Some("attacker-nonce")))
+        callback_refused(
+            &sso,
+            &mut b,
+            &with_param(&auth, "nonce", Some("attacker-nonce")),
+        )
     })?;
     suite.case("reused nonce from an earlier login", "nonce", || {
         let mut b = sso.browser()?;
         let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
-        callback_refused(&sso, &mut b, &with_param(&auth, "nonce", Some(&first_nonce)))
+        callback_refused(
+            &sso,
+            &mut b,
+            &with_param(&auth, "nonce", Some(&first_nonce)),
+        )
     })?;
     suite.case("authorization request without PKCE", "pkce", || {
         let mut b = sso.browser()?;
         let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
-        let stripped = with_param(&with_param(&auth, "code_challenge", None), "code_challenge_method", None);
+        let stripped = with_param(
+            &with_param(&auth, "code_challenge", None),
+            "code_challenge_method",
+            None,
+        );
         callback_refused(&sso, &mut b, &stripped)
     })?;
     suite.case("PKCE challenge substituted", "grant", || {
         let mut b = sso.browser()?;
         let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
         let attacker = B64URL.encode([7u8; 32]);
-        callback_refused(&sso, &mut b, &with_param(&auth, "code_challenge", Some(&attacker)))
+        callback_refused(
+            &sso,
+            &mut b,
+            &with_param(&auth, "code_challenge", Some(&attacker)),
+        )
     })?;
     suite.case("replayed authorization code", "grant", || {
         let mut b = sso.browser()?;
@@ -374,10 +425,19 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     })?;
     for (name, redirect) in [
         ("open redirect //evil.example", "//evil.example/callback"),
-        ("open redirect javascript:", "javascript:alert(document.cookie)"),
+        (
+            "open redirect javascript:",
+            "javascript:alert(document.cookie)",
+        ),
         ("redirect to another host", "https://evil.example/callback"),
-        ("loopback look-alike host", "http://127.0.0.1.evil.example:8080/callback"),
-        ("loopback with user info", "http://127.0.0.1:8080@evil.example/callback"),
+        (
+            "loopback look-alike host",
+            "http://127.0.0.1.evil.example:8080/callback",
+        ),
+        (
+            "loopback with user info",
+            "http://127.0.0.1:8080@evil.example/callback",
+        ),
     ] {
         suite.case(name, "redirect is not the registered loopback", || {
             let flow = CliFlow::new(&sso.base);
@@ -390,7 +450,10 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         ("return_to javascript:", "javascript:alert(1)"),
     ] {
         suite.case(name, "not a relative path", || {
-            let url = reqwest::Url::parse_with_params(&format!("{}/login", sso.base), &[("return_to", to)])?;
+            let url = reqwest::Url::parse_with_params(
+                &format!("{}/login", sso.base),
+                &[("return_to", to)],
+            )?;
             let p = browser.get(url.as_str())?;
             Ok(p.status == 400 && p.location().is_none())
         })?;
@@ -407,7 +470,9 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     // The one-time code handed to the CLI.
     let flow = CliFlow::new(&sso.base);
     let mut b4 = sso.browser()?;
-    let back = b4.sign_in(flow.login_url()?, ALICE, ALICE_PASSWORD, |u| flow.is_callback(u))?;
+    let back = b4.sign_in(flow.login_url()?, ALICE, ALICE_PASSWORD, |u| {
+        flow.is_callback(u)
+    })?;
     let code = query_param(&back, "code").unwrap_or_default();
     suite.case("one-time code with the wrong PKCE verifier", "code_verifier", || {
         let (status, _) = post_json(
@@ -437,7 +502,9 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     // A disabled user's still-valid credential.
     let cfg = sso.gw.config_path().to_string_lossy().into_owned();
     sso.gw
-        .cli(&["users", "disable", "alice", "--config", &cfg, "--by", "test"])?
+        .cli(&[
+            "users", "disable", "alice", "--config", &cfg, "--by", "test",
+        ])?
         .ok()?;
     suite.case("psql: credential of a disabled user", "disabled", || {
         pg_refused(&sso, ALICE, &good_token)
@@ -456,6 +523,12 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         Ok(p.status == 403 && p.location().is_none())
     })?;
 
+    for (name, refused, hit) in &suite.results {
+        eprintln!(
+            "{name}: refused={refused} audited={}",
+            hit.as_deref().unwrap_or("NO")
+        );
+    }
     let failures: Vec<String> = suite
         .results
         .iter()
@@ -467,7 +540,11 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         "only {} cases",
         suite.results.len()
     );
-    assert!(failures.is_empty(), "cases not refused or not audited:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "cases not refused or not audited:\n{}",
+        failures.join("\n")
+    );
 
     // The log still verifies after all of it.
     let verify = sso.gw.audit_verify()?;
