@@ -3,6 +3,9 @@
 //! refused AND leave an audit event (`auth.failed`, `login.failed` or `http.refused`) whose
 //! reason says what was wrong.
 
+// The per-case report goes to stderr on purpose: CI logs show which attack did what.
+#![allow(clippy::print_stderr)]
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use gatehouse_gateway::keys::SigningKey;
@@ -161,15 +164,11 @@ fn provider_id_token(sso: &Sso) -> anyhow::Result<String> {
 
 /// Starts a login as the CLI would and returns the provider's authorization URL (the browser
 /// holds the binding cookie afterwards).
-fn authorize_url(sso: &Sso, browser: &mut Browser, flow: &CliFlow) -> anyhow::Result<reqwest::Url> {
+fn authorize_url(browser: &mut Browser, flow: &CliFlow) -> anyhow::Result<reqwest::Url> {
     let page = browser.get(flow.login_url()?)?;
     page.location()
         .filter(|_| page.is_redirect())
         .ok_or_else(|| anyhow::anyhow!("/login did not redirect: {}", page.describe()))
-        .map(|u| {
-            let _ = sso;
-            u
-        })
 }
 
 fn with_param(url: &reqwest::Url, name: &str, value: Option<&str>) -> reqwest::Url {
@@ -351,7 +350,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     // A legitimate login whose callback is then replayed.
     let mut b3 = sso.browser()?;
     let flow = CliFlow::new(&sso.base);
-    let auth = authorize_url(&sso, &mut b3, &flow)?;
+    let auth = authorize_url(&mut b3, &flow)?;
     let first_nonce = query_param(&auth, "nonce").unwrap_or_default();
     let base = sso.base.clone();
     let callback = b3.sign_in(auth.as_str(), ALICE, ALICE_PASSWORD, move |u| {
@@ -371,7 +370,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     suite.case("state not bound to this browser", "not bound", || {
         let mut b = sso.browser()?;
         let flow = CliFlow::new(&sso.base);
-        let auth = authorize_url(&sso, &mut b, &flow)?;
+        let auth = authorize_url(&mut b, &flow)?;
         let state = query_param(&auth, "state").unwrap_or_default();
         // The victim's browser never started this login: no binding cookie.
         let mut victim = sso.browser()?;
@@ -380,7 +379,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     })?;
     suite.case("wrong nonce", "nonce", || {
         let mut b = sso.browser()?;
-        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let auth = authorize_url(&mut b, &CliFlow::new(&sso.base))?;
         callback_refused(
             &sso,
             &mut b,
@@ -389,7 +388,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     })?;
     suite.case("reused nonce from an earlier login", "nonce", || {
         let mut b = sso.browser()?;
-        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let auth = authorize_url(&mut b, &CliFlow::new(&sso.base))?;
         callback_refused(
             &sso,
             &mut b,
@@ -398,7 +397,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     })?;
     suite.case("authorization request without PKCE", "pkce", || {
         let mut b = sso.browser()?;
-        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let auth = authorize_url(&mut b, &CliFlow::new(&sso.base))?;
         let stripped = with_param(
             &with_param(&auth, "code_challenge", None),
             "code_challenge_method",
@@ -408,7 +407,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     })?;
     suite.case("PKCE challenge substituted", "grant", || {
         let mut b = sso.browser()?;
-        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let auth = authorize_url(&mut b, &CliFlow::new(&sso.base))?;
         let attacker = B64URL.encode([7u8; 32]);
         callback_refused(
             &sso,
@@ -418,7 +417,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     })?;
     suite.case("replayed authorization code", "grant", || {
         let mut b = sso.browser()?;
-        let auth = authorize_url(&sso, &mut b, &CliFlow::new(&sso.base))?;
+        let auth = authorize_url(&mut b, &CliFlow::new(&sso.base))?;
         let state = query_param(&auth, "state").unwrap_or_default();
         let p = b.get(format!("{cb}?code={used_code}&state={state}"))?;
         Ok(p.status >= 400 && p.body.contains("Sign-in failed"))
