@@ -82,6 +82,8 @@ pub fn connect_request(
     source_ip: IpAddr,
     auth_method: &str,
     mfa: bool,
+    role: &str,
+    has_grant: bool,
 ) -> AccessRequest {
     let hour = time::OffsetDateTime::now_utc().hour();
     AccessRequest {
@@ -97,6 +99,10 @@ pub fn connect_request(
         },
         context: RequestContext {
             mfa,
+            role: role.to_string(),
+            has_grant,
+            duration_secs: 0,
+            requester: String::new(),
             source_ip,
             auth_method: auth_method.to_string(),
             hour_utc: hour,

@@ -87,15 +87,88 @@ enum Command {
     /// Run psql against a resource through the gateway with your credential (no password to
     /// copy). Extra arguments go to psql: `gatehouse psql orders-db -- -c 'select 1'`.
     Psql {
-        /// The resource name (`gatehouse` resources are databases to psql).
+        /// The resource name (`gatehouse resources` lists them).
         resource: String,
+        /// The role to connect as (default `read`); other roles need a grant.
+        #[arg(long)]
+        role: Option<String>,
         /// Arguments for psql.
         #[arg(last = true)]
         args: Vec<String>,
     },
     /// Print `export PG...` lines for a resource, for `eval "$(gatehouse env orders-db)"`.
     /// The output contains your credential: do not paste it anywhere.
-    Env { resource: String },
+    Env {
+        resource: String,
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// What you can reach now, and what you could request (with how many approvals, for how
+    /// long at most).
+    Resources,
+    /// Ask for time-boxed access to a role on a resource; someone else approves it.
+    /// `--break-glass` takes it at once where policy allows, notifies, and leaves a review item.
+    Request {
+        resource: String,
+        /// The role, e.g. `write`.
+        #[arg(long)]
+        role: String,
+        /// How long, e.g. `2h` (policy sets the maximum).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why; a ticket id such as INC-4211 is recognised and recorded.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// Your requests and their state; `--pending` lists every request waiting for approval.
+    Requests {
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve a request (never your own; one person counts once).
+    Approve {
+        id: i64,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Deny a request.
+    Deny {
+        id: i64,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Grant someone time-boxed access directly (audited like an approval).
+    Grant {
+        user: String,
+        resource: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Active grants (`--all`: also ended ones).
+    Grants {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a grant: its live sessions end within a second.
+    Revoke {
+        grant: i64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Open review items (break-glass grants); `review ID --comment ...` signs one off.
+    Review {
+        id: Option<i64>,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -397,16 +470,69 @@ async fn dispatch(cli: Cli) -> ExitCode {
             init_tracing(false, "warn");
             crate::client::logout().await
         }
-        Command::Psql { resource, args } => {
+        Command::Psql {
+            resource,
+            role,
+            args,
+        } => {
             init_tracing(false, "warn");
-            match crate::client::psql(&resource, &args) {
+            let target = with_role(&resource, role.as_deref());
+            match crate::client::psql(&target, &args) {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }
         }
-        Command::Env { resource } => {
+        Command::Env { resource, role } => {
             init_tracing(false, "warn");
-            crate::client::env(&resource)
+            crate::client::env(&with_role(&resource, role.as_deref()))
+        }
+        Command::Resources => {
+            init_tracing(false, "warn");
+            crate::client::resources().await
+        }
+        Command::Request {
+            resource,
+            role,
+            duration,
+            reason,
+            break_glass,
+        } => {
+            init_tracing(false, "warn");
+            crate::client::request(&resource, &role, &duration, &reason, break_glass).await
+        }
+        Command::Requests { pending } => {
+            init_tracing(false, "warn");
+            crate::client::requests(pending).await
+        }
+        Command::Approve { id, comment } => {
+            init_tracing(false, "warn");
+            crate::client::decide(id, true, &comment).await
+        }
+        Command::Deny { id, comment } => {
+            init_tracing(false, "warn");
+            crate::client::decide(id, false, &comment).await
+        }
+        Command::Grant {
+            user,
+            resource,
+            role,
+            duration,
+            reason,
+        } => {
+            init_tracing(false, "warn");
+            crate::client::grant(&user, &resource, &role, &duration, &reason).await
+        }
+        Command::Grants { all } => {
+            init_tracing(false, "warn");
+            crate::client::grants(all).await
+        }
+        Command::Revoke { grant, reason } => {
+            init_tracing(false, "warn");
+            crate::client::revoke(grant, &reason).await
+        }
+        Command::Review { id, comment, all } => {
+            init_tracing(false, "warn");
+            crate::client::review(id, &comment, all).await
         }
     };
     match result {
@@ -704,8 +830,8 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
         None => {
             writeln!(
                 out,
-                "{:<32} {:<16} {:<16} {:<28} {:<22} status",
-                "session", "user", "resource", "started", "client"
+                "{:<32} {:<16} {:<16} {:<6} {:<6} {:<28} {:<22} status",
+                "session", "user", "resource", "role", "grant", "started", "client"
             )?;
             for s in store.sessions(args.all, 1000).await? {
                 let status = match (&s.ended, &s.kill_requested_by) {
@@ -715,8 +841,16 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
                 };
                 writeln!(
                     out,
-                    "{:<32} {:<16} {:<16} {:<28} {:<22} {status}",
-                    s.id, s.user, s.resource, s.started, s.client_addr
+                    "{:<32} {:<16} {:<16} {:<6} {:<6} {:<28} {:<22} {status}",
+                    s.id,
+                    s.user,
+                    s.resource,
+                    s.role.as_deref().unwrap_or("read"),
+                    s.grant_id
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.started,
+                    s.client_addr
                 )?;
             }
             Ok(ExitCode::SUCCESS)
@@ -741,6 +875,14 @@ async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "session {id} of {user} will end within a second")?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `resource` or `resource:role`: the database name the PostgreSQL front door reads.
+fn with_role(resource: &str, role: Option<&str>) -> String {
+    match role {
+        Some(r) if r != crate::config::DEFAULT_ROLE => format!("{resource}:{r}"),
+        _ => resource.to_string(),
     }
 }
 

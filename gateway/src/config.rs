@@ -74,6 +74,8 @@ struct File {
     #[serde(default)]
     http: HttpFile,
     oidc: Option<OidcFile>,
+    #[serde(default)]
+    access: AccessFile,
     #[serde(default, rename = "resource")]
     resources: Vec<ResourceFile>,
 }
@@ -156,6 +158,16 @@ struct OidcFile {
     device_flow: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessFile {
+    reason_max_bytes: Option<u64>,
+    requests_per_hour: Option<u64>,
+    max_duration: Option<String>,
+    webhook_url: Option<String>,
+    webhook_timeout: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResourceFile {
@@ -169,6 +181,9 @@ struct ResourceFile {
     log_parameters: bool,
     connect_timeout: Option<String>,
     credential: CredentialFile,
+    /// More roles than the default `read`, each with its own brokered credential.
+    #[serde(default)]
+    roles: BTreeMap<String, CredentialFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,8 +219,26 @@ pub struct Config {
     pub http: HttpConfig,
     /// Single sign-on through an OpenID provider; `None` when not configured.
     pub oidc: Option<OidcConfig>,
+    pub access: AccessConfig,
     pub resources: Vec<Resource>,
 }
+
+/// Just-in-time access: input bounds, rate limits, the webhook.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Longest reason or comment accepted, in bytes.
+    pub reason_max_bytes: usize,
+    /// Requests one user may make per hour.
+    pub requests_per_hour: u64,
+    /// Longest grant, whatever the policies say.
+    pub max_duration: Duration,
+    /// Where request, approval and grant notifications are POSTed (Slack-compatible JSON).
+    pub webhook_url: Option<String>,
+    pub webhook_timeout: Duration,
+}
+
+/// The role every resource has: its `credential`.
+pub const DEFAULT_ROLE: &str = "read";
 
 /// The HTTPS listener: login pages, the JSON API, the JWKS.
 #[derive(Debug, Clone)]
@@ -310,6 +343,16 @@ pub struct Resource {
     pub tags: BTreeMap<String, String>,
     pub log_parameters: bool,
     pub connect_timeout: Duration,
+    /// The `read` role's brokered credential.
+    pub username: String,
+    pub password: Secret<String>,
+    /// Every role (including `read`) with its brokered credential.
+    pub roles: BTreeMap<String, RoleCredential>,
+}
+
+/// The brokered credential a role connects upstream with.
+#[derive(Debug, Clone)]
+pub struct RoleCredential {
     pub username: String,
     pub password: Secret<String>,
 }
@@ -465,6 +508,8 @@ impl Config {
             Some(o) => Some(oidc_config(o, &http, &resolve, env, secrets)?),
         };
 
+        let access = access_config(file.access)?;
+
         let mut resources: Vec<Resource> = Vec::new();
         for (i, r) in file.resources.into_iter().enumerate() {
             let key = |k: &str| format!("resource[{i}].{k}");
@@ -511,33 +556,42 @@ impl Config {
                     "every resource needs a `data_class` label",
                 )
             })?;
-            let password = match (r.credential.password_env, r.credential.password_file) {
-                (Some(_), None) | (None, Some(_)) if secrets == Secrets::Skip => String::new(),
-                (Some(var), None) => env.var(&var).ok_or_else(|| {
-                    invalid(
-                        key("credential.password_env"),
-                        format!("environment variable `{var}` is not set"),
-                    )
-                })?,
-                (None, Some(file)) => {
-                    let file = resolve(&file);
-                    std::fs::read_to_string(&file)
-                        .map_err(|e| {
-                            invalid(
-                                key("credential.password_file"),
-                                format!("cannot read `{}`: {e}", file.display()),
-                            )
-                        })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string()
-                }
-                _ => {
+            let password = read_secret(&key("credential"), &r.credential, env, secrets, &resolve)?;
+            let mut roles = BTreeMap::new();
+            roles.insert(
+                DEFAULT_ROLE.to_string(),
+                RoleCredential {
+                    username: r.credential.username.clone(),
+                    password: Secret::new(password.clone()),
+                },
+            );
+            for (role, cred) in &r.roles {
+                if role.is_empty()
+                    || role.len() > 32
+                    || !role
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c == '-')
+                {
                     return Err(invalid(
-                        key("credential"),
-                        "give exactly one of `password_env`, `password_file`",
-                    ))
+                        key(&format!("roles.{role}")),
+                        "role names are 1-32 characters of a-z, `-`, `_`",
+                    ));
                 }
-            };
+                if role == DEFAULT_ROLE {
+                    return Err(invalid(
+                        key("roles.read"),
+                        "`read` is the resource's `credential`; do not repeat it under roles",
+                    ));
+                }
+                let pw = read_secret(&key(&format!("roles.{role}")), cred, env, secrets, &resolve)?;
+                roles.insert(
+                    role.clone(),
+                    RoleCredential {
+                        username: cred.username.clone(),
+                        password: Secret::new(pw),
+                    },
+                );
+            }
             resources.push(Resource {
                 database: r.database.unwrap_or_else(|| r.name.clone()),
                 name: r.name,
@@ -554,6 +608,7 @@ impl Config {
                 )?,
                 username: r.credential.username,
                 password: Secret::new(password),
+                roles,
             });
         }
 
@@ -568,6 +623,7 @@ impl Config {
             tokens,
             http,
             oidc,
+            access,
             resources,
         })
     }
@@ -575,6 +631,73 @@ impl Config {
     pub fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
     }
+}
+
+/// Reads a brokered password from its env var or file (or nothing, for admin commands).
+fn read_secret(
+    key: &str,
+    c: &CredentialFile,
+    env: &dyn Env,
+    secrets: Secrets,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<String, ConfigError> {
+    match (&c.password_env, &c.password_file) {
+        (Some(_), None) | (None, Some(_)) if secrets == Secrets::Skip => Ok(String::new()),
+        (Some(var), None) => env.var(var).ok_or_else(|| {
+            invalid(
+                format!("{key}.password_env"),
+                format!("environment variable `{var}` is not set"),
+            )
+        }),
+        (None, Some(file)) => {
+            let file = resolve(file);
+            Ok(std::fs::read_to_string(&file)
+                .map_err(|e| {
+                    invalid(
+                        format!("{key}.password_file"),
+                        format!("cannot read `{}`: {e}", file.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string())
+        }
+        _ => Err(invalid(
+            key,
+            "give exactly one of `password_env`, `password_file`",
+        )),
+    }
+}
+
+fn access_config(a: AccessFile) -> Result<AccessConfig, ConfigError> {
+    let webhook_url = match a.webhook_url {
+        Some(u) if u.starts_with("https://") || u.starts_with("http://") => Some(u),
+        Some(u) => {
+            return Err(invalid(
+                "access.webhook_url",
+                format!("`{u}` must be an http:// or https:// URL"),
+            ))
+        }
+        None => None,
+    };
+    Ok(AccessConfig {
+        reason_max_bytes: bounded(
+            "access.reason_max_bytes",
+            a.reason_max_bytes,
+            1024,
+            16,
+            16 * 1024,
+        )? as usize,
+        requests_per_hour: bounded(
+            "access.requests_per_hour",
+            a.requests_per_hour,
+            20,
+            1,
+            10_000,
+        )?,
+        max_duration: duration("access.max_duration", a.max_duration.as_deref(), "7d")?,
+        webhook_url,
+        webhook_timeout: duration("access.webhook_timeout", a.webhook_timeout.as_deref(), "5s")?,
+    })
 }
 
 fn http_config(h: HttpFile, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<HttpConfig, ConfigError> {

@@ -8,6 +8,7 @@
 //! [`web`] is the HTTPS side: single sign-on through [`authn::oidc`], the JSON API the CLI
 //! uses, and the JWKS of gateway credentials.
 
+pub mod access;
 pub mod audit;
 pub mod authn;
 pub mod authz;

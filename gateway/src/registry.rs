@@ -17,9 +17,27 @@ pub struct LiveSession {
     pub user: String,
     pub resource: String,
     pub started: String,
+    /// The grant the session runs under, and when it ends (Unix seconds).
+    pub grant: Option<SessionGrant>,
     secret: u32,
     cancel: Option<CancelHandle>,
     kill: watch::Sender<Option<String>>,
+}
+
+/// The grant a session runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionGrant {
+    pub id: i64,
+    pub expires_unix: i64,
+}
+
+/// A session the registry cut.
+#[derive(Debug, Clone)]
+pub struct CutSession {
+    pub id: SessionId,
+    pub user: String,
+    pub resource: String,
+    pub grant: Option<i64>,
 }
 
 #[derive(Default, Clone)]
@@ -67,6 +85,7 @@ impl Registry {
         user: &str,
         resource: &str,
         cancel: Option<CancelHandle>,
+        grant: Option<SessionGrant>,
     ) -> (u32, u32, watch::Receiver<Option<String>>, Registration) {
         let (kill, kill_rx) = watch::channel(None);
         let secret = u32::from_be_bytes(random_bytes::<4>());
@@ -86,6 +105,7 @@ impl Registry {
                 user: user.to_string(),
                 resource: resource.to_string(),
                 started: crate::audit::event::now_ts(),
+                grant,
                 secret,
                 cancel,
                 kill,
@@ -139,6 +159,48 @@ impl Registry {
             .find(|s| s.id.to_string() == id && s.kill.borrow().is_none())?;
         let _ = s.kill.send(Some(reason.to_string()));
         Some((s.user.clone(), s.resource.clone()))
+    }
+
+    /// Ends every live session whose grant ended by `now` (Unix seconds).
+    pub fn cut_expired_grants(&self, now: i64) -> Vec<CutSession> {
+        self.cut_where(
+            |g| g.expires_unix <= now,
+            |g| format!("access expired: grant {} ended", g.id),
+        )
+    }
+
+    /// Ends every live session running under grant `id` with `reason`.
+    pub fn cut_grant(&self, id: i64, reason: &str) -> Vec<CutSession> {
+        self.cut_where(|g| g.id == id, |_| reason.to_string())
+    }
+
+    fn cut_where(
+        &self,
+        pred: impl Fn(&SessionGrant) -> bool,
+        why: impl Fn(&SessionGrant) -> String,
+    ) -> Vec<CutSession> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter_map(|s| {
+                let g = s.grant.filter(|g| pred(g))?;
+                if s.kill.borrow().is_some() {
+                    return None;
+                }
+                let _ = s.kill.send(Some(why(&g)));
+                Some(CutSession {
+                    id: s.id,
+                    user: s.user.clone(),
+                    resource: s.resource.clone(),
+                    grant: Some(g.id),
+                })
+            })
+            .collect()
+    }
+
+    /// Ids of the grants live sessions run under.
+    pub fn live_grants(&self) -> std::collections::BTreeSet<i64> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter_map(|s| s.grant.map(|g| g.id)).collect()
     }
 
     /// Users with at least one live session.

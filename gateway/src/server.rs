@@ -148,6 +148,24 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         audit.clone(),
     ));
 
+    let webhook = crate::access::webhook::Webhook::spawn(
+        config.access.webhook_url.clone(),
+        config.access.webhook_timeout,
+    );
+    let access = Arc::new(crate::access::Access {
+        config: config.clone(),
+        policies: door.policies.clone(),
+        store: store.clone(),
+        audit: audit.clone(),
+        registry: registry.clone(),
+        webhook: webhook.clone(),
+    });
+    let grants = tokio::spawn(crate::access::watch_grants(
+        store.clone(),
+        registry.clone(),
+        audit.clone(),
+        webhook,
+    ));
     let web = Arc::new(Web::new(
         config.clone(),
         tokens.clone(),
@@ -155,6 +173,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         audit.clone(),
         store.clone(),
         registry.clone(),
+        access,
         postgres_public(&config, pg_addr),
     ));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -195,6 +214,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         r.abort();
     }
     key_reload.abort();
+    grants.abort();
 
     info!(live = registry.len(), "shutting down: ending live sessions");
     registry.kill_all("the gateway is shutting down");

@@ -5,6 +5,7 @@
 //! `?1` form. SQLite runs in WAL mode with `synchronous=FULL`, checked at startup: the audit log's
 //! durability promise rests on it.
 
+pub mod access;
 pub mod audit;
 pub mod logins;
 pub mod sessions;

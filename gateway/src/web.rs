@@ -10,9 +10,13 @@
 //! - [`api`]: `/api/v1/...`: credential pickup, device flow, whoami, logout, info.
 //! - [`page`]: the few HTML pages, escaped.
 //! - [`session`]: what a completed login becomes: a login row, a credential, audit events.
+//! - [`jit`]: the just-in-time access API (requests, approvals, grants, reviews);
+//!   [`openapi`] documents the whole API.
 
 pub mod api;
+pub mod jit;
 pub mod login;
+pub mod openapi;
 pub mod page;
 pub mod session;
 
@@ -63,6 +67,7 @@ pub struct Web {
     pub audit: AuditLog,
     pub store: Store,
     pub registry: Registry,
+    pub access: Arc<crate::access::Access>,
     /// The PostgreSQL front door's address as clients reach it (`host:port`).
     pub postgres_public: String,
     pub logins: Pending<login::LoginTx>,
@@ -80,6 +85,7 @@ impl Web {
         audit: AuditLog,
         store: Store,
         registry: Registry,
+        access: Arc<crate::access::Access>,
         postgres_public: String,
     ) -> Web {
         Web {
@@ -89,6 +95,7 @@ impl Web {
             audit,
             store,
             registry,
+            access,
             postgres_public,
             logins: Pending::new(LOGIN_TTL, MAX_PENDING),
             codes: Pending::new(CODE_TTL, MAX_PENDING),
@@ -144,6 +151,21 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/device/token", post(api::device_token))
         .route("/api/v1/whoami", get(api::whoami))
         .route("/api/v1/logout", post(api::logout))
+        .route("/api/v1/openapi.json", get(jit::openapi))
+        .route("/api/v1/resources", get(jit::resources))
+        .route(
+            "/api/v1/requests",
+            get(jit::list_requests).post(jit::create_request),
+        )
+        .route("/api/v1/requests/{id}/approve", post(jit::approve))
+        .route("/api/v1/requests/{id}/deny", post(jit::deny))
+        .route(
+            "/api/v1/grants",
+            get(jit::list_grants).post(jit::create_grant),
+        )
+        .route("/api/v1/grants/{id}/revoke", post(jit::revoke))
+        .route("/api/v1/reviews", get(jit::list_reviews))
+        .route("/api/v1/reviews/{id}/sign-off", post(jit::sign_off))
         .fallback(|| async { api::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(web.clone(), guard))

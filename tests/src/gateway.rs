@@ -709,6 +709,36 @@ impl Gateway {
         Ok(format!("https://{}", self.https_addr()?))
     }
 
+    /// A home directory for the `gatehouse` CLI holding a saved credential for `user` in
+    /// `groups` (an issued 1 h token, as `gatehouse login` would save it); use with
+    /// [`as_user`](Self::as_user).
+    pub fn engineer(&self, user: &str, groups: &[&str]) -> anyhow::Result<TempDir> {
+        let token = self.token(user, groups, "1h")?;
+        let home = temp_dir(&format!("home-{user}"))?;
+        let saved = serde_json::json!({
+            "gateway": self.https_url()?,
+            "ca_file": self.tls_cert(),
+            "credential": token,
+            "user": user,
+            "groups": groups,
+            "mfa": false,
+            "expires_at": 4_102_444_800u64,
+            "postgres": self.pg_addr().to_string(),
+        });
+        fs::write(home.join("credentials.json"), saved.to_string())?;
+        Ok(home)
+    }
+
+    /// Runs `gatehouse ARGS` as the engineer whose home is `home` (see
+    /// [`engineer`](Self::engineer)).
+    pub fn as_user(&self, home: &TempDir, args: &[&str]) -> anyhow::Result<CmdOutput> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("GATEHOUSE_HOME", home.path())
+            .env_remove("GATEHOUSE_CONFIG");
+        run_command(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
     /// The self-signed certificate the gateway generated (both listeners use it), for clients
     /// that verify it.
     pub fn tls_cert(&self) -> PathBuf {

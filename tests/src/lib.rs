@@ -62,6 +62,7 @@ pub mod oidc;
 pub mod pg;
 pub mod sso;
 pub mod util;
+pub mod webhook;
 
 pub use browser::{query_param, Browser, Followed, Form, Hop, Page};
 pub use clients::{

@@ -46,6 +46,9 @@ pub const ORDERS_USER: &str = "orders_app";
 pub const ORDERS_PASSWORD: &str = "orders-secret-pw";
 /// The md5 application role.
 pub const LEGACY_USER: &str = "legacy_app";
+/// A SCRAM role that may only read `orders` (the `read` role of just-in-time tests).
+pub const READONLY_USER: &str = "orders_ro";
+pub const READONLY_PASSWORD: &str = "orders-ro-pw";
 /// Password of [`LEGACY_USER`].
 pub const LEGACY_PASSWORD: &str = "legacy-secret-pw";
 /// Rows in the `orders` table of a fresh server.
@@ -63,6 +66,7 @@ host    all   all         127.0.0.1/32  scram-sha-256
 
 const SETUP_CLUSTER: &str = "\
 CREATE ROLE orders_app LOGIN PASSWORD 'orders-secret-pw';
+CREATE ROLE orders_ro LOGIN PASSWORD 'orders-ro-pw';
 SET password_encryption = 'md5';
 CREATE ROLE legacy_app LOGIN PASSWORD 'legacy-secret-pw';
 RESET password_encryption;
@@ -76,6 +80,7 @@ INSERT INTO orders (customer, amount)
   FROM generate_series(1, 1000) AS g;
 GRANT ALL ON TABLE orders TO orders_app, legacy_app;
 GRANT ALL ON SEQUENCE orders_id_seq TO orders_app, legacy_app;
+GRANT SELECT ON TABLE orders TO orders_ro;
 ANALYZE orders;
 ";
 

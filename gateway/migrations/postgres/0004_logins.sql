@@ -8,7 +8,7 @@ CREATE TABLE logins (
     created        TEXT NOT NULL,
     expires        TEXT NOT NULL,
     amr            TEXT NOT NULL,
-    mfa            INTEGER NOT NULL,
+    mfa            BIGINT NOT NULL,
     revoked_at     TEXT,
     revoked_by     TEXT,
     revoked_reason TEXT

@@ -43,6 +43,27 @@ pub enum EventKind {
     KeysRotated,
     /// The HTTPS listener refused a request before any handler (oversized headers ...).
     HttpRefused,
+    /// Someone asked for time-boxed access.
+    RequestCreated,
+    /// An approver approved a request (one of the N it may need).
+    RequestApproved,
+    /// An approver denied a request.
+    RequestDenied,
+    /// A request, approval, grant, revocation or review was refused (policy, self-approval,
+    /// counted twice, rate limit, bounds).
+    RequestRefused,
+    /// A grant began (approved request, direct grant, break-glass).
+    GrantStart,
+    /// A grant ended by expiry or revocation.
+    GrantEnd,
+    /// Someone revoked a grant before its expiry.
+    GrantRevoked,
+    /// Break-glass access was taken.
+    BreakGlass,
+    /// A review item was opened (every break-glass grant leaves one).
+    ReviewOpened,
+    /// Someone else signed a review item off.
+    ReviewSigned,
 }
 
 impl EventKind {
@@ -67,6 +88,16 @@ impl EventKind {
             EventKind::CredentialRevoked => "credential.revoked",
             EventKind::KeysRotated => "keys.rotated",
             EventKind::HttpRefused => "http.refused",
+            EventKind::RequestCreated => "request.created",
+            EventKind::RequestApproved => "request.approved",
+            EventKind::RequestDenied => "request.denied",
+            EventKind::RequestRefused => "request.refused",
+            EventKind::GrantStart => "grant.start",
+            EventKind::GrantEnd => "grant.end",
+            EventKind::GrantRevoked => "grant.revoked",
+            EventKind::BreakGlass => "breakglass.used",
+            EventKind::ReviewOpened => "review.opened",
+            EventKind::ReviewSigned => "review.signed",
         }
     }
 
@@ -98,6 +129,19 @@ impl EventKind {
             EventKind::KeysRotated => &["8.24"],
             // Networks security; secure authentication (the request never reached a handler).
             EventKind::HttpRefused => &["8.20", "8.5"],
+            // Access control; privileged access rights (a ticket adds 8.32, change management).
+            EventKind::RequestCreated => &["5.15", "8.2"],
+            // Segregation of duties: someone other than the requester decides.
+            EventKind::RequestApproved => &["5.3", "5.15", "8.2"],
+            EventKind::RequestDenied | EventKind::RequestRefused => &["5.3", "5.15"],
+            // Access rights are provisioned, time-boxed and removed.
+            EventKind::GrantStart => &["5.15", "5.18", "8.2"],
+            EventKind::GrantEnd | EventKind::GrantRevoked => &["5.18", "8.2"],
+            // Emergency access is privileged access in response to an incident.
+            EventKind::BreakGlass => &["5.15", "5.26", "8.2"],
+            // Review of access rights, by someone else.
+            EventKind::ReviewOpened => &["5.18"],
+            EventKind::ReviewSigned => &["5.3", "5.18"],
         }
     }
 }

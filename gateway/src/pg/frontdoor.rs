@@ -22,7 +22,7 @@ use super::sink::SessionSink;
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::authn::token::TokenAuthority;
 use crate::config::{Config, Resource};
-use crate::registry::{random_bytes, Registry};
+use crate::registry::{random_bytes, Registry, SessionGrant};
 
 /// How long a connection waits for the store to say whether its user is disabled.
 const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -82,6 +82,15 @@ pub async fn serve(
             .instrument(span),
         );
     }
+}
+
+/// A connection that passed every check, with its upstream open.
+struct Admitted {
+    resource: Resource,
+    role: String,
+    upstream_user: String,
+    grant: Option<SessionGrant>,
+    upstream: agent::Upstream,
 }
 
 /// A refusal to send to the client after authentication started.
@@ -193,7 +202,7 @@ impl FrontDoor {
             ),
         )
         .await;
-        let (resource, upstream) = match ready {
+        let admitted = match ready {
             Err(_) => {
                 info!("client did not authenticate in time");
                 refuse(&mut stream, "08006", "authentication timed out").await;
@@ -212,11 +221,22 @@ impl FrontDoor {
             }
             Ok(Ok(x)) => x,
         };
+        let Admitted {
+            resource,
+            role,
+            upstream_user,
+            grant,
+            upstream,
+        } = admitted;
 
         // Established: hand the client the upstream's parameters and our own cancel key.
-        let (pid, secret, kill, _registration) =
-            self.registry
-                .register(session_id, &user, &resource.name, upstream.cancel_handle());
+        let (pid, secret, kill, _registration) = self.registry.register(
+            session_id,
+            &user,
+            &resource.name,
+            upstream.cancel_handle(),
+            grant,
+        );
         let mut out = BytesMut::new();
         pgwire::auth_ok(&mut out);
         for (k, v) in &upstream.params {
@@ -238,7 +258,9 @@ impl FrontDoor {
         start.session_id = session_id.to_string();
         start.detail = serde_json::json!({
             "upstream": resource.address,
-            "upstream_user": resource.username,
+            "upstream_user": upstream_user,
+            "role": role,
+            "grant_id": grant.map(|g| g.id),
             "client_addr": peer.to_string(),
             "tls": tls,
             "application_name": param("application_name").unwrap_or_default(),
@@ -256,6 +278,8 @@ impl FrontDoor {
             ended: None,
             end_reason: None,
             kill_requested_by: None,
+            role: Some(role.clone()),
+            grant_id: grant.map(|g| g.id),
         };
         let listed = {
             let store = self.store.clone();
@@ -319,7 +343,7 @@ impl FrontDoor {
         peer: SocketAddr,
         session_id: SessionId,
         params: &[(String, String)],
-    ) -> Result<(Resource, agent::Upstream), Refusal> {
+    ) -> Result<Admitted, Refusal> {
         // 1. Authentication: the password is a gateway token.
         let mut out = BytesMut::new();
         pgwire::auth_cleartext(&mut out);
@@ -458,15 +482,60 @@ impl FrontDoor {
             "token_id": claims.jti,
             "tls": tls,
         });
-        let Some(resource) = self.config.resource(resource_name).cloned() else {
+        // `dbname` is `resource` (the `read` role) or `resource:role`.
+        let (name, role) = match resource_name.split_once(':') {
+            Some((n, r)) => (n, r),
+            None => (resource_name, crate::config::DEFAULT_ROLE),
+        };
+        decision_event.resource = name.to_string();
+        decision_event.detail["role"] = serde_json::json!(role);
+        let Some(resource) = self.config.resource(name).cloned() else {
             decision_event.decision = "deny".into();
-            decision_event.reason = format!("unknown resource `{resource_name}`");
+            decision_event.reason = format!("unknown resource `{name}`");
             let _ = self.audit.record_durable(decision_event).await;
             return Err(Refusal::new(
                 "3D000",
-                format!("resource \"{resource_name}\" is not known to the gateway"),
+                format!("resource \"{name}\" is not known to the gateway"),
             ));
         };
+        let Some(credential) = resource.roles.get(role).cloned() else {
+            decision_event.decision = "deny".into();
+            decision_event.reason = format!("resource `{name}` has no role `{role}`");
+            let _ = self.audit.record_durable(decision_event).await;
+            let roles: Vec<&str> = resource.roles.keys().map(String::as_str).collect();
+            return Err(Refusal::new(
+                "3D000",
+                format!(
+                    "resource \"{name}\" has no role \"{role}\" (roles: {})",
+                    roles.join(", ")
+                ),
+            ));
+        };
+        // The grant this user holds for this role, if any (read from the store, so a grant
+        // made or revoked anywhere counts at once).
+        let now = crate::authn::token::unix_now() as i64;
+        let lookup = tokio::time::timeout(
+            STORE_LOOKUP_TIMEOUT,
+            self.store.active_grant(user, name, role, now),
+        )
+        .await;
+        let grant = match lookup
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "cannot read grants; refusing the connection");
+                return Err(Refusal::new(
+                    "58000",
+                    "gatehouse cannot check grants; the connection is refused (fail closed)",
+                ));
+            }
+        };
+        if let Some(g) = &grant {
+            decision_event.detail["grant_id"] = serde_json::json!(g.id);
+            decision_event.detail["grant_expires"] = serde_json::json!(g.expires);
+        }
         let request = crate::authz::connect_request(
             user,
             &claims.groups,
@@ -474,6 +543,8 @@ impl FrontDoor {
             peer.ip(),
             claims.auth_method(),
             claims.mfa,
+            role,
+            grant.is_some(),
         );
         let decision = self.policies.authorize(&request);
         decision_event.decision = if decision.allowed { "allow" } else { "deny" }.into();
@@ -511,12 +582,22 @@ impl FrontDoor {
         let target = PgTarget {
             address: resource.address.clone(),
             database: resource.database.clone(),
-            username: resource.username.clone(),
-            password: resource.password.clone(),
+            username: credential.username.clone(),
+            password: credential.password.clone(),
             connect_timeout: resource.connect_timeout,
         };
+        let session_grant = grant.map(|g| SessionGrant {
+            id: g.id,
+            expires_unix: g.expires_unix,
+        });
         match agent::connect(&target, params).await {
-            Ok(up) => Ok((resource, up)),
+            Ok(up) => Ok(Admitted {
+                resource,
+                role: role.to_string(),
+                upstream_user: credential.username,
+                grant: session_grant,
+                upstream: up,
+            }),
             Err(err) => {
                 let mut e = NewEvent::new(EventKind::SessionFailed);
                 e.actor = user.to_string();

@@ -16,6 +16,8 @@ pub struct SessionRow {
     pub ended: Option<String>,
     pub end_reason: Option<String>,
     pub kill_requested_by: Option<String>,
+    pub role: Option<String>,
+    pub grant_id: Option<i64>,
 }
 
 /// A kill request for a live session.
@@ -29,7 +31,7 @@ pub struct KillRequest {
 impl Store {
     pub async fn session_started(&self, s: &SessionRow) -> Result<(), StoreError> {
         let sql = self.sql(
-            "INSERT INTO sessions (id, instance, username, resource, client_addr, started) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (id, instance, username, resource, client_addr, started, role, grant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         );
         sqlx::query(&sql)
             .bind(&s.id)
@@ -38,6 +40,8 @@ impl Store {
             .bind(&s.resource)
             .bind(&s.client_addr)
             .bind(&s.started)
+            .bind(s.role.clone())
+            .bind(s.grant_id)
             .execute(self.pool())
             .await?;
         Ok(())
@@ -73,7 +77,7 @@ impl Store {
     pub async fn sessions(&self, all: bool, limit: u32) -> Result<Vec<SessionRow>, StoreError> {
         let filter = if all { "" } else { "WHERE ended IS NULL" };
         let sql = self.sql(&format!(
-            "SELECT id, instance, username, resource, client_addr, started, ended, end_reason, kill_requested_by \
+            "SELECT id, instance, username, resource, client_addr, started, ended, end_reason, kill_requested_by, role, grant_id \
              FROM sessions {filter} ORDER BY started DESC LIMIT $1"
         ));
         let rows = sqlx::query(&sql)
@@ -92,6 +96,8 @@ impl Store {
                     ended: r.try_get(6)?,
                     end_reason: r.try_get(7)?,
                     kill_requested_by: r.try_get(8)?,
+                    role: r.try_get(9)?,
+                    grant_id: r.try_get(10)?,
                 })
             })
             .collect()
