@@ -2,7 +2,7 @@
 //!
 //! [`PgServer::start`] copies a per-process template cluster (made once with `initdb`, already
 //! holding the fixtures below) into a fresh temporary directory and starts `postgres` on a free
-//! port of 127.0.0.1, with `fsync=off` and `max_connections=200`. When the harness runs as
+//! port of 127.0.0.1, with `fsync=off` and `max_connections=250`. When the harness runs as
 //! root, the cluster belongs to and runs as `nobody`.
 //!
 //! Fixtures in every server:
@@ -279,7 +279,7 @@ fn start_postgres(
             "-c".into(),
             "fsync=off".into(),
             "-c".into(),
-            "max_connections=200".into(),
+            "max_connections=250".into(),
         ];
         let postgres = bin.join("postgres");
         let mut proc = Supervised::spawn(SpawnSpec {
