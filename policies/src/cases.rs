@@ -11,11 +11,24 @@
 //! context = { mfa = false, source_ip = "10.0.0.5", auth_method = "token", hour_utc = 10 }
 //! expect = "allow"                 # or "deny"
 //! expect_policies = ["dba-connect-any"]   # optional; [] means default deny
+//!
+//! [[case]]
+//! name = "engineer may request write on prod, with two approvals for 4h"
+//! user = "bob"
+//! groups = ["engineering"]
+//! action = "request"               # connect, request, approve or break_glass
+//! resource = { name = "orders-db", protocol = "postgres", env = "prod", data_class = "confidential" }
+//! context = { role = "write", duration_secs = 7200 }
+//! expect = "allow"
+//! expect_approvals = 2             # optional: Decision::approvals_required
+//! expect_max_duration = "4h"       # optional: Decision::max_duration_secs; "none" for no limit
 //! ```
 //!
 //! Every `context` key is optional: `mfa = false`, `source_ip = "127.0.0.1"`,
-//! `auth_method = "token"`, `hour_utc = 12`. `tags` is optional. Unknown keys
-//! are errors, so a misspelt key cannot silently test something else.
+//! `auth_method = "token"`, `hour_utc = 12`, `role = "read"`,
+//! `has_grant = false`, `duration_secs = 0`, `requester = ""`. `tags` is
+//! optional. Unknown keys are errors, so a misspelt key cannot silently test
+//! something else.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -27,6 +40,7 @@ use crate::decision::quoted;
 use crate::engine::PolicyEngine;
 use crate::error::PolicyError;
 use crate::request::{AccessRequest, Action, RequestContext, ResourceAttrs};
+use crate::{duration, load};
 
 /// One policy test case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +54,15 @@ pub struct TestCase {
     /// If given, the `@id` of exactly the policies that must determine the
     /// decision (compared as sets; empty means default deny).
     pub expect_policies: Option<Vec<String>>,
+    /// If given, the
+    /// [`Decision::approvals_required`](crate::Decision::approvals_required)
+    /// the decision must carry (`expect_approvals`).
+    pub expect_approvals: Option<u32>,
+    /// If given, the
+    /// [`Decision::max_duration_secs`](crate::Decision::max_duration_secs)
+    /// the decision must carry (`expect_max_duration`, e.g. `"8h"` for
+    /// `Some(Some(28800))`, or `"none"` for `Some(None)`).
+    pub expect_max_duration_secs: Option<Option<u64>>,
 }
 
 /// The decision a test case expects.
@@ -113,6 +136,29 @@ pub fn parse_cases(file_name: &str, toml_src: &str) -> Result<Vec<TestCase>, Pol
                 .action
                 .parse::<Action>()
                 .map_err(|e| error("action", e.to_string()))?;
+            if let Some(n) = raw.expect_approvals {
+                if !(1..=load::MAX_APPROVALS).contains(&n) {
+                    return Err(error(
+                        "expect_approvals",
+                        format!(
+                            "`{n}` is not a number of approvals from 1 to {}",
+                            load::MAX_APPROVALS
+                        ),
+                    ));
+                }
+            }
+            let expect_max_duration_secs = match raw.expect_max_duration.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(text) => Some(Some(duration::parse(text).ok_or_else(|| {
+                    error(
+                        "expect_max_duration",
+                        format!(
+                            "`{text}` is not `none` or a duration such as `30m` or `8h`, from 1s to 30d"
+                        ),
+                    )
+                })?)),
+            };
             Ok(TestCase {
                 name: raw.name,
                 request: AccessRequest {
@@ -131,10 +177,16 @@ pub fn parse_cases(file_name: &str, toml_src: &str) -> Result<Vec<TestCase>, Pol
                         source_ip: raw.context.source_ip,
                         auth_method: raw.context.auth_method,
                         hour_utc: raw.context.hour_utc,
+                        role: raw.context.role,
+                        has_grant: raw.context.has_grant,
+                        duration_secs: raw.context.duration_secs,
+                        requester: raw.context.requester,
                     },
                 },
                 expect: raw.expect,
                 expect_policies: raw.expect_policies,
+                expect_approvals: raw.expect_approvals,
+                expect_max_duration_secs,
             })
         })
         .collect()
@@ -143,8 +195,10 @@ pub fn parse_cases(file_name: &str, toml_src: &str) -> Result<Vec<TestCase>, Pol
 /// Run every case against `engine`, in order.
 ///
 /// A case passes when the decision matches `expect`, the determining policies
-/// match `expect_policies` (if given), and no policy failed to evaluate: Cedar
-/// skips a policy that errors, and a skipped forbid is a hole in the policy.
+/// match `expect_policies`, the approvals and longest duration match
+/// `expect_approvals` and `expect_max_duration` (each if given), and no
+/// policy failed to evaluate: Cedar skips a policy that errors, and a skipped
+/// forbid is a hole in the policy.
 pub fn run_cases(engine: &PolicyEngine, cases: &[TestCase]) -> Vec<CaseOutcome> {
     cases.iter().map(|case| run_case(engine, case)).collect()
 }
@@ -186,6 +240,23 @@ fn run_case(engine: &PolicyEngine, case: &TestCase) -> CaseOutcome {
             problems.push(problem);
         }
     }
+    if let Some(want) = case.expect_approvals {
+        if decision.approvals_required != want {
+            problems.push(format!(
+                "expected approvals {want}, got {}",
+                decision.approvals_required
+            ));
+        }
+    }
+    if let Some(want) = case.expect_max_duration_secs {
+        if decision.max_duration_secs != want {
+            problems.push(format!(
+                "expected max duration {}, got {}",
+                show_duration(want),
+                show_duration(decision.max_duration_secs)
+            ));
+        }
+    }
     if !decision.errors.is_empty() {
         problems.push(format!("evaluation errors: {}", decision.errors.join("; ")));
     }
@@ -200,6 +271,12 @@ fn run_case(engine: &PolicyEngine, case: &TestCase) -> CaseOutcome {
         passed,
         detail,
     }
+}
+
+/// A [`Decision::max_duration_secs`](crate::Decision::max_duration_secs) as
+/// test cases write it.
+fn show_duration(secs: Option<u64>) -> String {
+    secs.map_or_else(|| "none".to_owned(), duration::format)
 }
 
 fn quoted_set(ids: &BTreeSet<&str>) -> String {
@@ -231,6 +308,8 @@ struct RawCase {
     context: RawContext,
     expect: Expected,
     expect_policies: Option<Vec<String>>,
+    expect_approvals: Option<u32>,
+    expect_max_duration: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -251,15 +330,33 @@ struct RawContext {
     source_ip: IpAddr,
     auth_method: String,
     hour_utc: u8,
+    role: String,
+    has_grant: bool,
+    duration_secs: u64,
+    requester: String,
 }
 
 impl Default for RawContext {
     fn default() -> Self {
+        let RequestContext {
+            mfa,
+            source_ip,
+            auth_method,
+            hour_utc,
+            role,
+            has_grant,
+            duration_secs,
+            requester,
+        } = RequestContext::new(IpAddr::V4(Ipv4Addr::LOCALHOST), "token", false, 12);
         RawContext {
-            mfa: false,
-            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            auth_method: "token".to_owned(),
-            hour_utc: 12,
+            mfa,
+            source_ip,
+            auth_method,
+            hour_utc,
+            role,
+            has_grant,
+            duration_secs,
+            requester,
         }
     }
 }
@@ -304,10 +401,16 @@ expect = "deny"
                 source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 auth_method: "token".to_owned(),
                 hour_utc: 12,
+                role: "read".to_owned(),
+                has_grant: false,
+                duration_secs: 0,
+                requester: String::new(),
             }
         );
         assert_eq!(case.expect, Expected::Deny);
         assert_eq!(case.expect_policies, None);
+        assert_eq!(case.expect_approvals, None);
+        assert_eq!(case.expect_max_duration_secs, None);
     }
 
     #[test]
@@ -342,6 +445,59 @@ expect_policies = ["dba-connect-any"]
             case.expect_policies,
             Some(vec!["dba-connect-any".to_owned()])
         );
+    }
+
+    #[test]
+    fn just_in_time_keys_are_read() {
+        let src = r#"
+[[case]]
+name = "approve"
+user = "alice"
+groups = ["dba"]
+action = "approve"
+resource = { name = "db", protocol = "postgres", env = "prod", data_class = "internal" }
+context = { role = "write", has_grant = true, duration_secs = 14400, requester = "bob" }
+expect = "allow"
+expect_approvals = 2
+expect_max_duration = "4h"
+"#;
+        let case = parse_cases("j.toml", src).unwrap().remove(0);
+        assert_eq!(case.request.action, Action::Approve);
+        let context = &case.request.context;
+        assert_eq!(context.role, "write");
+        assert!(context.has_grant);
+        assert_eq!(context.duration_secs, 14_400);
+        assert_eq!(context.requester, "bob");
+        assert_eq!(case.expect_approvals, Some(2));
+        assert_eq!(case.expect_max_duration_secs, Some(Some(14_400)));
+
+        let none = parse_cases("n.toml", &with("expect_max_duration = \"none\""))
+            .unwrap()
+            .remove(0);
+        assert_eq!(none.expect_max_duration_secs, Some(None));
+        for action in ["request", "approve", "break_glass"] {
+            let src = MINIMAL.replace("\"connect\"", &format!("\"{action}\""));
+            let case = parse_cases("a.toml", &src).unwrap().remove(0);
+            assert_eq!(case.request.action.as_str(), action);
+        }
+    }
+
+    #[test]
+    fn bad_just_in_time_values_are_rejected() {
+        for line in ["expect_approvals = 0", "expect_approvals = 11"] {
+            let got = case_error(&with(line));
+            assert_eq!(got.1, "expect_approvals", "{line}");
+        }
+        for value in ["8", "0h", "31d", "8 hours", "None", ""] {
+            let got = case_error(&with(&format!("expect_max_duration = \"{value}\"")));
+            assert_eq!(got.1, "expect_max_duration", "{value}");
+        }
+        let message = cases_error(&with("context = { duration_secs = -1 }"));
+        assert!(message.contains("duration_secs"), "{message}");
+        let message = cases_error(&with("context = { has_grant = \"yes\" }"));
+        assert!(message.contains("has_grant"), "{message}");
+        let message = cases_error(&with("expect_approvals = -1"));
+        assert!(message.contains("expect_approvals"), "{message}");
     }
 
     fn cases_error(src: &str) -> String {
@@ -473,6 +629,37 @@ expect_policies = ["dba-connect-any"]
             "{}",
             outcome.detail
         );
+    }
+
+    const PROD_REQUEST: &str = r#"
+[[case]]
+name = "prod request"
+user = "bob"
+groups = ["engineering"]
+action = "request"
+resource = { name = "db", protocol = "postgres", env = "prod", data_class = "internal" }
+context = { role = "write", duration_secs = 3600 }
+expect = "allow"
+"#;
+
+    #[test]
+    fn approvals_and_max_duration_are_checked() {
+        let pass = run_one(&format!(
+            "{PROD_REQUEST}expect_approvals = 2\nexpect_max_duration = \"4h\"\n"
+        ));
+        assert!(pass.passed, "{pass:?}");
+        let outcome = run_one(&format!("{PROD_REQUEST}expect_approvals = 1\n"));
+        assert!(!outcome.passed);
+        assert_eq!(outcome.detail, "expected approvals 1, got 2");
+        let outcome = run_one(&format!("{PROD_REQUEST}expect_max_duration = \"8h\"\n"));
+        assert!(!outcome.passed);
+        assert_eq!(outcome.detail, "expected max duration 8h, got 4h");
+        let outcome = run_one(&format!("{PROD_REQUEST}expect_max_duration = \"none\"\n"));
+        assert!(!outcome.passed);
+        assert_eq!(outcome.detail, "expected max duration none, got 4h");
+        let outcome = run_one(&with("expect_max_duration = \"1h\""));
+        assert!(!outcome.passed);
+        assert_eq!(outcome.detail, "expected max duration 1h, got none");
     }
 
     #[test]

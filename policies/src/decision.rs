@@ -1,7 +1,9 @@
 //! The answer to an access request, shaped for the audit log: allowed or not,
-//! which policies decided, which Annex A controls that evidences, and why.
+//! which policies decided, which Annex A controls that evidences, and why;
+//! and for just-in-time access, how many approvals an allowed request needs
+//! and how long its grant may last.
 
-use crate::engine::PolicyEngine;
+use crate::engine::{Effect, PolicyEngine};
 use crate::request::AccessRequest;
 use crate::{load, ACCESS_CONTROL};
 
@@ -24,6 +26,15 @@ pub struct Decision {
     /// Evaluation errors. Cedar skips a policy whose evaluation errors, so a
     /// non-empty list means the decision was made without those policies.
     pub errors: Vec<String>,
+    /// On an allow, the largest `@approvals` of the permits in `policy_ids`:
+    /// how many distinct approvals a `request` needs. 1 when none of them
+    /// says, and on every deny.
+    pub approvals_required: u32,
+    /// On an allow, the smallest `@max_duration` of the permits in
+    /// `policy_ids`, in seconds: the longest grant a `request` or
+    /// `break_glass` may get. `None` when none of them says, and on every
+    /// deny.
+    pub max_duration_secs: Option<u64>,
 }
 
 impl Decision {
@@ -39,9 +50,25 @@ impl Decision {
         policy_ids.dedup();
         let mut controls = vec![ACCESS_CONTROL.to_owned()];
         for id in &policy_ids {
-            controls.extend(engine.controls_of(id).iter().cloned());
+            if let Some(policy) = engine.policy(id) {
+                controls.extend(policy.controls.iter().cloned());
+            }
         }
         load::sort_controls(&mut controls);
+        let (approvals_required, max_duration_secs) = if allowed {
+            let permits = || {
+                policy_ids
+                    .iter()
+                    .filter_map(|id| engine.policy(id))
+                    .filter(|p| p.effect == Effect::Permit)
+            };
+            (
+                permits().filter_map(|p| p.approvals).max().unwrap_or(1),
+                permits().filter_map(|p| p.max_duration_secs).min(),
+            )
+        } else {
+            (1, None)
+        };
         let reason = match (allowed, policy_ids.is_empty()) {
             (true, _) => format!("permitted by {}", quoted(&policy_ids)),
             (false, false) => format!("denied by {}", quoted(&policy_ids)),
@@ -56,6 +83,8 @@ impl Decision {
             controls,
             reason,
             errors,
+            approvals_required,
+            max_duration_secs,
         }
     }
 
@@ -67,6 +96,8 @@ impl Decision {
             controls: vec![ACCESS_CONTROL.to_owned()],
             reason: format!("denied: the request cannot be evaluated: {error}"),
             errors: vec![error],
+            approvals_required: 1,
+            max_duration_secs: None,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - action `Gatehouse::Action::"<action>"`;
 //! - resource `Gatehouse::Resource::"<name>"` with attributes `name`,
 //!   `protocol`, `env`, `data_class` and the other labels as tags;
-//! - context `{ mfa, source_ip, auth_method, hour_utc }`.
+//! - context `{ mfa, source_ip, auth_method, hour_utc, role, has_grant,
+//!   duration_secs, requester }`, the same record for every action.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -65,6 +66,12 @@ pub struct PolicyInfo {
     pub file: String,
     /// The 1-based line where the policy starts, if it was found.
     pub line: Option<usize>,
+    /// The `@approvals`: how many approvals a request this policy permits
+    /// needs. Only permits carry it.
+    pub approvals: Option<u32>,
+    /// The `@max_duration`, in seconds: the longest grant this policy
+    /// permits. Only permits carry it.
+    pub max_duration_secs: Option<u64>,
 }
 
 /// The checked policies and schema, ready to answer requests.
@@ -76,8 +83,8 @@ pub struct PolicyEngine {
     policy_set: PolicySet,
     authorizer: Authorizer,
     policies: Vec<PolicyInfo>,
-    /// `@id` to its `@controls`.
-    controls: HashMap<String, Vec<String>>,
+    /// `@id` to its index in `policies`.
+    by_id: HashMap<String, usize>,
     types: EntityTypes,
 }
 
@@ -88,8 +95,11 @@ impl PolicyEngine {
     /// Fails on a schema that does not parse or does not fit Gatehouse
     /// requests, a policy that does not parse, a template, a policy without
     /// `@id` or with an `@id` used before, a policy without `@controls` or
-    /// naming an id that is not an Annex A 2022 control, and on any strict
-    /// validation error against the schema. Schema warnings are ignored.
+    /// naming an id that is not an Annex A 2022 control, an `@approvals` that
+    /// is not a whole number from 1 to 10, a `@max_duration` that is not a
+    /// duration such as `30m`, `8h` or `1d` of at most 30 days, either of
+    /// those two on a forbid, and on any strict validation error against the
+    /// schema. Schema warnings are ignored.
     pub fn load(
         schema_src: &str,
         policy_files: &[(String, String)],
@@ -98,23 +108,25 @@ impl PolicyEngine {
         let types = EntityTypes::new()?;
         check_schema_fits(&schema, &types)?;
         let (policy_set, policies) = load::load_policies(&schema, policy_files)?;
-        let controls = policies
+        let by_id = policies
             .iter()
-            .map(|p| (p.id.clone(), p.controls.clone()))
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
             .collect();
         Ok(PolicyEngine {
             schema,
             policy_set,
             authorizer: Authorizer::new(),
             policies,
-            controls,
+            by_id,
             types,
         })
     }
 
     /// Decide `request`. Never fails: a request that cannot be put to Cedar
     /// (for example an `hour_utc` above 23) is denied, with the cause in
-    /// `reason` and `errors`.
+    /// `reason` and `errors`. An allow carries the approvals and the longest
+    /// duration its permits ask for (see [`Decision`]).
     pub fn authorize(&self, request: &AccessRequest) -> Decision {
         let (cedar_request, entities) = match build(&self.schema, &self.types, request) {
             Ok(built) => built,
@@ -143,12 +155,12 @@ impl PolicyEngine {
 
     /// Whether a policy with this `@id` is loaded.
     pub fn has_policy(&self, id: &str) -> bool {
-        self.controls.contains_key(id)
+        self.by_id.contains_key(id)
     }
 
-    /// The `@controls` of policy `id`; empty if there is no such policy.
-    pub(crate) fn controls_of(&self, id: &str) -> &[String] {
-        self.controls.get(id).map_or(&[], Vec::as_slice)
+    /// The loaded policy with this `@id`.
+    pub(crate) fn policy(&self, id: &str) -> Option<&PolicyInfo> {
+        self.by_id.get(id).and_then(|&i| self.policies.get(i))
     }
 }
 
@@ -199,6 +211,8 @@ fn uid(type_name: &EntityTypeName, id: &str) -> EntityUid {
 enum BuildError {
     #[error("`hour_utc` is `{hour}`, not an hour from 0 to 23")]
     HourOutOfRange { hour: u8 },
+    #[error("`duration_secs` is `{secs}`, more than a Cedar Long holds")]
+    DurationOutOfRange { secs: u64 },
     #[error(transparent)]
     Entity(#[from] Box<EntityAttrEvaluationError>),
     #[error(transparent)]
@@ -221,6 +235,10 @@ fn build(
             hour: context.hour_utc,
         });
     }
+    let duration_secs =
+        i64::try_from(context.duration_secs).map_err(|_| BuildError::DurationOutOfRange {
+            secs: context.duration_secs,
+        })?;
     let groups: BTreeSet<&str> = request.groups.iter().map(String::as_str).collect();
     let group_uids: Vec<EntityUid> = groups.iter().map(|g| uid(&types.group, g)).collect();
 
@@ -280,6 +298,22 @@ fn build(
             "hour_utc".to_owned(),
             RestrictedExpression::new_long(i64::from(context.hour_utc)),
         ),
+        (
+            "role".to_owned(),
+            RestrictedExpression::new_string(context.role.clone()),
+        ),
+        (
+            "has_grant".to_owned(),
+            RestrictedExpression::new_bool(context.has_grant),
+        ),
+        (
+            "duration_secs".to_owned(),
+            RestrictedExpression::new_long(duration_secs),
+        ),
+        (
+            "requester".to_owned(),
+            RestrictedExpression::new_string(context.requester.clone()),
+        ),
     ])
     .map_err(Box::new)?;
 
@@ -324,10 +358,11 @@ fn check_schema_fits(schema: &Schema, types: &EntityTypes) -> Result<(), PolicyE
                 tags: BTreeMap::from([("owner".to_owned(), "schema-check".to_owned())]),
             },
             context: RequestContext {
-                mfa: false,
-                source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                auth_method: "token".to_owned(),
-                hour_utc: 12,
+                role: "write".to_owned(),
+                has_grant: true,
+                duration_secs: 3600,
+                requester: "schema-requester".to_owned(),
+                ..RequestContext::new(IpAddr::V4(Ipv4Addr::LOCALHOST), "token", false, 12)
             },
         };
         build(schema, types, &sample).map_err(|e| PolicyError::SchemaMismatch {

@@ -118,6 +118,42 @@ pub enum PolicyError {
         /// The unknown control id.
         control: String,
     },
+    /// A policy's `@approvals` is not a whole number from 1 to 10.
+    #[error(
+        "{at}: policy `{id}` has `@approvals(\"{value}\")`; it must be a whole number of approvals from 1 to 10"
+    )]
+    InvalidApprovals {
+        /// Where the policy is.
+        at: SourceLocation,
+        /// The policy's `@id`.
+        id: String,
+        /// The value as written.
+        value: String,
+    },
+    /// A policy's `@max_duration` is not a positive duration of at most 30
+    /// days, written as a whole number and one unit (`s`, `m`, `h`, `d`).
+    #[error(
+        "{at}: policy `{id}` has `@max_duration(\"{value}\")`; it must be a whole number and one unit of s, m, h or d, such as `30m` or `8h`, from 1s to 30d"
+    )]
+    InvalidMaxDuration {
+        /// Where the policy is.
+        at: SourceLocation,
+        /// The policy's `@id`.
+        id: String,
+        /// The value as written.
+        value: String,
+    },
+    /// A forbid carries `@approvals` or `@max_duration`, which only permits
+    /// can honour: a forbid never allows anything to approve or time-box.
+    #[error("{at}: policy `{id}` is a forbid, and `@{annotation}` applies only to permits")]
+    AnnotationOnForbid {
+        /// Where the policy is.
+        at: SourceLocation,
+        /// The policy's `@id`.
+        id: String,
+        /// The annotation, e.g. `approvals`.
+        annotation: String,
+    },
     /// Policies fail strict validation against the schema.
     #[error("policies do not validate against the schema: {}", join(issues))]
     Validation {

@@ -1,13 +1,23 @@
 //! The Cedar policy model of Gatehouse: the schema, policy loading with the
-//! `@id` and `@controls` annotations, access decisions, and policy test cases.
+//! `@id`, `@controls`, `@approvals` and `@max_duration` annotations, access
+//! decisions, and policy test cases.
 //!
 //! [`PolicyEngine::load`] takes the schema and the policy files as text,
-//! checks every policy (parse, `@id`, `@controls` against Annex A, strict
-//! validation against the schema) and pre-builds what evaluation needs.
-//! [`PolicyEngine::authorize`] then turns an [`AccessRequest`] into a
-//! [`Decision`] that names the determining policies and their Annex A controls,
-//! ready for the audit log. [`parse_cases`] and [`run_cases`] back
-//! `gatehouse policy test`.
+//! checks every policy (parse, `@id`, `@controls` against Annex A,
+//! `@approvals` and `@max_duration` values, strict validation against the
+//! schema) and pre-builds what evaluation needs. [`PolicyEngine::authorize`]
+//! then turns an [`AccessRequest`] into a [`Decision`] that names the
+//! determining policies and their Annex A controls, ready for the audit log.
+//!
+//! Just-in-time access uses the actions `request`, `approve` and
+//! `break_glass` beside `connect`. Policies decide who may request, approve or
+//! break glass; an allowed `request` also carries the approvals it needs (the
+//! largest `@approvals` of its permits) and the longest grant (the smallest
+//! `@max_duration`). Who has approved, self-approval and grant expiry are the
+//! gateway's to track; it tells policies through the context (`has_grant`,
+//! `requester`, `duration_secs`).
+//!
+//! [`parse_cases`] and [`run_cases`] back `gatehouse policy test`.
 //!
 //! Architecture invariant: this crate performs no I/O and depends on no other
 //! workspace crate. Callers read the files and pass their contents in.
@@ -18,6 +28,7 @@
 mod annex_a;
 mod cases;
 mod decision;
+mod duration;
 mod engine;
 mod error;
 mod load;

@@ -2,24 +2,33 @@
 //!
 //! Every policy must carry `@id` (unique across all files; it becomes the
 //! Cedar policy id, so Cedar's diagnostics and the audit log speak of it) and
-//! `@controls` (Annex A 2022 ids). The whole set must pass strict validation
-//! against the schema, so a type error or a misspelt attribute is caught at
-//! load time and never turns into a skipped policy at request time.
+//! `@controls` (Annex A 2022 ids). A permit may carry `@approvals` (a whole
+//! number from 1 to 10) and `@max_duration` (a duration such as `8h`, at most
+//! 30 days); a bad value is a load error, never a silent default. The whole
+//! set must pass strict validation against the schema, so a type error or a
+//! misspelt attribute is caught at load time and never turns into a skipped
+//! policy at request time.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use cedar_policy::{Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
-use crate::annex_a;
 use crate::engine::{Effect, PolicyInfo};
 use crate::error::{chain, PolicyError, SourceLocation, ValidationIssue};
 use crate::source;
+use crate::{annex_a, duration};
 
 /// The annotation that names a policy.
 const ID_ANNOTATION: &str = "id";
 /// The annotation that lists the Annex A controls a policy implements.
 const CONTROLS_ANNOTATION: &str = "controls";
+/// The annotation that says how many approvals a permitted request needs.
+const APPROVALS_ANNOTATION: &str = "approvals";
+/// The annotation that says how long a permitted grant may last.
+const MAX_DURATION_ANNOTATION: &str = "max_duration";
+/// The most approvals `@approvals` may ask for.
+pub(crate) const MAX_APPROVALS: u32 = 10;
 
 /// Parse the `.cedarschema` text. Schema warnings (such as shadowed names) are
 /// ignored.
@@ -137,7 +146,8 @@ fn parse_error(file: &str, text: &str) -> PolicyError {
     }
 }
 
-/// Check `@id` and `@controls` and describe the policy.
+/// Check `@id`, `@controls`, `@approvals` and `@max_duration` and describe
+/// the policy.
 fn check_annotations(policy: &Policy, at: &SourceLocation) -> Result<PolicyInfo, PolicyError> {
     let id = policy
         .annotation(ID_ANNOTATION)
@@ -171,13 +181,63 @@ fn check_annotations(policy: &Policy, at: &SourceLocation) -> Result<PolicyInfo,
         return Err(missing_controls());
     }
     sort_controls(&mut controls);
+    let effect = Effect::from(policy.effect());
+    if effect == Effect::Forbid {
+        for annotation in [APPROVALS_ANNOTATION, MAX_DURATION_ANNOTATION] {
+            if policy.annotation(annotation).is_some() {
+                return Err(PolicyError::AnnotationOnForbid {
+                    at: at.clone(),
+                    id: id.to_owned(),
+                    annotation: annotation.to_owned(),
+                });
+            }
+        }
+    }
+    let approvals = match policy.annotation(APPROVALS_ANNOTATION) {
+        None => None,
+        Some(value) => {
+            Some(
+                parse_approvals(value).ok_or_else(|| PolicyError::InvalidApprovals {
+                    at: at.clone(),
+                    id: id.to_owned(),
+                    value: value.to_owned(),
+                })?,
+            )
+        }
+    };
+    let max_duration_secs = match policy.annotation(MAX_DURATION_ANNOTATION) {
+        None => None,
+        Some(value) => {
+            Some(
+                duration::parse(value).ok_or_else(|| PolicyError::InvalidMaxDuration {
+                    at: at.clone(),
+                    id: id.to_owned(),
+                    value: value.to_owned(),
+                })?,
+            )
+        }
+    };
     Ok(PolicyInfo {
         id: id.to_owned(),
-        effect: Effect::from(policy.effect()),
+        effect,
         controls,
         file: at.file.clone(),
         line: at.line,
+        approvals,
+        max_duration_secs,
     })
+}
+
+/// The number in an `@approvals` value: ASCII digits only, 1 to
+/// [`MAX_APPROVALS`].
+fn parse_approvals(value: &str) -> Option<u32> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_APPROVALS).contains(n))
 }
 
 /// Strict validation of the whole set against the schema; warnings are ignored.

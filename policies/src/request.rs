@@ -24,18 +24,36 @@ pub struct AccessRequest {
 /// The actions policies can permit or forbid (`Gatehouse::Action::"<name>"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Open a session to a resource.
+    /// Open a session to a resource, as `context.role`, possibly under a grant
+    /// (`context.has_grant`).
     Connect,
+    /// Ask for a time-boxed grant of `context.role` on a resource for
+    /// `context.duration_secs`. An allow names how many approvals the grant
+    /// needs and its longest duration.
+    Request,
+    /// Approve someone else's request (`context.requester`) for
+    /// `context.role` on a resource for `context.duration_secs`.
+    Approve,
+    /// Take a grant at once, without approval, in an emergency.
+    BreakGlass,
 }
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 1] = [Action::Connect];
+    pub const ALL: [Action; 4] = [
+        Action::Connect,
+        Action::Request,
+        Action::Approve,
+        Action::BreakGlass,
+    ];
 
-    /// The Cedar action id, e.g. `connect`.
+    /// The Cedar action id, e.g. `connect`, `break_glass`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Connect => "connect",
+            Action::Request => "request",
+            Action::Approve => "approve",
+            Action::BreakGlass => "break_glass",
         }
     }
 }
@@ -82,7 +100,22 @@ pub struct ResourceAttrs {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Facts about the request, the Cedar `context`.
+/// Facts about the request, the Cedar `context`. Every action gets the same
+/// record; a field that does not apply to an action holds its neutral value
+/// (see each field).
+///
+/// [`RequestContext::new`] fills in the neutral values; set the rest with
+/// struct update syntax:
+///
+/// ```
+/// # use gatehouse_policies::RequestContext;
+/// let context = RequestContext {
+///     role: "write".to_owned(),
+///     duration_secs: 4 * 3600,
+///     ..RequestContext::new("10.0.0.5".parse().unwrap(), "oidc", true, 9)
+/// };
+/// assert!(!context.has_grant);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
     /// Whether the user authenticated with a second factor.
@@ -93,6 +126,42 @@ pub struct RequestContext {
     pub auth_method: String,
     /// The hour of the request in UTC, 0 to 23. A value above 23 is denied.
     pub hour_utc: u8,
+    /// The role asked for, e.g. `read` or `write`. `connect`: the role the
+    /// session runs as; `request` and `break_glass`: the role requested;
+    /// `approve`: the role of the request being approved.
+    pub role: String,
+    /// `connect`: whether an active grant covers this user, resource and
+    /// role. `false` for the other actions.
+    pub has_grant: bool,
+    /// `request`, `approve` and `break_glass`: the requested duration in
+    /// seconds. `0` for `connect`. A value above `i64::MAX` is denied.
+    pub duration_secs: u64,
+    /// `approve`: the user who made the request being approved. Empty for the
+    /// other actions.
+    pub requester: String,
+}
+
+impl RequestContext {
+    /// A context with the given facts about the client and the neutral values
+    /// of a plain connection: role `read`, no grant, duration `0`, no
+    /// requester.
+    pub fn new(
+        source_ip: IpAddr,
+        auth_method: impl Into<String>,
+        mfa: bool,
+        hour_utc: u8,
+    ) -> RequestContext {
+        RequestContext {
+            mfa,
+            source_ip,
+            auth_method: auth_method.into(),
+            hour_utc,
+            role: "read".to_owned(),
+            has_grant: false,
+            duration_secs: 0,
+            requester: String::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,11 +176,36 @@ mod tests {
             assert_eq!(action.to_string(), action.as_str());
         }
         assert_eq!(Action::Connect.as_str(), "connect");
+        assert_eq!(Action::Request.as_str(), "request");
+        assert_eq!(Action::Approve.as_str(), "approve");
+        assert_eq!(Action::BreakGlass.as_str(), "break_glass");
+        assert_eq!(Action::ALL.len(), 4);
+    }
+
+    #[test]
+    fn new_context_has_the_neutral_values() {
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let context = RequestContext::new(ip, "oidc", true, 9);
+        assert_eq!(
+            context,
+            RequestContext {
+                mfa: true,
+                source_ip: ip,
+                auth_method: "oidc".to_owned(),
+                hour_utc: 9,
+                role: "read".to_owned(),
+                has_grant: false,
+                duration_secs: 0,
+                requester: String::new(),
+            }
+        );
     }
 
     #[test]
     fn unknown_action_is_named_in_the_error() {
         let err = "Connect".parse::<Action>().unwrap_err();
         assert_eq!(err.to_string(), "unknown action `Connect`");
+        let err = "break-glass".parse::<Action>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown action `break-glass`");
     }
 }

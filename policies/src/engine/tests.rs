@@ -38,13 +38,24 @@ fn request(user: &str, groups: &[&str], env: &str, data_class: &str, mfa: bool) 
             data_class: data_class.to_owned(),
             tags: BTreeMap::new(),
         },
-        context: RequestContext {
-            mfa,
-            source_ip: "10.0.0.5".parse().unwrap(),
-            auth_method: "token".to_owned(),
-            hour_utc: 10,
-        },
+        context: RequestContext::new("10.0.0.5".parse().unwrap(), "token", mfa, 10),
     }
+}
+
+/// A just-in-time request: `action` for `role` over `duration_secs`.
+fn jit(
+    user: &str,
+    groups: &[&str],
+    action: Action,
+    env: &str,
+    role: &str,
+    duration_secs: u64,
+) -> AccessRequest {
+    let mut req = request(user, groups, env, "confidential", true);
+    req.action = action;
+    req.context.role = role.to_owned();
+    req.context.duration_secs = duration_secs;
+    req
 }
 
 /// The 1-based line of the first occurrence of `needle` in `text`.
@@ -120,6 +131,59 @@ fn default_policies_are_listed_with_effect_controls_and_place() {
                 Effect::Forbid,
                 s(&["5.15", "8.5"])
             ),
+            (
+                "privileged-role-needs-grant".to_owned(),
+                Effect::Forbid,
+                s(&["5.15", "5.18", "8.2"])
+            ),
+            (
+                "connect-under-grant".to_owned(),
+                Effect::Permit,
+                s(&["5.15", "8.2"])
+            ),
+            (
+                "engineering-request-nonprod".to_owned(),
+                Effect::Permit,
+                s(&["5.15", "8.2"])
+            ),
+            (
+                "engineering-request-prod".to_owned(),
+                Effect::Permit,
+                s(&["5.3", "5.15", "8.2"])
+            ),
+            (
+                "dba-approve".to_owned(),
+                Effect::Permit,
+                s(&["5.3", "5.15", "8.2"])
+            ),
+            ("no-self-approval".to_owned(), Effect::Forbid, s(&["5.3"])),
+            (
+                "oncall-break-glass".to_owned(),
+                Effect::Permit,
+                s(&["5.15", "5.26", "8.2"])
+            ),
+        ]
+    );
+    let limits: Vec<(String, Option<u32>, Option<u64>)> = engine
+        .policies()
+        .into_iter()
+        .filter(|p| p.approvals.is_some() || p.max_duration_secs.is_some())
+        .map(|p| (p.id, p.approvals, p.max_duration_secs))
+        .collect();
+    assert_eq!(
+        limits,
+        vec![
+            (
+                "engineering-request-nonprod".to_owned(),
+                Some(1),
+                Some(8 * 3600)
+            ),
+            (
+                "engineering-request-prod".to_owned(),
+                Some(2),
+                Some(4 * 3600)
+            ),
+            ("oncall-break-glass".to_owned(), None, Some(3600)),
         ]
     );
     for info in engine.policies() {
@@ -297,6 +361,372 @@ fn evaluation_errors_are_listed_and_the_policy_skipped() {
     assert!(d.policy_ids.is_empty());
     assert_eq!(d.errors.len(), 1, "{d:?}");
     assert!(d.errors[0].contains("`overflowing`"), "{}", d.errors[0]);
+}
+
+// === just-in-time access ===
+
+#[test]
+fn permits_without_limits_need_one_approval_and_set_no_duration() {
+    let d = default_engine().authorize(&request("alice", &["dba"], "prod", "internal", false));
+    assert!(d.allowed);
+    assert_eq!(d.approvals_required, 1);
+    assert_eq!(d.max_duration_secs, None);
+}
+
+#[test]
+fn a_request_carries_the_limits_of_its_permit() {
+    let engine = default_engine();
+    let d = engine.authorize(&jit(
+        "bob",
+        &["engineering"],
+        Action::Request,
+        "prod",
+        "write",
+        3600,
+    ));
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policy_ids, ["engineering-request-prod"]);
+    assert_eq!(d.controls, ["5.3", "5.15", "8.2"]);
+    assert_eq!(
+        (d.approvals_required, d.max_duration_secs),
+        (2, Some(4 * 3600))
+    );
+    let d = engine.authorize(&jit(
+        "bob",
+        &["engineering"],
+        Action::Request,
+        "dev",
+        "write",
+        3600,
+    ));
+    assert_eq!(d.policy_ids, ["engineering-request-nonprod"]);
+    assert_eq!(
+        (d.approvals_required, d.max_duration_secs),
+        (1, Some(8 * 3600))
+    );
+    let d = engine.authorize(&jit(
+        "olga",
+        &["oncall"],
+        Action::BreakGlass,
+        "prod",
+        "write",
+        600,
+    ));
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policy_ids, ["oncall-break-glass"]);
+    assert_eq!((d.approvals_required, d.max_duration_secs), (1, Some(3600)));
+}
+
+#[test]
+fn the_strictest_limits_of_all_determining_permits_apply() {
+    // Two permits allow the same request: the most approvals and the
+    // shortest duration win, each possibly from a different policy.
+    let engine = load_with(
+        r#"@id("sre-request-any") @controls("5.15 8.2") @approvals("3") @max_duration("12h")
+        permit (principal in Gatehouse::Group::"sre", action == Gatehouse::Action::"request", resource);
+        @id("weekend-request") @controls("5.15") @max_duration("90m")
+        permit (principal, action == Gatehouse::Action::"request", resource)
+        when { context.hour_utc < 6 };
+        @id("plain-request") @controls("5.15")
+        permit (principal in Gatehouse::Group::"sre", action == Gatehouse::Action::"request", resource);"#,
+    )
+    .unwrap();
+    let mut req = jit(
+        "sam",
+        &["engineering", "sre"],
+        Action::Request,
+        "prod",
+        "write",
+        3600,
+    );
+    let d = engine.authorize(&req);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(
+        d.policy_ids,
+        [
+            "engineering-request-prod",
+            "plain-request",
+            "sre-request-any"
+        ]
+    );
+    assert_eq!(d.approvals_required, 3);
+    assert_eq!(d.max_duration_secs, Some(4 * 3600));
+    req.context.hour_utc = 2;
+    let d = engine.authorize(&req);
+    assert_eq!(d.policy_ids.len(), 4, "{d:?}");
+    assert_eq!(
+        (d.approvals_required, d.max_duration_secs),
+        (3, Some(90 * 60))
+    );
+
+    // An unannotated permit beside an annotated one takes nothing away.
+    let d = engine.authorize(&jit(
+        "sam",
+        &["sre"],
+        Action::Request,
+        "prod",
+        "write",
+        3600,
+    ));
+    assert_eq!(d.policy_ids, ["plain-request", "sre-request-any"]);
+    assert_eq!(
+        (d.approvals_required, d.max_duration_secs),
+        (3, Some(12 * 3600))
+    );
+
+    // Only an unannotated permit: one approval, no limit.
+    let only_plain = PolicyEngine::load(
+        DEFAULT_SCHEMA,
+        &files(&[(
+            "plain.cedar",
+            r#"@id("plain-request") @controls("5.15")
+            permit (principal, action == Gatehouse::Action::"request", resource);"#,
+        )]),
+    )
+    .unwrap();
+    let d = only_plain.authorize(&jit("sam", &[], Action::Request, "prod", "write", 3600));
+    assert!(d.allowed);
+    assert_eq!((d.approvals_required, d.max_duration_secs), (1, None));
+}
+
+#[test]
+fn denies_need_one_approval_and_set_no_duration() {
+    let engine = default_engine();
+    // A forbid overrides a permit that carries limits.
+    let d = engine.authorize(&jit(
+        "carol",
+        &["engineering", "contractors"],
+        Action::Request,
+        "prod",
+        "write",
+        3600,
+    ));
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["forbid-contractors-prod"]);
+    assert_eq!((d.approvals_required, d.max_duration_secs), (1, None));
+    // Default deny.
+    let d = engine.authorize(&jit(
+        "alice",
+        &["dba"],
+        Action::Request,
+        "prod",
+        "write",
+        3600,
+    ));
+    assert!(!d.allowed && d.policy_ids.is_empty(), "{d:?}");
+    assert_eq!((d.approvals_required, d.max_duration_secs), (1, None));
+    // Not evaluated at all.
+    let mut req = jit(
+        "bob",
+        &["engineering"],
+        Action::Request,
+        "prod",
+        "write",
+        3600,
+    );
+    req.context.hour_utc = 99;
+    let d = engine.authorize(&req);
+    assert!(!d.allowed);
+    assert_eq!((d.approvals_required, d.max_duration_secs), (1, None));
+}
+
+#[test]
+fn privileged_roles_need_a_grant() {
+    let engine = default_engine();
+    let mut req = request("alice", &["dba"], "prod", "internal", true);
+    req.context.role = "write".to_owned();
+    let d = engine.authorize(&req);
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["privileged-role-needs-grant"]);
+    assert_eq!(d.controls, ["5.15", "5.18", "8.2"]);
+    req.context.has_grant = true;
+    let d = engine.authorize(&req);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policy_ids, ["connect-under-grant", "dba-connect-any"]);
+    req.context.role = "read".to_owned();
+    req.context.has_grant = false;
+    assert_eq!(engine.authorize(&req).policy_ids, ["dba-connect-any"]);
+}
+
+#[test]
+fn approvals_follow_group_duration_and_requester() {
+    let engine = default_engine();
+    let mut req = jit(
+        "alice",
+        &["dba"],
+        Action::Approve,
+        "prod",
+        "write",
+        8 * 3600,
+    );
+    req.context.requester = "bob".to_owned();
+    let d = engine.authorize(&req);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policy_ids, ["dba-approve"]);
+    assert_eq!((d.approvals_required, d.max_duration_secs), (1, None));
+    req.context.duration_secs = 8 * 3600 + 1;
+    assert!(!engine.authorize(&req).allowed);
+    req.context.duration_secs = 3600;
+    req.context.requester = "alice".to_owned();
+    let d = engine.authorize(&req);
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["no-self-approval"]);
+    assert_eq!(d.controls, ["5.3", "5.15"]);
+    let mut engineer = jit(
+        "dave",
+        &["engineering"],
+        Action::Approve,
+        "dev",
+        "write",
+        3600,
+    );
+    engineer.context.requester = "bob".to_owned();
+    assert!(!engine.authorize(&engineer).allowed);
+}
+
+#[test]
+fn duration_beyond_a_cedar_long_fails_closed() {
+    let mut req = jit(
+        "bob",
+        &["engineering"],
+        Action::Request,
+        "dev",
+        "write",
+        u64::MAX,
+    );
+    let d = default_engine().authorize(&req);
+    assert!(!d.allowed);
+    assert!(d.reason.contains("duration_secs"), "{}", d.reason);
+    assert_eq!(d.errors.len(), 1);
+    req.context.duration_secs = i64::MAX as u64;
+    let d = default_engine().authorize(&req);
+    assert!(d.allowed && d.errors.is_empty(), "{d:?}");
+}
+
+fn load_annotated(annotations: &str, effect: &str) -> Result<PolicyEngine, PolicyError> {
+    load_with(&format!(
+        "// extra\n@id(\"limited\") @controls(\"5.15\")\n{annotations}\n{effect} (principal, action == Gatehouse::Action::\"request\", resource);"
+    ))
+}
+
+#[test]
+fn good_annotation_values_load() {
+    for (annotation, approvals, secs) in [
+        ("@approvals(\"1\")", Some(1), None),
+        ("@approvals(\"10\")", Some(10), None),
+        ("@max_duration(\"45s\")", None, Some(45)),
+        ("@max_duration(\"30m\")", None, Some(1800)),
+        ("@max_duration(\"30d\")", None, Some(30 * 86_400)),
+        (
+            "@approvals(\"2\") @max_duration(\"1d\")",
+            Some(2),
+            Some(86_400),
+        ),
+    ] {
+        let engine = load_annotated(annotation, "permit").unwrap();
+        let info = engine
+            .policies()
+            .into_iter()
+            .find(|p| p.id == "limited")
+            .unwrap();
+        assert_eq!(
+            (info.approvals, info.max_duration_secs),
+            (approvals, secs),
+            "{annotation}"
+        );
+    }
+}
+
+#[test]
+fn bad_approvals_are_rejected_naming_the_policy() {
+    for value in [
+        "0",
+        "11",
+        "two",
+        " 2",
+        "2 ",
+        "+2",
+        "-1",
+        "",
+        "1.5",
+        "99999999999",
+    ] {
+        let err = load_annotated(&format!("@approvals(\"{value}\")"), "permit").unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::InvalidApprovals { at, id, value: v }
+                if id == "limited" && v == value && at.file == "extra.cedar" && at.line == Some(2)),
+            "{value:?}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("`limited`")
+                && message.contains("@approvals")
+                && message.contains("1 to 10"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn bad_max_durations_are_rejected_naming_the_policy() {
+    for value in [
+        "0h", "31d", "721h", "8", "h", "8hours", "1h30m", "8 h", "8H", "1w", "-1h", "",
+    ] {
+        let err = load_annotated(&format!("@max_duration(\"{value}\")"), "permit").unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::InvalidMaxDuration { at, id, value: v }
+                if id == "limited" && v == value && at.file == "extra.cedar" && at.line == Some(2)),
+            "{value:?}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("`limited`") && message.contains("@max_duration"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn limits_on_a_forbid_are_rejected() {
+    for (annotation, name) in [
+        ("@approvals(\"2\")", "approvals"),
+        ("@max_duration(\"1h\")", "max_duration"),
+    ] {
+        let err = load_annotated(annotation, "forbid").unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::AnnotationOnForbid { id, annotation, .. }
+                if id == "limited" && annotation == name),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`limited`"), "{err}");
+    }
+}
+
+#[test]
+fn every_action_reaches_cedar_with_its_context() {
+    let engine = load_with(
+        r#"@id("echo") @controls("5.15")
+        permit (principal, action, resource)
+        when {
+            context.role == "admin" && context.has_grant
+            && context.duration_secs == 1234 && context.requester == "zoe"
+        };"#,
+    )
+    .unwrap();
+    for action in Action::ALL {
+        let mut req = jit("yan", &[], action, "dev", "admin", 1234);
+        req.context.has_grant = true;
+        req.context.requester = "zoe".to_owned();
+        let d = engine.authorize(&req);
+        assert!(d.allowed && d.errors.is_empty(), "{action}: {d:?}");
+        assert!(d.policy_ids.contains(&"echo".to_owned()), "{action}: {d:?}");
+        req.context.requester = "zed".to_owned();
+        let d = engine.authorize(&req);
+        assert!(
+            !d.policy_ids.contains(&"echo".to_owned()),
+            "{action}: {d:?}"
+        );
+    }
 }
 
 // === load errors ===
@@ -521,6 +951,31 @@ fn schema_that_does_not_fit_requests_is_rejected() {
     let err = PolicyEngine::load(&no_hour, &files(&[DEFAULT_POLICIES])).unwrap_err();
     assert!(
         matches!(&err, PolicyError::SchemaMismatch { message } if message.contains("context")),
+        "{err:?}"
+    );
+
+    // A context without a just-in-time field. The default policies use it, so
+    // use none: the fit check alone must catch it.
+    let no_requester = DEFAULT_SCHEMA.replace("requester: String,", "");
+    assert_ne!(
+        no_requester, DEFAULT_SCHEMA,
+        "precondition: the context declares requester"
+    );
+    let err = PolicyEngine::load(&no_requester, &[]).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::SchemaMismatch { message } if message.contains("context")),
+        "{err:?}"
+    );
+
+    // A schema that lacks one of the actions.
+    let no_break_glass = DEFAULT_SCHEMA.replace(", break_glass appliesTo", " appliesTo");
+    assert_ne!(
+        no_break_glass, DEFAULT_SCHEMA,
+        "precondition: the schema declares break_glass"
+    );
+    let err = PolicyEngine::load(&no_break_glass, &[]).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::SchemaMismatch { message } if message.contains("break_glass")),
         "{err:?}"
     );
 }
