@@ -612,7 +612,7 @@ impl Access {
         let detail = json!({ "grantee": user, "role": role, "duration_secs": duration.as_secs() });
         let checks = self
             .resource(resource, role)
-            .map(|r| r.clone())
+            .cloned()
             .and_then(|r| self.check_text("reason", reason, true).map(|_| r))
             .and_then(|r| {
                 if crate::authn::oidc::valid_username(user) {
@@ -973,7 +973,7 @@ pub async fn watch_grants(store: Store, registry: Registry, audit: AuditLog, web
             }
         }
         // Grant ends are recorded at most every second.
-        if rounds % 5 == 0 {
+        if rounds.is_multiple_of(5) {
             match store.ended_unrecorded_grants(now).await {
                 Ok(ended) => {
                     for g in ended {

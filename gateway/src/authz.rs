@@ -74,6 +74,7 @@ fn read_dir_with_ext(dir: &Path, ext: &str) -> Result<Vec<(String, String)>, Aut
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 /// The Cedar request for `user` in `groups` connecting to `resource` from `source_ip`.
 pub fn connect_request(
     user: &str,

@@ -611,24 +611,6 @@ pub fn when(unix: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_quoting_survives_quotes() {
-        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
-        assert_eq!(shell_quote("plain"), "'plain'");
-    }
-
-    #[test]
-    fn relative_times() {
-        let now = unix_now();
-        assert!(when(now + 7200 + 60).starts_with("in 2h 1m"));
-        assert!(when(now.saturating_sub(90)).starts_with("1m 30s ago"));
-    }
-}
-
 /// Calls the gateway's API with the saved credential; errors carry the gateway's message.
 async fn api(
     method: reqwest::Method,
@@ -666,8 +648,8 @@ pub async fn resources() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<20} {:<8} {:<8} {:<12} {}",
-        "resource", "env", "role", "access", "request"
+        "{:<20} {:<8} {:<8} {:<12} request",
+        "resource", "env", "role", "access"
     )?;
     for r in v["resources"].as_array().into_iter().flatten() {
         for role in r["roles"].as_array().into_iter().flatten() {
@@ -918,4 +900,22 @@ pub async fn review(id: Option<i64>, comment: &str, all: bool) -> anyhow::Result
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+        assert_eq!(shell_quote("plain"), "'plain'");
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = unix_now();
+        assert!(when(now + 7200 + 60).starts_with("in 2h 1m"));
+        assert!(when(now.saturating_sub(90)).starts_with("1m 30s ago"));
+    }
 }

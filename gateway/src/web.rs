@@ -78,6 +78,7 @@ pub struct Web {
 }
 
 impl Web {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         tokens: Arc<TokenAuthority>,

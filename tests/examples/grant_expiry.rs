@@ -47,25 +47,45 @@ fn main() -> anyhow::Result<()> {
     let lifetime = 10 + sessions / 20;
     gw.as_user(
         &dana,
-        &["grant", "bob", "orders-db", "--role", "write", "--for", &format!("{lifetime}s"), "--reason", "bench"],
+        &[
+            "grant",
+            "bob",
+            "orders-db",
+            "--role",
+            "write",
+            "--for",
+            &format!("{lifetime}s"),
+            "--reason",
+            "bench",
+        ],
     )?
     .ok()?;
     let token = gw.token("bob", &["engineering"], "1h")?;
     let expires_unix = {
         let out = gw.as_user(&dana, &["grants"])?.ok()?;
         let line = out.stdout.lines().nth(1).unwrap_or_default().to_string();
-        let expires = line.split_whitespace().nth(5).unwrap_or_default().to_string();
+        let expires = line
+            .split_whitespace()
+            .nth(5)
+            .unwrap_or_default()
+            .to_string();
         // 2026-11-28T23:59:59.000000Z -> seconds since the epoch (UTC).
-        parse_ts(&expires).ok_or_else(|| anyhow::anyhow!("cannot parse grant expiry from {line:?}"))?
+        parse_ts(&expires)
+            .ok_or_else(|| anyhow::anyhow!("cannot parse grant expiry from {line:?}"))?
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let addr = gw.pg_addr();
     let lags: Vec<f64> = rt.block_on(async move {
         let mut conns = Vec::new();
         for _ in 0..sessions {
             conns.push(rust_client(addr, "orders-db:write", "bob", &token).await?);
         }
-        eprintln!("{sessions} sessions open; grant expires in {:.1}s", expires_unix - now_f64());
+        eprintln!(
+            "{sessions} sessions open; grant expires in {:.1}s",
+            expires_unix - now_f64()
+        );
         let mut tasks = Vec::new();
         for mut c in conns {
             tasks.push(tokio::spawn(async move {
@@ -102,7 +122,10 @@ fn parse_ts(s: &str) -> Option<f64> {
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let time = rest.trim_end_matches('Z');
     let mut t = time.split(':');
-    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let ss: f64 = t.next()?.parse().ok()?;
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if m <= 2 { y - 1 } else { y };

@@ -118,7 +118,7 @@ pub enum Approval {
         required: i64,
     },
     /// This approval completed the request: the grant exists.
-    Granted(GrantRow),
+    Granted(Box<GrantRow>),
     /// This approver already decided on the request; it counts once.
     Duplicate,
     /// The request is no longer pending (approved, denied).
@@ -313,7 +313,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Approval::Granted(row))
+        Ok(Approval::Granted(Box::new(row)))
     }
 
     /// Records a denial; the request is denied at once. Returns `Ok(None)` on success, or the

@@ -30,6 +30,7 @@ use crate::config::parse_duration;
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
+#[allow(clippy::result_large_err)]
 async fn caller(
     web: &Web,
     headers: &HeaderMap,
@@ -71,6 +72,7 @@ fn bad_body() -> Response {
     )
 }
 
+#[allow(clippy::result_large_err)]
 fn duration(s: &str) -> Result<std::time::Duration, Response> {
     parse_duration(s).ok_or_else(|| {
         error(
