@@ -91,7 +91,7 @@ fn superuser_over_tcp_kill9_restart_and_stop() -> anyhow::Result<()> {
         .sslmode("disable")
         .run("select current_setting('max_connections'), current_setting('fsync')")?
         .ok()?;
-    assert_eq!(out.stdout_trimmed(), "200|off");
+    assert_eq!(out.stdout_trimmed(), "250|off");
 
     pg.kill9()?;
     assert!(!pg.is_running());
