@@ -748,3 +748,82 @@ fn the_openapi_document_describes_paths_that_exist() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn requests_grants_revocation_and_reviews_on_a_postgres_store() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let store = PgServer::start()?;
+    let url = store.create_database("gatehouse")?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .store_url(&url)
+            .resource(resource(&pg, "orders-db", "dev"))
+            .resource(resource(&pg, "ledger-db", "prod"))
+            .env(WRITE_PW_VAR, ORDERS_PASSWORD),
+    )?;
+    let bob = gw.engineer("bob", &["engineering"])?;
+    let dana = gw.engineer("dana", &["dba"])?;
+    let dave = gw.engineer("dave", &["dba"])?;
+    let olive = gw.engineer("olive", &["oncall"])?;
+    let out = gw
+        .as_user(
+            &bob,
+            &[
+                "request",
+                "ledger-db",
+                "--role",
+                "write",
+                "--for",
+                "1h",
+                "--reason",
+                "INC-1 on pg",
+            ],
+        )?
+        .ok()?;
+    let id = request_id(&out)?.to_string();
+    // Racing approvals on PostgreSQL (row locks): one grant.
+    std::thread::scope(|s| {
+        for home in [&dana, &dave] {
+            let (gw, id) = (&gw, &id);
+            s.spawn(move || gw.as_user(home, &["approve", id]));
+        }
+    });
+    let out = gw.as_user(&dana, &["approve", &id])?;
+    assert!(!out.success(), "{out}");
+    assert_eq!(
+        psql(&gw, &bob, "ledger-db", "write", "select 11")?
+            .ok()?
+            .stdout
+            .trim(),
+        "11"
+    );
+    let grants = query(&gw, "SELECT id FROM grants")?;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let out = gw
+        .as_user(&dana, &["revoke", &grants[0][0], "--reason", "pg"])?
+        .ok()?;
+    assert!(out.stdout.contains("revoked"), "{out}");
+    assert!(psql(&gw, &bob, "ledger-db", "write", "select 1")?
+        .stderr
+        .contains("denied"));
+    gw.as_user(
+        &olive,
+        &[
+            "request",
+            "ledger-db",
+            "--role",
+            "write",
+            "--for",
+            "10m",
+            "--reason",
+            "INC-2",
+            "--break-glass",
+        ],
+    )?
+    .ok()?;
+    let out = gw.as_user(&dana, &["review"])?.ok()?;
+    assert!(out.stdout.contains("OPEN"), "{out}");
+    let out = gw.audit_verify()?;
+    assert!(out.success(), "{out}");
+    Ok(())
+}

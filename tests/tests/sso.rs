@@ -334,3 +334,24 @@ fn the_provider_dropping_a_person_revokes_their_login_and_cuts_their_sessions() 
         .any(|e| e["actor"] == "alice"));
     Ok(())
 }
+
+#[test]
+fn login_and_logout_on_a_postgres_store() -> anyhow::Result<()> {
+    let store = gatehouse_tests::PgServer::start()?;
+    let url = store.create_database("gatehouse")?;
+    let sso = Sso::start_with(|s| s, |c| c.store_url(&url))?;
+    let login = sso.cli_login(DANA, DANA_PASSWORD)?;
+    assert!(login.output.success(), "{}", login.output);
+    let home = login.home.path();
+    let q = ["psql", "vault-db", "--", "-tAc", "select 4"];
+    assert_eq!(sso.cli(home, &q)?.ok()?.stdout.trim(), "4", "dana has MFA");
+    let status = sso.cli(home, &["status"])?.ok()?;
+    assert!(status.stdout.contains("mfa:      yes"), "{status}");
+    let credential = login.credential()?;
+    sso.cli(home, &["logout"])?.ok()?;
+    let refused = Psql::new(sso.gw.pg_addr(), "orders-db", "dana")
+        .password(&credential)
+        .run("select 1")?;
+    assert!(refused.stderr.contains("was revoked"), "{refused}");
+    Ok(())
+}
