@@ -5,7 +5,12 @@
 //! agent holds), relays bytes both ways and reports every statement it observes to an
 //! [`gatehouse_core::session::EventSink`].
 //!
-//! The gateway embeds this library in-process; a remote agent runs the same code behind a tunnel.
+//! The gateway embeds this library in-process; a remote agent (`gatehouse-agent`, [`remote`])
+//! runs the same code next to the resources and reaches the gateway over an outbound link
+//! ([`tunnel`]), spooling its events on disk ([`spool`]) until the gateway holds them.
 //! Nothing here knows about policies, tokens or the audit log.
 
 pub mod pg;
+pub mod remote;
+pub mod spool;
+pub mod tunnel;

@@ -1,9 +1,11 @@
 //! Vocabulary shared by the Gatehouse gateway and its agents.
 //!
 //! - [`secret`]: [`Secret`], a wrapper that keeps credentials out of logs and `Debug` output.
+//! - [`clock`]: timestamps in the audit log's format.
 //! - [`pgwire`]: the PostgreSQL frontend/backend protocol framing both sides speak.
 //! - [`session`]: what a gateway asks an agent to open, and the events an agent reports back.
 
+pub mod clock;
 pub mod pgwire;
 pub mod secret;
 pub mod session;

@@ -109,8 +109,8 @@ impl Access {
             .config
             .resource(name)
             .ok_or_else(|| AccessError::NotFound(format!("no resource `{name}`")))?;
-        if !r.roles.contains_key(role) {
-            let roles: Vec<&str> = r.roles.keys().map(String::as_str).collect();
+        if !r.has_role(role) {
+            let roles: Vec<&str> = r.role_names.iter().map(String::as_str).collect();
             return Err(AccessError::BadRequest(format!(
                 "resource `{name}` has no role `{role}` (roles: {})",
                 roles.join(", ")
@@ -830,7 +830,7 @@ impl Access {
         let mut out = Vec::new();
         for r in &self.config.resources {
             let mut roles = Vec::new();
-            for role in r.roles.keys() {
+            for role in &r.role_names {
                 let grant = grants
                     .iter()
                     .find(|g| g.grantee == caller.user && g.resource == r.name && &g.role == role);

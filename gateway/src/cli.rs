@@ -4,6 +4,8 @@ use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod agents;
+
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -58,6 +60,10 @@ enum Command {
     Users(UsersCommand),
     /// Live sessions (who, what, since when); `sessions kill ID` ends one within a second.
     Sessions(SessionsArgs),
+    /// Remote agents: `agents enroll NAME` prints a one-time join token for a new agent;
+    /// `agents` lists them (resources, version, last heartbeat); `agents revoke NAME` cuts one
+    /// off.
+    Agents(agents::AgentsArgs),
     /// Rotate the key that signs gateway credentials (the old key keeps verifying until every
     /// credential it signed has expired; a running gateway picks the new key up within seconds).
     #[command(subcommand)]
@@ -243,7 +249,7 @@ enum UsersCommand {
 }
 
 #[derive(Args)]
-struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// The gateway config file.
     #[arg(
         long,
@@ -251,7 +257,7 @@ struct ConfigArg {
         default_value = "gatehouse.toml",
         global = true
     )]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -430,6 +436,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Users(cmd) => {
             init_tracing(false, "warn");
             users(cmd).await
+        }
+        Command::Agents(args) => {
+            init_tracing(false, "warn");
+            agents::run(args).await
         }
         Command::Sessions(args) => {
             init_tracing(false, "warn");
@@ -902,7 +912,7 @@ async fn keys_rotate(config: &Config, by: &str) -> anyhow::Result<()> {
 
 /// Appends one event from a CLI process, durably. The writer shares the store with the running
 /// gateway; the chain stays linear because every commit reads the head under the store's lock.
-async fn record_from_cli(
+pub(crate) async fn record_from_cli(
     config: &Config,
     store: &Store,
     e: crate::audit::NewEvent,

@@ -76,6 +76,7 @@ struct File {
     oidc: Option<OidcFile>,
     #[serde(default)]
     access: AccessFile,
+    agents: Option<AgentsFile>,
     #[serde(default, rename = "resource")]
     resources: Vec<ResourceFile>,
 }
@@ -160,6 +161,17 @@ struct OidcFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AgentsFile {
+    listen: Option<String>,
+    public_address: Option<String>,
+    server_name: Option<String>,
+    cert_ttl: Option<String>,
+    join_token_ttl: Option<String>,
+    max_agents: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AccessFile {
     reason_max_bytes: Option<u64>,
     requests_per_hour: Option<u64>,
@@ -173,17 +185,22 @@ struct AccessFile {
 struct ResourceFile {
     name: String,
     kind: String,
-    address: String,
+    address: Option<String>,
     database: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     log_parameters: bool,
     connect_timeout: Option<String>,
-    credential: CredentialFile,
+    credential: Option<CredentialFile>,
     /// More roles than the default `read`, each with its own brokered credential.
     #[serde(default)]
     roles: BTreeMap<String, CredentialFile>,
+    /// The remote agent that fronts this resource (it holds the address and credentials).
+    agent: Option<String>,
+    /// Roles beyond `read` that the agent serves (for a resource behind an agent).
+    #[serde(default)]
+    agent_roles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,7 +237,24 @@ pub struct Config {
     /// Single sign-on through an OpenID provider; `None` when not configured.
     pub oidc: Option<OidcConfig>,
     pub access: AccessConfig,
+    /// The listener remote agents connect to; `None` when no `[agents]` section is given.
+    pub agents: Option<AgentsConfig>,
     pub resources: Vec<Resource>,
+}
+
+/// Remote agents: where they connect, how long their certificates and join tokens live.
+#[derive(Debug, Clone)]
+pub struct AgentsConfig {
+    /// The mutual-TLS listener agents dial.
+    pub listen: SocketAddr,
+    /// `host:port` agents are told to dial (default: `listen`).
+    pub public_address: String,
+    /// The name in the listener's certificate, which agents verify (default: the host of
+    /// `public_address`).
+    pub server_name: String,
+    pub cert_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub max_agents: usize,
 }
 
 /// Just-in-time access: input bounds, rate limits, the webhook.
@@ -346,8 +380,19 @@ pub struct Resource {
     /// The `read` role's brokered credential.
     pub username: String,
     pub password: Secret<String>,
-    /// Every role (including `read`) with its brokered credential.
+    /// Every role (including `read`) with its brokered credential; empty for a resource
+    /// behind a remote agent, which holds them.
     pub roles: BTreeMap<String, RoleCredential>,
+    /// The remote agent that fronts the resource, when not the embedded one.
+    pub agent: Option<String>,
+    /// The role names (including `read`) sessions may ask for.
+    pub role_names: Vec<String>,
+}
+
+impl Resource {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.role_names.iter().any(|r| r == role)
+    }
 }
 
 /// The brokered credential a role connects upstream with.
@@ -509,17 +554,12 @@ impl Config {
         };
 
         let access = access_config(file.access)?;
+        let agents = file.agents.map(agents_config).transpose()?;
 
         let mut resources: Vec<Resource> = Vec::new();
         for (i, r) in file.resources.into_iter().enumerate() {
             let key = |k: &str| format!("resource[{i}].{k}");
-            if r.name.is_empty()
-                || r.name.len() > 63
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if !valid_name(&r.name) {
                 return Err(invalid(
                     key("name"),
                     format!("`{}` must be 1-63 characters of a-z, 0-9, `-`, `_`", r.name),
@@ -540,12 +580,39 @@ impl Config {
                     ))
                 }
             };
-            if !r.address.contains(':') {
-                return Err(invalid(
-                    key("address"),
-                    format!("`{}` must be host:port", r.address),
-                ));
+            if let Some(agent) = &r.agent {
+                if r.address.is_some()
+                    || r.credential.is_some()
+                    || !r.roles.is_empty()
+                    || r.database.is_some()
+                {
+                    return Err(invalid(
+                        key("agent"),
+                        format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential` or `roles`: they stay in the agent's agent.toml"),
+                    ));
+                }
+                if !valid_name(agent) {
+                    return Err(invalid(
+                        key("agent"),
+                        format!("`{agent}` must be 1-63 characters of a-z, 0-9, `-`, `_`"),
+                    ));
+                }
+            } else if !r.agent_roles.is_empty() {
+                return Err(invalid(key("agent_roles"), "only a resource behind an `agent` takes `agent_roles`; give `roles` with credentials"));
             }
+            let address = match (&r.agent, r.address) {
+                (Some(agent), _) => format!("agent:{agent}"),
+                (None, Some(a)) if a.contains(':') => a,
+                (None, Some(a)) => {
+                    return Err(invalid(key("address"), format!("`{a}` must be host:port")))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        key("address"),
+                        "give the resource's host:port (or the `agent` that fronts it)",
+                    ))
+                }
+            };
             let mut labels = r.labels;
             let env_label = labels
                 .remove("env")
@@ -556,16 +623,9 @@ impl Config {
                     "every resource needs a `data_class` label",
                 )
             })?;
-            let password = read_secret(&key("credential"), &r.credential, env, secrets, &resolve)?;
             let mut roles = BTreeMap::new();
-            roles.insert(
-                DEFAULT_ROLE.to_string(),
-                RoleCredential {
-                    username: r.credential.username.clone(),
-                    password: Secret::new(password.clone()),
-                },
-            );
-            for (role, cred) in &r.roles {
+            let mut role_names = vec![DEFAULT_ROLE.to_string()];
+            let check_role = |role: &str, k: String| -> Result<(), ConfigError> {
                 if role.is_empty()
                     || role.len() > 32
                     || !role
@@ -573,16 +633,46 @@ impl Config {
                         .all(|c| c.is_ascii_lowercase() || c == '_' || c == '-')
                 {
                     return Err(invalid(
-                        key(&format!("roles.{role}")),
+                        k,
                         "role names are 1-32 characters of a-z, `-`, `_`",
                     ));
                 }
                 if role == DEFAULT_ROLE {
                     return Err(invalid(
-                        key("roles.read"),
+                        k,
                         "`read` is the resource's `credential`; do not repeat it under roles",
                     ));
                 }
+                Ok(())
+            };
+            for role in &r.agent_roles {
+                check_role(role, key("agent_roles"))?;
+                role_names.push(role.clone());
+            }
+            let (username, password) = match &r.credential {
+                Some(c) => (
+                    c.username.clone(),
+                    read_secret(&key("credential"), c, env, secrets, &resolve)?,
+                ),
+                None if r.agent.is_some() => (String::new(), String::new()),
+                None => {
+                    return Err(invalid(
+                        key("credential"),
+                        "give the brokered `credential` (or the `agent` that holds it)",
+                    ))
+                }
+            };
+            if r.agent.is_none() {
+                roles.insert(
+                    DEFAULT_ROLE.to_string(),
+                    RoleCredential {
+                        username: username.clone(),
+                        password: Secret::new(password.clone()),
+                    },
+                );
+            }
+            for (role, cred) in &r.roles {
+                check_role(role, key(&format!("roles.{role}")))?;
                 let pw = read_secret(&key(&format!("roles.{role}")), cred, env, secrets, &resolve)?;
                 roles.insert(
                     role.clone(),
@@ -591,12 +681,13 @@ impl Config {
                         password: Secret::new(pw),
                     },
                 );
+                role_names.push(role.clone());
             }
             resources.push(Resource {
                 database: r.database.unwrap_or_else(|| r.name.clone()),
                 name: r.name,
                 kind,
-                address: r.address,
+                address,
                 env: env_label,
                 data_class,
                 tags: labels,
@@ -606,10 +697,28 @@ impl Config {
                     r.connect_timeout.as_deref(),
                     "5s",
                 )?,
-                username: r.credential.username,
+                username,
                 password: Secret::new(password),
                 roles,
+                agent: r.agent,
+                role_names,
             });
+        }
+
+        if agents.is_none() {
+            if let Some((i, r)) = resources
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.agent.is_some())
+            {
+                return Err(invalid(
+                    format!("resource[{i}].agent"),
+                    format!(
+                        "resource `{}` is behind an agent, but there is no `[agents]` section for agents to connect to",
+                        r.name
+                    ),
+                ));
+            }
         }
 
         Ok(Config {
@@ -624,6 +733,7 @@ impl Config {
             http,
             oidc,
             access,
+            agents,
             resources,
         })
     }
@@ -631,6 +741,15 @@ impl Config {
     pub fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
     }
+}
+
+/// Resource and agent names: 1-63 characters of a-z, 0-9, `-`, `_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Reads a brokered password from its env var or file (or nothing, for admin commands).
@@ -697,6 +816,48 @@ fn access_config(a: AccessFile) -> Result<AccessConfig, ConfigError> {
         max_duration: duration("access.max_duration", a.max_duration.as_deref(), "7d")?,
         webhook_url,
         webhook_timeout: duration("access.webhook_timeout", a.webhook_timeout.as_deref(), "5s")?,
+    })
+}
+
+fn agents_config(a: AgentsFile) -> Result<AgentsConfig, ConfigError> {
+    let listen_text = a.listen.as_deref().unwrap_or("127.0.0.1:8444");
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "agents.listen",
+            format!("`{listen_text}` is not an ip:port address"),
+        )
+    })?;
+    let public_address = a.public_address.unwrap_or_else(|| listen.to_string());
+    let Some((host, port)) = public_address.rsplit_once(':') else {
+        return Err(invalid(
+            "agents.public_address",
+            format!("`{public_address}` must be host:port"),
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(invalid(
+            "agents.public_address",
+            format!("`{public_address}` must be host:port"),
+        ));
+    }
+    let server_name = a
+        .server_name
+        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+    let cert_ttl = duration("agents.cert_ttl", a.cert_ttl.as_deref(), "30d")?;
+    if cert_ttl < Duration::from_secs(3600) || cert_ttl > Duration::from_secs(400 * 86_400) {
+        return Err(invalid("agents.cert_ttl", "must be between 1h and 400d"));
+    }
+    let join_token_ttl = duration("agents.join_token_ttl", a.join_token_ttl.as_deref(), "15m")?;
+    if join_token_ttl > Duration::from_secs(7 * 86_400) {
+        return Err(invalid("agents.join_token_ttl", "must be at most 7d"));
+    }
+    Ok(AgentsConfig {
+        listen,
+        public_address,
+        server_name,
+        cert_ttl,
+        join_token_ttl,
+        max_agents: bounded("agents.max_agents", a.max_agents, 256, 1, 10_000)? as usize,
     })
 }
 
@@ -871,21 +1032,7 @@ fn duration(key: &str, v: Option<&str>, default: &str) -> Result<Duration, Confi
     })
 }
 
-/// Parses `90s`, `15m`, `8h`, `2d` (one unit, positive).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
-}
+pub use gatehouse_core::clock::parse_duration;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -9,6 +9,7 @@
 //! uses, and the JWKS of gateway credentials.
 
 pub mod access;
+pub mod agents;
 pub mod audit;
 pub mod authn;
 pub mod authz;

@@ -8,6 +8,6 @@
 
 mod frontdoor;
 mod handshake;
-mod sink;
+pub mod sink;
 
 pub use frontdoor::{serve, FrontDoor};

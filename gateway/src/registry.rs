@@ -11,6 +11,34 @@ use gatehouse_agent::pg::CancelHandle;
 use gatehouse_core::session::SessionId;
 use tokio::sync::watch;
 
+/// How to cancel the query running in a session: through the embedded agent, straight to
+/// the upstream, or by asking the remote agent that holds the upstream connection.
+#[derive(Clone)]
+pub enum Canceller {
+    Local(CancelHandle),
+    Remote {
+        links: crate::agents::Links,
+        agent: String,
+        session: String,
+    },
+}
+
+impl Canceller {
+    pub async fn cancel(&self) -> Result<(), String> {
+        match self {
+            Canceller::Local(h) => h.cancel().await.map_err(|e| e.to_string()),
+            Canceller::Remote {
+                links,
+                agent,
+                session,
+            } => links
+                .cancel(agent, session)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// What the registry knows of one live session.
 pub struct LiveSession {
     pub id: SessionId,
@@ -20,7 +48,7 @@ pub struct LiveSession {
     /// The grant the session runs under, and when it ends (Unix seconds).
     pub grant: Option<SessionGrant>,
     secret: u32,
-    cancel: Option<CancelHandle>,
+    cancel: Option<Canceller>,
     kill: watch::Sender<Option<String>>,
 }
 
@@ -84,7 +112,7 @@ impl Registry {
         id: SessionId,
         user: &str,
         resource: &str,
-        cancel: Option<CancelHandle>,
+        cancel: Option<Canceller>,
         grant: Option<SessionGrant>,
     ) -> (u32, u32, watch::Receiver<Option<String>>, Registration) {
         let (kill, kill_rx) = watch::channel(None);
@@ -128,7 +156,7 @@ impl Registry {
         &self,
         pid: u32,
         secret: u32,
-    ) -> Option<(SessionId, String, String, CancelHandle)> {
+    ) -> Option<(SessionId, String, String, Canceller)> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let s = map.get(&pid)?;
         if !gatehouse_core::secret::constant_time_eq(&s.secret.to_be_bytes(), &secret.to_be_bytes())

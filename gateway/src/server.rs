@@ -91,6 +91,30 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         &config.state_dir,
     )
     .context("setting up TLS for the https listener")?;
+    let agents_listener = match &config.agents {
+        Some(a) => Some(
+            TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("binding the agent listener to {}", a.listen))?,
+        ),
+        None => None,
+    };
+    let agents_addr = agents_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let agents = match &config.agents {
+        Some(a) => Some(
+            crate::agents::AgentService::new(
+                a.clone(),
+                &config.state_dir,
+                store.clone(),
+                audit.clone(),
+            )
+            .context("setting up the agent CA")?,
+        ),
+        None => None,
+    };
     let rp = match &config.oidc {
         Some(o) => Some(Arc::new(
             RelyingParty::new(o.clone()).context("setting up single sign-on")?,
@@ -105,6 +129,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         "version": env!("CARGO_PKG_VERSION"),
         "postgres_listen": pg_addr.to_string(),
         "https_listen": http_addr.to_string(),
+        "agents_listen": agents_addr.map(|a| a.to_string()),
         "sso_issuer": config.oidc.as_ref().map(|o| o.issuer.clone()),
         "resources": config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "policies": policies.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
@@ -141,6 +166,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         registry: registry.clone(),
         store: store.clone(),
         instance,
+        links: agents.as_ref().map(|a| a.links.clone()).unwrap_or_default(),
     });
     let watcher = tokio::spawn(watch_disabled_users(
         store.clone(),
@@ -175,7 +201,19 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         registry.clone(),
         access,
         postgres_public(&config, pg_addr),
+        agents.clone(),
     ));
+    let (stop_agents, agents_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_listener = match (agents_listener, &agents) {
+        (Some(l), Some(svc)) => Some(tokio::spawn(crate::agents::link::serve(
+            l,
+            svc.clone(),
+            async move {
+                let _ = agents_stopped.await;
+            },
+        ))),
+        _ => None,
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let https = tokio::spawn(crate::web::serve(
         http_listener,
@@ -198,6 +236,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         let ready = serde_json::json!({
             "postgres": pg_addr.to_string(),
             "https": http_addr.to_string(),
+            "agents": agents_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         let tmp = path.with_extension("tmp");
@@ -210,6 +249,10 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     watcher.abort();
     let _ = stop_http.send(());
     let _ = https.await;
+    let _ = stop_agents.send(());
+    if let Some(a) = agent_listener {
+        let _ = a.await;
+    }
     if let Some(r) = recheck {
         r.abort();
     }

@@ -6,6 +6,7 @@
 //! durability promise rests on it.
 
 pub mod access;
+pub mod agents;
 pub mod audit;
 pub mod logins;
 pub mod sessions;

@@ -73,6 +73,8 @@ pub struct Web {
     pub logins: Pending<login::LoginTx>,
     pub codes: Pending<session::IssuedCode>,
     pub devices: Pending<api::DeviceTx>,
+    /// Remote agents (enrollment); `None` without an `[agents]` section.
+    pub agents: Option<Arc<crate::agents::AgentService>>,
     /// Refresh tokens of live logins by login id, for re-checks; memory only.
     pub refresh: std::sync::Mutex<HashMap<String, session::LiveLogin>>,
 }
@@ -88,8 +90,10 @@ impl Web {
         registry: Registry,
         access: Arc<crate::access::Access>,
         postgres_public: String,
+        agents: Option<Arc<crate::agents::AgentService>>,
     ) -> Web {
         Web {
+            agents,
             config,
             tokens,
             rp,
@@ -147,6 +151,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/oidc/callback", get(login::callback))
         .route("/device", get(login::device_page))
         .route("/api/v1/info", get(api::info))
+        .route("/api/v1/agents/enroll", post(api::agent_enroll))
         .route("/api/v1/login/token", post(api::login_token))
         .route("/api/v1/device", post(api::device_start))
         .route("/api/v1/device/token", post(api::device_token))

@@ -73,6 +73,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The authenticated connection, for [`super::relay`].
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// A handle that can cancel the query running on this connection. `None` when the server
     /// sent no `BackendKeyData`.
     pub fn cancel_handle(&self) -> Option<CancelHandle> {

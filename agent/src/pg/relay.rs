@@ -15,7 +15,6 @@ use gatehouse_core::session::{EndReason, EventSink, SessionSummary};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::connect::Upstream;
 use super::observer::Observer;
 
 const READ_BUF: usize = 64 * 1024;
@@ -31,22 +30,24 @@ pub struct RelayOptions {
     pub log_parameters: bool,
 }
 
-/// Relays until either side closes, the client breaks the protocol, or `kill` carries a reason.
+/// Relays between `upstream` (an authenticated [`super::Upstream`]'s stream, or an agent
+/// tunnel) and `client` until either side closes, the client breaks the protocol, or `kill` carries a reason.
 /// Never panics; every way out is a [`SessionSummary`].
-pub async fn relay<C, S>(
-    upstream: Upstream,
+pub async fn relay<U, C, S>(
+    upstream: U,
     client: C,
     opts: &RelayOptions,
     sink: &S,
     mut kill: watch::Receiver<Option<String>>,
 ) -> SessionSummary
 where
+    U: AsyncRead + AsyncWrite + Send + Unpin,
     C: AsyncRead + AsyncWrite + Send + Unpin,
     S: EventSink,
 {
     let started = Instant::now();
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut up_rd, mut up_wr) = upstream.stream.into_split();
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
     let mut up_count = Counter::default();
     let mut down = Downstream::default();
 

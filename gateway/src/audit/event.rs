@@ -64,6 +64,21 @@ pub enum EventKind {
     ReviewOpened,
     /// Someone else signed a review item off.
     ReviewSigned,
+    /// An admin issued a one-time join token for a remote agent.
+    AgentJoinToken,
+    /// A remote agent redeemed a join token and received its certificate.
+    AgentEnrolled,
+    /// An enrollment was refused (unknown, reused or expired token, bad proof of possession).
+    AgentEnrollRefused,
+    /// A remote agent's link came up (mutual TLS, current certificate).
+    AgentConnected,
+    /// A remote agent's link went down.
+    AgentDisconnected,
+    /// A connection to the agent listener was refused (forged, unknown, replaced or revoked
+    /// certificate).
+    AgentRefused,
+    /// An admin revoked a remote agent.
+    AgentRevoked,
 }
 
 impl EventKind {
@@ -98,6 +113,13 @@ impl EventKind {
             EventKind::BreakGlass => "breakglass.used",
             EventKind::ReviewOpened => "review.opened",
             EventKind::ReviewSigned => "review.signed",
+            EventKind::AgentJoinToken => "agent.join_token",
+            EventKind::AgentEnrolled => "agent.enrolled",
+            EventKind::AgentEnrollRefused => "agent.enroll_refused",
+            EventKind::AgentConnected => "agent.connected",
+            EventKind::AgentDisconnected => "agent.disconnected",
+            EventKind::AgentRefused => "agent.refused",
+            EventKind::AgentRevoked => "agent.revoked",
         }
     }
 
@@ -142,6 +164,17 @@ impl EventKind {
             // Review of access rights, by someone else.
             EventKind::ReviewOpened => &["5.18"],
             EventKind::ReviewSigned => &["5.3", "5.18"],
+            // Authentication information for a machine identity.
+            EventKind::AgentJoinToken => &["5.17", "8.20"],
+            // Networks security; use of cryptography (a certificate from the agent CA);
+            // authentication information.
+            EventKind::AgentEnrolled | EventKind::AgentEnrollRefused | EventKind::AgentRefused => {
+                &["5.17", "8.20", "8.24"]
+            }
+            EventKind::AgentConnected => &["8.20", "8.24"],
+            EventKind::AgentDisconnected => &["8.20"],
+            // Removal of access rights for a machine identity.
+            EventKind::AgentRevoked => &["5.17", "5.18", "8.20"],
         }
     }
 }
@@ -160,6 +193,9 @@ pub struct NewEvent {
     pub controls: Vec<String>,
     pub session_id: String,
     pub detail: serde_json::Value,
+    /// For an event a remote agent sent: the agent and its sequence number. The writer stores
+    /// each (agent, seq) once, advancing the agent's cursor in the same transaction.
+    pub origin: Option<(String, u64)>,
 }
 
 impl NewEvent {
@@ -175,6 +211,7 @@ impl NewEvent {
             controls: Vec::new(),
             session_id: String::new(),
             detail: serde_json::Value::Object(Default::default()),
+            origin: None,
         }
     }
 
@@ -354,24 +391,7 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Current UTC time in the log's format.
-pub fn now_ts() -> String {
-    format_ts(time::OffsetDateTime::now_utc())
-}
-
-pub fn format_ts(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
-}
+pub use gatehouse_core::clock::{format_ts, now_ts};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -7,6 +7,7 @@
 //! A failed commit is retried with the same events until it succeeds, so nothing queued is lost;
 //! waiting callers time out and fail closed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +120,20 @@ impl AuditLog {
             .map_err(|_| AuditError::Timeout(self.durable_timeout))?
     }
 
+    /// Queues an event (waiting only for queue space) and returns a receiver that resolves
+    /// once it is committed: many events can be in flight, each confirmed in order.
+    pub async fn record_confirmed(
+        &self,
+        event: NewEvent,
+    ) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Event(event, Some(ack)))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        Ok(done)
+    }
+
     /// Writes a signed checkpoint over everything queued so far; returns its sequence number
     /// (None when the log is empty).
     pub async fn checkpoint(&self) -> Result<Option<u64>, AuditError> {
@@ -216,10 +231,19 @@ impl Writer {
                 }
             }
             let force = !checkpoint_waiters.is_empty();
-            let first_seq = self.commit_with_retry(events, force).await;
-            for (i, ack) in acks.into_iter().enumerate() {
+            let (first_seq, kept) = self.commit_with_retry(events, force).await;
+            let mut next = first_seq;
+            for (ack, kept) in acks.into_iter().zip(kept) {
+                // A duplicate from an agent was stored before: it is durable, under an
+                // earlier seq; 0 says so.
+                let seq = if kept {
+                    next += 1;
+                    next - 1
+                } else {
+                    0
+                };
                 if let Some(ack) = ack {
-                    let _ = ack.send(Ok(first_seq + i as u64));
+                    let _ = ack.send(Ok(seq));
                 }
             }
             for w in checkpoint_waiters {
@@ -234,8 +258,12 @@ impl Writer {
 
     /// Commits `events`, retrying until the store takes them: queued events are never dropped.
     /// A commit with no events (a checkpoint only) gives up after a few tries. Returns the first
-    /// new seq.
-    async fn commit_with_retry(&mut self, events: Vec<NewEvent>, force_checkpoint: bool) -> u64 {
+    /// new seq and, per event, whether it was stored (false: an agent's duplicate).
+    async fn commit_with_retry(
+        &mut self,
+        events: Vec<NewEvent>,
+        force_checkpoint: bool,
+    ) -> (u64, Vec<bool>) {
         let mut backoff = Duration::from_millis(50);
         let mut attempts = 0;
         loop {
@@ -244,7 +272,7 @@ impl Writer {
                 Ok(first) => return first,
                 Err(e) if events.is_empty() && attempts >= 5 => {
                     tracing::error!(error = %e, "audit checkpoint failed; giving up on this checkpoint");
-                    return self.head_seq + 1;
+                    return (self.head_seq + 1, Vec::new());
                 }
                 Err(e) => {
                     tracing::error!(error = %e, pending = events.len(), "audit log commit failed; retrying, sessions that need a durable decision are refused meanwhile");
@@ -259,7 +287,7 @@ impl Writer {
         &mut self,
         events: &[NewEvent],
         force_checkpoint: bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, Vec<bool>), StoreError> {
         let mut tx = self.store.pool().begin().await?;
         self.store.lock_audit(&mut tx).await?;
         let (mut seq, mut prev) = self
@@ -272,8 +300,33 @@ impl Writer {
                 Some(self.store.last_checkpoint_seq(&mut tx).await?.unwrap_or(0));
         }
         let first = seq + 1;
-        let mut sealed: Vec<AuditEvent> = Vec::with_capacity(events.len());
+        // Events from remote agents: each (agent, seq) once. The cursor moves in this
+        // transaction, so a resend after a lost acknowledgement finds it already moved.
+        let mut cursors: HashMap<String, u64> = HashMap::new();
+        let mut kept = Vec::with_capacity(events.len());
         for e in events {
+            let Some((agent, agent_seq)) = &e.origin else {
+                kept.push(true);
+                continue;
+            };
+            let cursor = match cursors.get(agent) {
+                Some(c) => *c,
+                None => self.store.agent_cursor(&mut tx, agent).await?.unwrap_or(0),
+            };
+            if *agent_seq <= cursor {
+                kept.push(false);
+                continue;
+            }
+            cursors.insert(agent.clone(), *agent_seq);
+            kept.push(true);
+        }
+        for (agent, agent_seq) in &cursors {
+            self.store
+                .set_agent_cursor(&mut tx, agent, *agent_seq)
+                .await?;
+        }
+        let mut sealed: Vec<AuditEvent> = Vec::with_capacity(events.len());
+        for (e, _) in events.iter().zip(&kept).filter(|(_, k)| **k) {
             seq += 1;
             let event = e.seal(seq, now_ts(), prev);
             prev = event.hash.clone();
@@ -316,6 +369,6 @@ impl Writer {
                 .unwrap_or(last_cp)
                 .max(self.last_checkpoint.unwrap_or(0)),
         );
-        Ok(first)
+        Ok((first, kept))
     }
 }

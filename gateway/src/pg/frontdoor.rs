@@ -18,11 +18,12 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
 use super::handshake::{self, refuse, send_error, ClientStream, Opening};
-use super::sink::SessionSink;
+use super::sink::{DiscardSink, SessionSink};
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::authn::token::TokenAuthority;
 use crate::config::{Config, Resource};
-use crate::registry::{random_bytes, Registry, SessionGrant};
+use crate::registry::{random_bytes, Canceller, Registry, SessionGrant};
+use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
 
 /// How long a connection waits for the store to say whether its user is disabled.
 const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,6 +42,8 @@ pub struct FrontDoor {
     pub store: crate::store::Store,
     /// This gateway process's id in the sessions table.
     pub instance: String,
+    /// Links to remote agents (resources with `agent = ...` are reached through them).
+    pub links: crate::agents::Links,
 }
 
 /// Accepts connections until `shutdown` completes, then returns (live sessions are left to the
@@ -89,8 +92,22 @@ struct Admitted {
     resource: Resource,
     role: String,
     upstream_user: String,
+    /// Where the session goes: `host:port` (embedded agent) or what the remote agent reports.
+    upstream_addr: String,
     grant: Option<SessionGrant>,
-    upstream: agent::Upstream,
+    upstream: UpstreamConn,
+}
+
+/// An open upstream: a direct connection through the embedded agent, or a session stream to
+/// the remote agent that holds it.
+enum UpstreamConn {
+    Local(agent::Upstream),
+    Remote {
+        agent: String,
+        io: H2Io,
+        params: Vec<(String, String)>,
+        notices: Vec<Vec<u8>>,
+    },
 }
 
 /// A refusal to send to the client after authentication started.
@@ -225,24 +242,42 @@ impl FrontDoor {
             resource,
             role,
             upstream_user,
+            upstream_addr,
             grant,
             upstream,
         } = admitted;
 
         // Established: hand the client the upstream's parameters and our own cancel key.
-        let (pid, secret, kill, _registration) = self.registry.register(
-            session_id,
-            &user,
-            &resource.name,
-            upstream.cancel_handle(),
-            grant,
-        );
+        let (canceller, params, notices): (_, &[(String, String)], Vec<&[u8]>) = match &upstream {
+            UpstreamConn::Local(up) => (
+                up.cancel_handle().map(Canceller::Local),
+                &up.params,
+                up.notices.iter().map(|n| &n[..]).collect(),
+            ),
+            UpstreamConn::Remote {
+                agent,
+                params,
+                notices,
+                ..
+            } => (
+                Some(Canceller::Remote {
+                    links: self.links.clone(),
+                    agent: agent.clone(),
+                    session: session_id.to_string(),
+                }),
+                params,
+                notices.iter().map(|n| &n[..]).collect(),
+            ),
+        };
+        let (pid, secret, kill, _registration) =
+            self.registry
+                .register(session_id, &user, &resource.name, canceller, grant);
         let mut out = BytesMut::new();
         pgwire::auth_ok(&mut out);
-        for (k, v) in &upstream.params {
+        for (k, v) in params {
             pgwire::parameter_status(&mut out, k, v);
         }
-        for n in &upstream.notices {
+        for n in notices {
             out.extend_from_slice(n);
         }
         pgwire::backend_key_data(&mut out, pid, secret);
@@ -257,8 +292,9 @@ impl FrontDoor {
         start.action = "connect".into();
         start.session_id = session_id.to_string();
         start.detail = serde_json::json!({
-            "upstream": resource.address,
+            "upstream": upstream_addr,
             "upstream_user": upstream_user,
+            "agent": resource.agent,
             "role": role,
             "grant_id": grant.map(|g| g.id),
             "client_addr": peer.to_string(),
@@ -302,7 +338,15 @@ impl FrontDoor {
             actor: user.clone(),
             resource: resource.name.clone(),
         };
-        let summary = agent::relay(upstream, stream, &opts, &sink, kill).await;
+        let summary = match upstream {
+            UpstreamConn::Local(up) => {
+                agent::relay(up.into_stream(), stream, &opts, &sink, kill).await
+            }
+            // The remote agent observes the statements and sends them over its event stream.
+            UpstreamConn::Remote { io, .. } => {
+                agent::relay(io, stream, &opts, &DiscardSink, kill).await
+            }
+        };
 
         let mut end = NewEvent::new(EventKind::SessionEnd);
         end.actor = user;
@@ -498,11 +542,11 @@ impl FrontDoor {
                 format!("resource \"{name}\" is not known to the gateway"),
             ));
         };
-        let Some(credential) = resource.roles.get(role).cloned() else {
+        if !resource.has_role(role) {
             decision_event.decision = "deny".into();
             decision_event.reason = format!("resource `{name}` has no role `{role}`");
             let _ = self.audit.record_durable(decision_event).await;
-            let roles: Vec<&str> = resource.roles.keys().map(String::as_str).collect();
+            let roles: Vec<&str> = resource.role_names.iter().map(String::as_str).collect();
             return Err(Refusal::new(
                 "3D000",
                 format!(
@@ -578,7 +622,59 @@ impl FrontDoor {
             });
         }
 
-        // 4. Upstream through the agent library, with the brokered credential.
+        // 4. Upstream through the agent library, with the brokered credential: in this process,
+        // or in the remote agent that fronts the resource.
+        let session_grant = grant.map(|g| SessionGrant {
+            id: g.id,
+            expires_unix: g.expires_unix,
+        });
+        let opened = match &resource.agent {
+            None => self.open_local(&resource, role, params).await,
+            Some(agent_name) => {
+                self.open_remote(&resource, agent_name, role, user, session_id, params)
+                    .await
+            }
+        };
+        match opened {
+            Ok((upstream_user, upstream_addr, upstream)) => Ok(Admitted {
+                resource,
+                role: role.to_string(),
+                upstream_user,
+                upstream_addr,
+                grant: session_grant,
+                upstream,
+            }),
+            Err((why, refusal)) => {
+                let mut e = NewEvent::new(EventKind::SessionFailed);
+                e.actor = user.to_string();
+                e.resource = resource.name.clone();
+                e.action = "connect".into();
+                e.session_id = session_id.to_string();
+                e.reason = why;
+                if let Some(agent) = &resource.agent {
+                    e.detail = serde_json::json!({ "agent": agent });
+                }
+                let _ = self.audit.record(e).await;
+                Err(refusal)
+            }
+        }
+    }
+
+    async fn open_local(
+        &self,
+        resource: &Resource,
+        role: &str,
+        params: &[(String, String)],
+    ) -> Result<(String, String, UpstreamConn), (String, Refusal)> {
+        let Some(credential) = resource.roles.get(role) else {
+            return Err((
+                format!("no credential for role `{role}`"),
+                Refusal::new(
+                    "3D000",
+                    format!("resource \"{}\" has no role \"{role}\"", resource.name),
+                ),
+            ));
+        };
         let target = PgTarget {
             address: resource.address.clone(),
             database: resource.database.clone(),
@@ -586,28 +682,105 @@ impl FrontDoor {
             password: credential.password.clone(),
             connect_timeout: resource.connect_timeout,
         };
-        let session_grant = grant.map(|g| SessionGrant {
-            id: g.id,
-            expires_unix: g.expires_unix,
-        });
         match agent::connect(&target, params).await {
-            Ok(up) => Ok(Admitted {
-                resource,
-                role: role.to_string(),
-                upstream_user: credential.username,
-                grant: session_grant,
-                upstream: up,
-            }),
+            Ok(up) => Ok((
+                credential.username.clone(),
+                resource.address.clone(),
+                UpstreamConn::Local(up),
+            )),
             Err(err) => {
-                let mut e = NewEvent::new(EventKind::SessionFailed);
-                e.actor = user.to_string();
-                e.resource = resource.name.clone();
-                e.action = "connect".into();
-                e.session_id = session_id.to_string();
-                e.reason = err.to_string();
-                let _ = self.audit.record(e).await;
                 warn!(error = %err, "upstream connection failed");
-                Err(upstream_refusal(&resource.name, &err))
+                Err((err.to_string(), upstream_refusal(&resource.name, &err)))
+            }
+        }
+    }
+
+    async fn open_remote(
+        &self,
+        resource: &Resource,
+        agent_name: &str,
+        role: &str,
+        user: &str,
+        session_id: SessionId,
+        params: &[(String, String)],
+    ) -> Result<(String, String, UpstreamConn), (String, Refusal)> {
+        let open = OpenSession {
+            session_id: session_id.to_string(),
+            user: user.to_string(),
+            resource: resource.name.clone(),
+            role: role.to_string(),
+            params: params.to_vec(),
+            max_message_bytes: self.config.postgres.max_message_bytes,
+            statement_max_bytes: self.config.audit.statement_max_bytes,
+            log_parameters: resource.log_parameters,
+        };
+        let name = &resource.name;
+        match self.links.open_session(agent_name, &open).await {
+            Ok((
+                Opened::Ok {
+                    params,
+                    notices,
+                    upstream_user,
+                    upstream,
+                },
+                io,
+            )) => Ok((
+                upstream_user,
+                format!("{upstream} via agent {agent_name}"),
+                UpstreamConn::Remote {
+                    agent: agent_name.to_string(),
+                    io,
+                    params,
+                    notices,
+                },
+            )),
+            Ok((
+                Opened::Refused {
+                    kind,
+                    message,
+                    code,
+                },
+                _,
+            )) => {
+                warn!(agent = agent_name, reason = %message, "the agent refused the session");
+                let refusal = match kind {
+                    RefusalKind::UnknownResource => Refusal::new("3D000", format!("agent \"{agent_name}\" does not front resource \"{name}\" with role \"{role}\"")),
+                    RefusalKind::CredentialRejected => Refusal {
+                        code: "08004",
+                        message: format!("resource \"{name}\" rejected the agent's brokered credential"),
+                        detail: Some(message.clone()),
+                        hint: Some("this is an agent configuration problem, not your token; tell the resource's admin".into()),
+                    },
+                    RefusalKind::UpstreamRefused => Refusal {
+                        code: "08004",
+                        message: format!("resource \"{name}\" refused the session: {message}"),
+                        detail: code.map(|c| format!("upstream SQLSTATE {c}")),
+                        hint: None,
+                    },
+                    RefusalKind::SpoolFull => Refusal {
+                        code: "53400",
+                        message: format!("agent \"{agent_name}\" cannot log new sessions right now (its event spool is full); the session is refused rather than unlogged"),
+                        detail: Some(message.clone()),
+                        hint: Some("try again later; the agent's admin should check its link to the gateway".into()),
+                    },
+                    RefusalKind::Unreachable | RefusalKind::Other => Refusal {
+                        code: "08001",
+                        message: format!("agent \"{agent_name}\" could not connect to resource \"{name}\""),
+                        detail: Some(message.clone()),
+                        hint: Some("the resource may be down; try again later or tell its admin".into()),
+                    },
+                };
+                Err((format!("agent refused: {message}"), refusal))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot open a session through the agent");
+                let refusal = Refusal {
+                    code: "08001",
+                    message: format!("gatehouse cannot reach resource \"{name}\": {e}"),
+                    detail: None,
+                    hint: Some("the resource's agent is offline; try again later or tell its admin (`gatehouse agents`)".into()),
+                };
+                Err((e.to_string(), refusal))
             }
         }
     }

@@ -1,4 +1,6 @@
-//! Turns the statements the agent observes into audit events for one session.
+//! Turns the statements an agent observes into audit events for one session: in-process for
+//! the embedded agent ([`SessionSink`]), or from a remote agent's event stream
+//! ([`statement_event`], used by `agents::link`).
 
 use gatehouse_core::session::{EventSink, SinkClosedError, Statement};
 
@@ -11,27 +13,66 @@ pub struct SessionSink {
     pub resource: String,
 }
 
+/// A `db.statement` event. Every origin produces the same shape, so an auditor's queries do not
+/// care which agent observed the statement.
+#[allow(clippy::too_many_arguments)]
+pub fn statement_event(
+    actor: &str,
+    resource: &str,
+    session_id: &str,
+    kind: &str,
+    text: String,
+    truncated_from: Option<usize>,
+    name: Option<String>,
+    params: Option<Vec<Option<String>>>,
+) -> NewEvent {
+    let mut e = NewEvent::new(EventKind::DbStatement);
+    e.actor = actor.to_string();
+    e.resource = resource.to_string();
+    e.action = kind.to_string();
+    e.session_id = session_id.to_string();
+    let mut detail = serde_json::json!({ "statement": text });
+    if let Some(n) = truncated_from {
+        detail["truncated_from_bytes"] = n.into();
+    }
+    if let Some(name) = name {
+        detail["prepared_name"] = name.into();
+    }
+    if let Some(params) = params {
+        detail["params"] = serde_json::json!(params);
+    }
+    e.detail = detail;
+    e
+}
+
 impl EventSink for SessionSink {
     fn statement(
         &self,
         s: Statement,
     ) -> impl std::future::Future<Output = Result<(), SinkClosedError>> + Send {
-        let mut e = NewEvent::new(EventKind::DbStatement);
-        e.actor = self.actor.clone();
-        e.resource = self.resource.clone();
-        e.action = s.kind.as_str().to_string();
-        e.session_id = self.session_id.clone();
-        let mut detail = serde_json::json!({ "statement": s.text });
-        if let Some(n) = s.truncated_from {
-            detail["truncated_from_bytes"] = n.into();
-        }
-        if let Some(name) = s.name {
-            detail["prepared_name"] = name.into();
-        }
-        if let Some(params) = s.params {
-            detail["params"] = serde_json::json!(params);
-        }
-        e.detail = detail;
+        let e = statement_event(
+            &self.actor,
+            &self.resource,
+            &self.session_id,
+            s.kind.as_str(),
+            s.text,
+            s.truncated_from,
+            s.name,
+            s.params,
+        );
         async move { self.audit.record(e).await.map_err(|_| SinkClosedError) }
+    }
+}
+
+/// For a session relayed to a remote agent: the agent observes and reports the statements,
+/// so the gateway's relay only frames and bounds them.
+pub struct DiscardSink;
+
+impl EventSink for DiscardSink {
+    fn statement(
+        &self,
+        _: Statement,
+    ) -> impl std::future::Future<Output = Result<(), SinkClosedError>> + Send {
+        std::future::ready(Ok(()))
     }
 }

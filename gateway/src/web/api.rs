@@ -460,3 +460,44 @@ pub async fn logout(
         ),
     }
 }
+
+/// `POST /api/v1/agents/enroll`: a remote agent redeems its one-time join token (no gateway
+/// credential: the token is the authentication) and receives its certificate.
+pub async fn agent_enroll(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(svc) = &web.agents else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "agents_disabled",
+            "this gateway does not accept remote agents (its config has no [agents] section)",
+        );
+    };
+    let request: gatehouse_agent::remote::identity::EnrollRequest =
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("malformed enrollment request: {e}"),
+                )
+            }
+        };
+    match crate::agents::enroll::enroll(svc, request, peer.ip()).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e @ crate::agents::enroll::EnrollError::Token) => {
+            error(StatusCode::FORBIDDEN, "join_token_refused", &e.to_string())
+        }
+        Err(e @ crate::agents::enroll::EnrollError::Malformed(_)) => {
+            error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+        }
+        Err(e @ crate::agents::enroll::EnrollError::Internal) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &e.to_string(),
+        ),
+    }
+}

@@ -1,0 +1,223 @@
+//! `agent.toml`: where the remote agent keeps its state and which resources it fronts, with
+//! their brokered credentials (read from env vars or files; they never leave this process).
+//!
+//! ```toml
+//! state_dir = "agent-state"          # keys, certificate, event spool (relative to this file)
+//! spool_max_bytes = 67108864         # unacknowledged events kept before new sessions are refused
+//!
+//! [[resource]]
+//! name = "orders-db"
+//! kind = "postgres"
+//! address = "10.0.0.5:5432"
+//! database = "orders"
+//! credential = { username = "orders_app", password_env = "ORDERS_DB_PASSWORD" }
+//! roles = { write = { username = "orders_rw", password_file = "/run/secrets/orders_rw" } }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_core::clock::parse_duration;
+use gatehouse_core::Secret;
+use serde::Deserialize;
+
+use crate::pg::PgTarget;
+
+/// The role a bare `credential` serves.
+pub const DEFAULT_ROLE: &str = "read";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: `{key}`: {why}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    state_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
+    #[serde(default)]
+    resource: Vec<ResourceFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFile {
+    name: String,
+    kind: String,
+    address: String,
+    database: Option<String>,
+    connect_timeout: Option<String>,
+    credential: CredentialFile,
+    #[serde(default)]
+    roles: BTreeMap<String, CredentialFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialFile {
+    username: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    pub spool_max_bytes: usize,
+    pub resources: Vec<AgentResource>,
+}
+
+/// A resource this agent fronts: one upstream target per role.
+#[derive(Debug, Clone)]
+pub struct AgentResource {
+    pub name: String,
+    pub roles: BTreeMap<String, PgTarget>,
+}
+
+impl AgentConfig {
+    /// Reads `path`, resolving relative paths against its directory and reading secrets through
+    /// `env` (a lookup, so tests need not touch the process environment).
+    pub fn load(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let invalid = |key: String, why: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            why,
+        };
+        let spool_max_bytes = file.spool_max_bytes.unwrap_or(64 << 20);
+        if !(64 * 1024..=(16u64 << 30)).contains(&spool_max_bytes) {
+            return Err(invalid(
+                "spool_max_bytes".into(),
+                "must be between 65536 and 17179869184".into(),
+            ));
+        }
+        let mut resources: Vec<AgentResource> = Vec::new();
+        for (i, r) in file.resource.into_iter().enumerate() {
+            let key = |k: &str| format!("resource[{i}].{k}");
+            if r.kind != "postgres" {
+                return Err(invalid(
+                    key("kind"),
+                    format!("`{}` is not supported (postgres)", r.kind),
+                ));
+            }
+            if r.name.is_empty() || r.name.contains(':') {
+                return Err(invalid(key("name"), "must be non-empty without `:`".into()));
+            }
+            if resources.iter().any(|x| x.name == r.name) {
+                return Err(invalid(key("name"), format!("`{}` appears twice", r.name)));
+            }
+            if !r.address.contains(':') {
+                return Err(invalid(
+                    key("address"),
+                    format!("`{}` must be host:port", r.address),
+                ));
+            }
+            let connect_timeout = match r.connect_timeout.as_deref() {
+                None => Duration::from_secs(5),
+                Some(t) => parse_duration(t).ok_or_else(|| {
+                    invalid(key("connect_timeout"), format!("`{t}` is not a duration"))
+                })?,
+            };
+            let database = r.database.unwrap_or_else(|| r.name.clone());
+            let mut roles = BTreeMap::new();
+            let mut creds = vec![(DEFAULT_ROLE.to_string(), r.credential, key("credential"))];
+            for (role, c) in r.roles {
+                let k = key(&format!("roles.{role}"));
+                creds.push((role, c, k));
+            }
+            for (role, c, k) in creds {
+                let password = match (&c.password_env, &c.password_file) {
+                    (Some(var), None) => env(var).ok_or_else(|| {
+                        invalid(
+                            format!("{k}.password_env"),
+                            format!("environment variable `{var}` is not set"),
+                        )
+                    })?,
+                    (None, Some(f)) => {
+                        let f = resolve(f);
+                        std::fs::read_to_string(&f)
+                            .map_err(|e| {
+                                invalid(
+                                    format!("{k}.password_file"),
+                                    format!("cannot read `{}`: {e}", f.display()),
+                                )
+                            })?
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string()
+                    }
+                    _ => {
+                        return Err(invalid(
+                            k,
+                            "give exactly one of `password_env`, `password_file`".into(),
+                        ))
+                    }
+                };
+                roles.insert(
+                    role,
+                    PgTarget {
+                        address: r.address.clone(),
+                        database: database.clone(),
+                        username: c.username,
+                        password: Secret::new(password),
+                        connect_timeout,
+                    },
+                );
+            }
+            resources.push(AgentResource {
+                name: r.name,
+                roles,
+            });
+        }
+        if resources.is_empty() {
+            return Err(invalid(
+                "resource".into(),
+                "an agent must front at least one resource".into(),
+            ));
+        }
+        Ok(AgentConfig {
+            state_dir: resolve(&file.state_dir.unwrap_or_else(|| "agent-state".into())),
+            spool_max_bytes: spool_max_bytes as usize,
+            resources,
+        })
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&AgentResource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}

@@ -1,0 +1,402 @@
+//! The agent's side of the link: dial the gateway with mutual TLS, serve HTTP/2 on that
+//! connection (the gateway opens the streams, see [`crate::tunnel`]), reconnect with backoff.
+//!
+//! Sessions run the same relay and observer as the embedded agent; their statements go to the
+//! [`Spool`] and from there, in order, over the `/events` stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::session::{EventSink, SinkClosedError, Statement};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use super::config::AgentConfig;
+use super::identity::Identity;
+use crate::pg::{self, CancelHandle, RelayOptions, UpstreamError};
+use crate::spool::Spool;
+use crate::tunnel::{
+    self, Cancel, EventBody, H2Io, Hello, HelloResource, OpenSession, Opened, RefusalKind,
+};
+
+/// How often each side pings the other; a ping unanswered for as long ends the link.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Events sent per write on the `/events` stream.
+const EVENT_BATCH: usize = 256;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A running remote agent.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub identity: Identity,
+    pub spool: Spool,
+    cancels: Mutex<HashMap<String, CancelHandle>>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, identity: Identity, spool: Spool) -> Arc<Agent> {
+        Arc::new(Agent {
+            config,
+            identity,
+            spool,
+            cancels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            resources: self
+                .config
+                .resources
+                .iter()
+                .map(|r| HelloResource {
+                    name: r.name.clone(),
+                    roles: r.roles.keys().cloned().collect(),
+                })
+                .collect(),
+            spool_head: self.spool.head(),
+        }
+    }
+
+    /// Keeps a link to the gateway up until `shutdown` changes.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                r = self.clone().link_once() => r,
+                _ = shutdown.changed() => return,
+            };
+            match outcome {
+                Ok(()) => info!("the gateway closed the link"),
+                Err(e) => warn!(error = %e, "link to the gateway failed"),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = BACKOFF_MIN;
+            }
+            // Jitter: up to a quarter of the backoff, so that agents cut off together do not
+            // return together.
+            let mut r = [0u8; 8];
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+            let jitter =
+                Duration::from_micros(u64::from_be_bytes(r) % (backoff.as_micros() as u64 / 4 + 1));
+            let wait = backoff + jitter;
+            info!(
+                retry_in_ms = wait.as_millis() as u64,
+                "reconnecting to the gateway"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn link_once(self: Arc<Self>) -> Result<(), String> {
+        let link = &self.identity.link;
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&link.tunnel))
+            .await
+            .map_err(|_| format!("connecting to {} timed out", link.tunnel))?
+            .map_err(|e| format!("cannot connect to {}: {e}", link.tunnel))?;
+        tcp.set_nodelay(true).ok();
+        let name = rustls::pki_types::ServerName::try_from(link.server_name.clone())
+            .map_err(|e| format!("server name `{}`: {e}", link.server_name))?;
+        let connector = tokio_rustls::TlsConnector::from(self.identity.tls.clone());
+        let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .map_err(|_| "TLS handshake with the gateway timed out".to_string())?
+            .map_err(|e| format!("TLS handshake with the gateway failed: {e}"))?;
+        let mut conn = h2::server::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_concurrent_streams(4096)
+            .max_frame_size(1 << 16)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with the gateway failed: {e}"))?;
+        info!(tunnel = %link.tunnel, agent = %link.agent, "connected to the gateway");
+        let mut pinger = conn.ping_pong();
+        let heartbeat = async move {
+            let Some(pp) = pinger.as_mut() else {
+                return std::future::pending::<String>().await;
+            };
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                match tokio::time::timeout(HEARTBEAT * 2, pp.ping(h2::Ping::opaque())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("heartbeat failed: {e}"),
+                    Err(_) => return "the gateway stopped answering heartbeats".to_string(),
+                }
+            }
+        };
+        tokio::pin!(heartbeat);
+        loop {
+            let next = tokio::select! {
+                n = conn.accept() => n,
+                why = &mut heartbeat => return Err(why),
+            };
+            let (request, respond) = match next {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("link error: {e}")),
+                Some(Ok(x)) => x,
+            };
+            let agent = self.clone();
+            tokio::spawn(async move { agent.stream(request, respond).await });
+        }
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        request: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let path = request.uri().path().to_string();
+        let recv = request.into_body();
+        let ok = http::Response::builder()
+            .status(200)
+            .body(())
+            .unwrap_or_default();
+        let send = match respond.send_response(ok, false) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, path, "cannot answer a stream");
+                return;
+            }
+        };
+        let io = H2Io::new(send, recv);
+        match path.as_str() {
+            "/hello" => {
+                let mut io = io;
+                let _ = tunnel::write_frame(&mut io, &self.hello()).await;
+                let _ = io.shutdown().await;
+            }
+            "/events" => self.events(io).await,
+            "/session" => self.session(io).await,
+            "/cancel" => self.cancel(io).await,
+            other => {
+                warn!(path = other, "the gateway opened an unknown stream");
+                let mut io = io;
+                let _ = io.shutdown().await;
+            }
+        }
+    }
+
+    /// Sends spooled events in order from the last acknowledged one; takes acknowledgements.
+    async fn events(&self, io: H2Io) {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let acks = async {
+            let mut buf = [0u8; 8];
+            loop {
+                if let Err(e) = rd.read_exact(&mut buf).await {
+                    return format!("acknowledgements ended: {e}");
+                }
+                if let Err(e) = self.spool.ack(u64::from_be_bytes(buf)) {
+                    return format!("cannot record an acknowledgement: {e}");
+                }
+            }
+        };
+        let send = async {
+            let mut head = self.spool.watch_head();
+            let mut sent = self.spool.acked();
+            loop {
+                let batch = self.spool.unsent(sent, EVENT_BATCH);
+                if batch.is_empty() {
+                    if head.changed().await.is_err() {
+                        return "the spool closed".to_string();
+                    }
+                    continue;
+                }
+                let mut buf = Vec::with_capacity(batch.iter().map(|(_, b)| b.len()).sum());
+                for (seq, rec) in &batch {
+                    buf.extend_from_slice(rec);
+                    sent = *seq;
+                }
+                if let Err(e) = wr.write_all(&buf).await {
+                    return format!("sending events failed: {e}");
+                }
+            }
+        };
+        let why = tokio::select! {
+            w = acks => w,
+            w = send => w,
+        };
+        info!(reason = %why, "event stream ended");
+    }
+
+    async fn session(&self, mut io: H2Io) {
+        let open: OpenSession = match tunnel::read_frame(&mut io).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "malformed session request from the gateway");
+                return;
+            }
+        };
+        let span = tracing::info_span!("session", session.id = %open.session_id, user = %open.user, resource = %open.resource, role = %open.role);
+        self.session_inner(io, open).instrument(span).await
+    }
+
+    async fn session_inner(&self, mut io: H2Io, open: OpenSession) {
+        let refuse = |kind: RefusalKind, message: String, code: Option<String>| Opened::Refused {
+            kind,
+            message,
+            code,
+        };
+        let target = self
+            .config
+            .resource(&open.resource)
+            .and_then(|r| r.roles.get(&open.role));
+        let answer = match target {
+            None => Err(refuse(
+                RefusalKind::UnknownResource,
+                format!(
+                    "agent `{}` fronts no resource `{}` with role `{}`",
+                    self.identity.link.agent, open.resource, open.role
+                ),
+                None,
+            )),
+            Some(_) if !self.spool.accepts_sessions() => {
+                let (n, bytes) = self.spool.backlog();
+                warn!(
+                    events = n,
+                    bytes, "event spool is full; refusing a new session"
+                );
+                Err(refuse(
+                    RefusalKind::SpoolFull,
+                    format!(
+                        "agent `{}` cannot log more sessions until the gateway takes its \
+                         {n} spooled events",
+                        self.identity.link.agent
+                    ),
+                    None,
+                ))
+            }
+            Some(t) => pg::connect(t, &open.params)
+                .await
+                .map_err(|e| upstream_refusal(&e))
+                .map(|up| (t.username.clone(), t.address.clone(), up)),
+        };
+        let (upstream, opened) = match answer {
+            Ok((user, address, up)) => {
+                let opened = Opened::Ok {
+                    params: up.params.clone(),
+                    notices: up.notices.iter().map(|n| n.to_vec()).collect(),
+                    upstream_user: user,
+                    upstream: address,
+                };
+                (Some(up), opened)
+            }
+            Err(refused) => (None, refused),
+        };
+        if let Err(e) = tunnel::write_frame(&mut io, &opened).await {
+            warn!(error = %e, "cannot answer the gateway's session request");
+            return;
+        }
+        let Some(upstream) = upstream else {
+            if let Opened::Refused { message, .. } = &opened {
+                info!(reason = %message, "session refused");
+            }
+            let _ = io.shutdown().await;
+            return;
+        };
+        if let Some(h) = upstream.cancel_handle() {
+            lock(&self.cancels).insert(open.session_id.clone(), h);
+        }
+        info!("session started");
+        let opts = RelayOptions {
+            max_message_bytes: open.max_message_bytes,
+            statement_max_bytes: open.statement_max_bytes,
+            log_parameters: open.log_parameters,
+        };
+        let sink = SpoolSink {
+            spool: &self.spool,
+            session_id: &open.session_id,
+            user: &open.user,
+            resource: &open.resource,
+        };
+        // The gateway ends sessions by closing the stream; nothing here kills them.
+        let (_never, kill) = watch::channel(None);
+        let summary = pg::relay(upstream.into_stream(), io, &opts, &sink, kill).await;
+        lock(&self.cancels).remove(&open.session_id);
+        info!(reason = %summary.reason, statements = summary.statements, "session ended");
+    }
+
+    async fn cancel(&self, mut io: H2Io) {
+        let Ok(Some(c)) = tunnel::read_frame::<_, Cancel>(&mut io).await else {
+            return;
+        };
+        let handle = lock(&self.cancels).get(&c.session_id).cloned();
+        if let Some(h) = handle {
+            if let Err(e) = h.cancel().await {
+                warn!(error = %e, session.id = %c.session_id, "cancel request failed");
+            }
+        }
+        let _ = io.shutdown().await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn upstream_refusal(e: &UpstreamError) -> Opened {
+    let (kind, code) = match e {
+        UpstreamError::CredentialRejected(_) | UpstreamError::Scram(_) => {
+            (RefusalKind::CredentialRejected, None)
+        }
+        UpstreamError::Refused(f) => (RefusalKind::UpstreamRefused, Some(f.code.clone())),
+        UpstreamError::Unreachable { .. } | UpstreamError::Timeout(_) => {
+            (RefusalKind::Unreachable, None)
+        }
+        _ => (RefusalKind::Other, None),
+    };
+    let message = match e {
+        UpstreamError::Refused(f) => f.message.clone(),
+        other => other.to_string(),
+    };
+    warn!(error = %e, "upstream connection failed");
+    Opened::Refused {
+        kind,
+        message,
+        code,
+    }
+}
+
+/// Statements into the spool (waits while it is full; never drops).
+struct SpoolSink<'a> {
+    spool: &'a Spool,
+    session_id: &'a str,
+    user: &'a str,
+    resource: &'a str,
+}
+
+impl EventSink for SpoolSink<'_> {
+    fn statement(
+        &self,
+        statement: Statement,
+    ) -> impl std::future::Future<Output = Result<(), SinkClosedError>> + Send {
+        async move {
+            self.spool
+                .append(
+                    self.session_id,
+                    self.user,
+                    self.resource,
+                    EventBody::statement(statement),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot append to the event spool; ending the session");
+                    SinkClosedError
+                })
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Remote agents, gateway side: the agent CA ([`ca`]), enrollment with one-time join tokens
+//! ([`enroll`]), and the links agents open to the agent listener ([`link`]), through which the
+//! front door routes sessions to resources the gateway cannot reach itself.
+
+pub mod ca;
+pub mod enroll;
+pub mod link;
+
+use std::sync::Arc;
+
+use crate::audit::AuditLog;
+use crate::config::AgentsConfig;
+use crate::store::Store;
+
+pub use link::{LinkError, Links};
+
+/// Everything the agent listener and the enrollment endpoint share.
+pub struct AgentService {
+    pub config: AgentsConfig,
+    pub ca: ca::AgentCa,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub links: Links,
+}
+
+impl AgentService {
+    pub fn new(
+        config: AgentsConfig,
+        state_dir: &std::path::Path,
+        store: Store,
+        audit: AuditLog,
+    ) -> Result<Arc<AgentService>, ca::CaError> {
+        let ca = ca::AgentCa::load_or_create(&state_dir.join("agents"))?;
+        Ok(Arc::new(AgentService {
+            config,
+            ca,
+            store,
+            audit,
+            links: Links::default(),
+        }))
+    }
+}

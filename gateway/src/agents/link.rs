@@ -1,0 +1,569 @@
+//! The agent listener and the live links: each remote agent holds one mutual-TLS connection on
+//! which the gateway is the HTTP/2 client (see `gatehouse_agent::tunnel`).
+//!
+//! A connection is admitted only if its client certificate chains to the agent CA *and* is the
+//! current certificate of an active agent in the store (so revocation and re-enrollment take
+//! effect at the next connection; a watcher also cuts a live link within a second). While up,
+//! the link carries the agent's event stream (acknowledged only once the events are committed
+//! to the audit log), heartbeats, and one stream per session the front door routes to it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse_agent::tunnel::{
+    self, Cancel, EventBody, H2Io, Hello, OpenSession, Opened, SpooledEvent,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::{info, warn, Instrument};
+
+use super::ca::sha256_hex;
+use super::AgentService;
+use crate::audit::{AuditError, EventKind, NewEvent};
+
+/// How often the gateway pings each agent; twice this without an answer ends the link.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a live link re-reads its agent's row (revocation, re-enrollment).
+const RECHECK: Duration = Duration::from_secs(1);
+/// How long the TLS handshake, the hello, and a session's opening may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events committed but not yet acknowledged, per link.
+const IN_FLIGHT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("agent `{0}` is not connected to the gateway")]
+    NotConnected(String),
+    #[error("the link to agent `{agent}` failed: {why}")]
+    Failed { agent: String, why: String },
+    #[error("agent `{0}` did not answer in time")]
+    Timeout(String),
+}
+
+struct Link {
+    generation: u64,
+    sender: h2::client::SendRequest<Bytes>,
+    hello: Hello,
+    close: watch::Sender<Option<String>>,
+}
+
+/// The live links, by agent name.
+#[derive(Clone, Default)]
+pub struct Links {
+    inner: Arc<Mutex<HashMap<String, Arc<Link>>>>,
+    generations: Arc<AtomicU64>,
+}
+
+fn h2_failed(agent: &str) -> impl FnOnce(h2::Error) -> LinkError + '_ {
+    move |e| LinkError::Failed {
+        agent: agent.to_string(),
+        why: e.to_string(),
+    }
+}
+
+fn request(path: &str) -> http::Request<()> {
+    let mut req = http::Request::new(());
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = http::Uri::from_maybe_shared(Bytes::from(format!("http://agent{path}")))
+        .unwrap_or_default();
+    req
+}
+
+/// Opens a stream to the agent: sends `first` as its opening frame, waits for the response head.
+async fn open_stream<T: serde::Serialize>(
+    agent: &str,
+    sender: &h2::client::SendRequest<Bytes>,
+    path: &str,
+    first: Option<&T>,
+) -> Result<H2Io, LinkError> {
+    let mut sender = sender.clone().ready().await.map_err(h2_failed(agent))?;
+    let (response, mut send) = sender
+        .send_request(request(path), false)
+        .map_err(h2_failed(agent))?;
+    if let Some(first) = first {
+        let frame = tunnel::frame(first).map_err(|e| LinkError::Failed {
+            agent: agent.to_string(),
+            why: e.to_string(),
+        })?;
+        send.send_data(Bytes::from(frame), false)
+            .map_err(h2_failed(agent))?;
+    }
+    let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, response)
+        .await
+        .map_err(|_| LinkError::Timeout(agent.to_string()))?
+        .map_err(h2_failed(agent))?;
+    Ok(H2Io::new(send, response.into_body()))
+}
+
+impl Links {
+    fn get(&self, agent: &str) -> Option<Arc<Link>> {
+        lock(&self.inner).get(agent).cloned()
+    }
+
+    /// Names of agents with a live link, with what they front.
+    pub fn connected(&self) -> Vec<(String, Hello)> {
+        let mut v: Vec<_> = lock(&self.inner)
+            .iter()
+            .map(|(k, l)| (k.clone(), l.hello.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Asks `agent` to open a session; returns its answer and, when it opened, the stream that
+    /// now carries the session's bytes.
+    pub async fn open_session(
+        &self,
+        agent: &str,
+        open: &OpenSession,
+    ) -> Result<(Opened, H2Io), LinkError> {
+        let link = self
+            .get(agent)
+            .ok_or_else(|| LinkError::NotConnected(agent.to_string()))?;
+        let mut io = open_stream(agent, &link.sender, "/session", Some(open)).await?;
+        let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, tunnel::read_frame(&mut io))
+            .await
+            .map_err(|_| LinkError::Timeout(agent.to_string()))?
+            .map_err(|e| LinkError::Failed {
+                agent: agent.to_string(),
+                why: e.to_string(),
+            })?
+            .ok_or_else(|| LinkError::Failed {
+                agent: agent.to_string(),
+                why: "the agent closed the session stream without an answer".into(),
+            })?;
+        Ok((opened, io))
+    }
+
+    /// Asks `agent` to cancel the query running in `session_id`.
+    pub async fn cancel(&self, agent: &str, session_id: &str) -> Result<(), LinkError> {
+        let link = self
+            .get(agent)
+            .ok_or_else(|| LinkError::NotConnected(agent.to_string()))?;
+        let cancel = Cancel {
+            session_id: session_id.to_string(),
+        };
+        let mut io = open_stream(agent, &link.sender, "/cancel", Some(&cancel)).await?;
+        let _ = io.shutdown().await;
+        Ok(())
+    }
+
+    /// Ends every link (shutdown).
+    pub fn close_all(&self, why: &str) {
+        for link in lock(&self.inner).values() {
+            link.close.send_replace(Some(why.to_string()));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Accepts agent connections until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Arc<AgentService>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tls_config = match svc.ca.listener_config(&svc.config.server_name) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot configure the agent listener; no agent can connect");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let limit = Arc::new(Semaphore::new(svc.config.max_agents * 2));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => {
+                svc.links.close_all("the gateway is shutting down");
+                return;
+            }
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "agent listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(peer = %peer, "agent connection refused: too many agent connections");
+            continue;
+        };
+        tcp.set_nodelay(true).ok();
+        let svc = svc.clone();
+        let acceptor = acceptor.clone();
+        let span = tracing::info_span!("agent", peer = %peer, agent = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                connection(svc, acceptor, tcp, peer).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn refusal(peer: SocketAddr, agent: &str, why: &str, detail: serde_json::Value) -> NewEvent {
+    let mut e = NewEvent::new(EventKind::AgentRefused);
+    e.actor = if agent.is_empty() {
+        String::new()
+    } else {
+        format!("agent:{agent}")
+    };
+    e.resource = agent.to_string();
+    e.action = "connect".into();
+    e.decision = "deny".into();
+    e.reason = why.to_string();
+    e.detail = detail;
+    e.detail["client_addr"] = serde_json::json!(peer.to_string());
+    e
+}
+
+async fn connection(
+    svc: Arc<AgentService>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Err(_) => {
+            info!("agent TLS handshake timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            // A certificate the CA did not sign (forged, from another gateway, expired) fails
+            // here. Other failures (a port scan) are logged, not audited.
+            let cert_problem = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| {
+                    matches!(
+                        r,
+                        rustls::Error::InvalidCertificate(_)
+                            | rustls::Error::NoCertificatesPresented
+                            | rustls::Error::AlertReceived(_)
+                    )
+                });
+            info!(error = %e, "agent TLS handshake failed");
+            if cert_problem {
+                let _ = svc
+                    .audit
+                    .record(refusal(
+                        peer,
+                        "",
+                        &format!("TLS handshake refused: {e}"),
+                        serde_json::json!({}),
+                    ))
+                    .await;
+            }
+            return;
+        }
+        Ok(Ok(s)) => s,
+    };
+    let fingerprint = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(c) => sha256_hex(c.as_ref()),
+        None => return,
+    };
+    let row = match svc.store.agent_by_cert(&fingerprint).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot check the agent's certificate in the store; refusing (fail closed)");
+            return;
+        }
+    };
+    let agent = match row {
+        Some(r) if r.status == "active" => r.name,
+        Some(r) => {
+            let _ = svc
+                .audit
+                .record_durable(refusal(
+                    peer,
+                    &r.name,
+                    &format!("agent `{}` is {}", r.name, r.status),
+                    serde_json::json!({ "cert_sha256": fingerprint }),
+                ))
+                .await;
+            info!(agent = %r.name, status = %r.status, "refused an agent that is not active");
+            return;
+        }
+        None => {
+            let _ = svc
+                .audit
+                .record_durable(refusal(
+                    peer,
+                    "",
+                    "the certificate is not any agent's current certificate (replaced by a re-enrollment, or never issued to an agent)",
+                    serde_json::json!({ "cert_sha256": fingerprint }),
+                ))
+                .await;
+            info!("refused an agent certificate that is not current");
+            return;
+        }
+    };
+    tracing::Span::current().record("agent", agent.as_str());
+    let why = link(&svc, &agent, &fingerprint, tls, peer).await;
+    info!(reason = %why, "agent link ended");
+    let ts = crate::audit::event::now_ts();
+    if let Err(e) = svc.store.agent_disconnected(&agent, &ts).await {
+        warn!(error = %e, "cannot record the agent's disconnection in the store");
+    }
+    let mut e = NewEvent::new(EventKind::AgentDisconnected);
+    e.actor = format!("agent:{agent}");
+    e.resource = agent.clone();
+    e.action = "disconnect".into();
+    e.reason = why;
+    e.detail = serde_json::json!({ "client_addr": peer.to_string() });
+    let _ = svc.audit.record(e).await;
+}
+
+/// Runs one admitted link until it ends; returns why.
+async fn link(
+    svc: &Arc<AgentService>,
+    agent: &str,
+    fingerprint: &str,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+) -> String {
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_concurrent_reset_streams(1024)
+        .handshake::<_, Bytes>(tls);
+    let (sender, mut connection) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Err(_) => return "HTTP/2 handshake timed out".into(),
+        Ok(Err(e)) => return format!("HTTP/2 handshake failed: {e}"),
+        Ok(Ok(x)) => x,
+    };
+    let ping = connection.ping_pong();
+    let driver = async move {
+        match connection.await {
+            Ok(()) => "the agent closed the connection".to_string(),
+            Err(e) => format!("connection error: {e}"),
+        }
+    };
+    tokio::pin!(driver);
+
+    // Hello: what the agent runs and fronts.
+    let hello = async {
+        let mut io = open_stream::<()>(agent, &sender, "/hello", None).await?;
+        let _ = io.shutdown().await;
+        tunnel::read_frame::<_, Hello>(&mut io)
+            .await
+            .map_err(|e| LinkError::Failed {
+                agent: agent.to_string(),
+                why: e.to_string(),
+            })?
+            .ok_or_else(|| LinkError::Failed {
+                agent: agent.to_string(),
+                why: "empty hello".into(),
+            })
+    };
+    let hello = tokio::select! {
+        why = &mut driver => return why,
+        h = tokio::time::timeout(HANDSHAKE_TIMEOUT, hello) => match h {
+            Err(_) => return "the agent did not say hello in time".into(),
+            Ok(Err(e)) => return e.to_string(),
+            Ok(Ok(h)) => h,
+        },
+    };
+
+    // Register (a newer link of the same agent replaces an older one).
+    let generation = svc.links.generations.fetch_add(1, Ordering::Relaxed) + 1;
+    let (close_tx, mut close_rx) = watch::channel(None::<String>);
+    let previous = lock(&svc.links.inner).insert(
+        agent.to_string(),
+        Arc::new(Link {
+            generation,
+            sender: sender.clone(),
+            hello: hello.clone(),
+            close: close_tx,
+        }),
+    );
+    if let Some(old) = previous {
+        old.close.send_replace(Some(
+            "replaced by a newer connection of the same agent".into(),
+        ));
+    }
+    let ts = crate::audit::event::now_ts();
+    let resources = serde_json::to_string(&hello.resources).unwrap_or_else(|_| "[]".into());
+    if let Err(e) = svc
+        .store
+        .agent_connected(agent, &ts, &hello.version, &resources)
+        .await
+    {
+        warn!(error = %e, "cannot record the agent's connection in the store");
+    }
+    let mut e = NewEvent::new(EventKind::AgentConnected);
+    e.actor = format!("agent:{agent}");
+    e.resource = agent.to_string();
+    e.action = "connect".into();
+    e.decision = "allow".into();
+    e.detail = serde_json::json!({
+        "client_addr": peer.to_string(),
+        "cert_sha256": fingerprint,
+        "version": hello.version,
+        "resources": hello.resources,
+        "spool_head": hello.spool_head,
+    });
+    let _ = svc.audit.record(e).await;
+    info!(version = %hello.version, resources = hello.resources.len(), spool_head = hello.spool_head, "agent connected");
+
+    let why = tokio::select! {
+        why = &mut driver => why,
+        why = events(svc, agent, &sender) => why,
+        why = heartbeat(svc, agent, ping) => why,
+        why = recheck(svc, agent, fingerprint) => why,
+        why = async { loop {
+            if let Some(why) = close_rx.borrow_and_update().clone() { return why; }
+            if close_rx.changed().await.is_err() { return "closed".to_string(); }
+        } } => why,
+    };
+    {
+        let mut links = lock(&svc.links.inner);
+        if links.get(agent).is_some_and(|l| l.generation == generation) {
+            links.remove(agent);
+        }
+    }
+    why
+}
+
+async fn heartbeat(svc: &AgentService, agent: &str, ping: Option<h2::PingPong>) -> String {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        match tokio::time::timeout(HEARTBEAT * 2, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {
+                let ts = crate::audit::event::now_ts();
+                if let Err(e) = svc.store.agent_seen(agent, &ts).await {
+                    warn!(error = %e, "cannot record the agent's heartbeat");
+                }
+            }
+            Ok(Err(e)) => return format!("heartbeat failed: {e}"),
+            Err(_) => return "the agent stopped answering heartbeats".into(),
+        }
+    }
+}
+
+async fn recheck(svc: &AgentService, agent: &str, fingerprint: &str) -> String {
+    loop {
+        tokio::time::sleep(RECHECK).await;
+        match svc.store.agent(agent).await {
+            Ok(Some(r))
+                if r.status == "active" && r.cert_sha256.as_deref() == Some(fingerprint) => {}
+            Ok(Some(r)) if r.status != "active" => {
+                return format!("agent `{agent}` was {}", r.status)
+            }
+            Ok(_) => return "the agent's certificate was replaced by a re-enrollment".into(),
+            Err(e) => warn!(error = %e, "cannot re-check the agent in the store"),
+        }
+    }
+}
+
+/// Takes the agent's events in order, hands them to the audit writer, and acknowledges each
+/// once it is committed.
+async fn events(
+    svc: &AgentService,
+    agent: &str,
+    sender: &h2::client::SendRequest<Bytes>,
+) -> String {
+    let io = match open_stream::<()>(agent, sender, "/events", None).await {
+        Ok(io) => io,
+        Err(e) => return e.to_string(),
+    };
+    let (mut rd, mut wr) = tokio::io::split(io);
+    type Confirm = oneshot::Receiver<Result<u64, AuditError>>;
+    let (tx, mut rx) = mpsc::channel::<(u64, Confirm)>(IN_FLIGHT);
+    let read = async {
+        let mut last = 0u64;
+        loop {
+            let event: SpooledEvent = match tunnel::read_frame(&mut rd).await {
+                Ok(Some(e)) => e,
+                Ok(None) => return "the agent ended its event stream".to_string(),
+                Err(e) => return format!("bad event stream: {e}"),
+            };
+            if event.seq <= last {
+                return format!(
+                    "event stream out of order ({} after {last}); the link is dropped",
+                    event.seq
+                );
+            }
+            last = event.seq;
+            let confirm = match svc
+                .audit
+                .record_confirmed(agent_event(agent, event.clone()))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return format!("the audit log is closed: {e}"),
+            };
+            if tx.send((event.seq, confirm)).await.is_err() {
+                return "acknowledgements stopped".to_string();
+            }
+        }
+    };
+    let ack = async {
+        while let Some((mut seq, confirm)) = rx.recv().await {
+            if !matches!(confirm.await, Ok(Ok(_))) {
+                return "the audit log could not commit the agent's events".to_string();
+            }
+            // Acknowledge everything already committed in one go.
+            while let Ok((next, confirm)) = rx.try_recv() {
+                if !matches!(confirm.await, Ok(Ok(_))) {
+                    return "the audit log could not commit the agent's events".to_string();
+                }
+                seq = next;
+            }
+            if let Err(e) = wr.write_all(&seq.to_be_bytes()).await {
+                return format!("cannot acknowledge events: {e}");
+            }
+        }
+        "acknowledgements stopped".to_string()
+    };
+    tokio::select! {
+        why = read => why,
+        why = ack => why,
+    }
+}
+
+/// An agent's spooled event as an audit event.
+fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
+    match e.body {
+        EventBody::Statement {
+            kind,
+            text,
+            truncated_from,
+            name,
+            params,
+        } => {
+            let mut out = crate::pg::sink::statement_event(
+                &e.user,
+                &e.resource,
+                &e.session_id,
+                &kind,
+                text,
+                truncated_from,
+                name,
+                params,
+            );
+            out.detail["agent"] = serde_json::json!(agent);
+            out.detail["agent_seq"] = serde_json::json!(e.seq);
+            out.detail["observed_at"] = serde_json::json!(e.ts);
+            out.origin = Some((agent.to_string(), e.seq));
+            out
+        }
+    }
+}
