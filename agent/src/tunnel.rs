@@ -275,33 +275,28 @@ impl AsyncWrite for H2Io {
         }
         let want = data.len().min(MAX_CHUNK);
         self.send.reserve_capacity(want);
-        loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => {
-                    // Capacity was taken back; ask again.
-                    self.send.reserve_capacity(want);
-                    if let Poll::Ready(r) = self.send.poll_reset(cx) {
-                        let why = match r {
-                            Ok(reason) => format!("stream reset by peer: {reason}"),
-                            Err(e) => e.to_string(),
-                        };
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            why,
-                        )));
-                    }
-                    return Poll::Pending;
+        match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(0)) => {
+                // Capacity was taken back; ask again, unless the peer reset the stream.
+                self.send.reserve_capacity(want);
+                if let Poll::Ready(r) = self.send.poll_reset(cx) {
+                    let why = match r {
+                        Ok(reason) => format!("stream reset by peer: {reason}"),
+                        Err(e) => e.to_string(),
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, why)));
                 }
-                Some(Ok(n)) => {
-                    let n = n.min(want);
-                    self.send
-                        .send_data(Bytes::copy_from_slice(&data[..n]), false)
-                        .map_err(h2_io_error)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Poll::Pending
             }
+            Some(Ok(n)) => {
+                let n = n.min(want);
+                self.send
+                    .send_data(Bytes::copy_from_slice(&data[..n]), false)
+                    .map_err(h2_io_error)?;
+                Poll::Ready(Ok(n))
+            }
+            Some(Err(e)) => Poll::Ready(Err(h2_io_error(e))),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
         }
     }
 
@@ -319,6 +314,7 @@ impl AsyncWrite for H2Io {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

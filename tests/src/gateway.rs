@@ -160,10 +160,27 @@ pub struct Resource {
     labels: BTreeMap<String, String>,
     log_parameters: Option<bool>,
     credential: Option<Credential>,
+    agent: Option<String>,
     raw: Vec<(String, String)>,
 }
 
 impl Resource {
+    /// A `kind = "postgres"` resource behind remote agent `agent`: no address, database or
+    /// credential (the agent's `agent.toml` holds them). No labels: add them.
+    pub fn behind_agent(name: &str, agent: &str) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            kind: "postgres".to_owned(),
+            address: String::new(),
+            database: None,
+            labels: BTreeMap::new(),
+            log_parameters: None,
+            credential: None,
+            agent: Some(agent.to_owned()),
+            raw: Vec::new(),
+        }
+    }
+
     /// A `kind = "postgres"` resource at `address` (e.g. `pg.addr()`) for `database`, without
     /// labels or credential.
     pub fn postgres(name: &str, address: impl ToString, database: &str) -> Resource {
@@ -175,6 +192,7 @@ impl Resource {
             labels: BTreeMap::new(),
             log_parameters: None,
             credential: None,
+            agent: None,
             raw: Vec::new(),
         }
     }
@@ -267,7 +285,14 @@ impl Resource {
         out.push_str("\n[[resource]]\n");
         let _ = writeln!(out, "name = {}", toml_str(&self.name));
         let _ = writeln!(out, "kind = {}", toml_str(&self.kind));
-        let _ = writeln!(out, "address = {}", toml_str(&self.address));
+        match &self.agent {
+            Some(agent) => {
+                let _ = writeln!(out, "agent = {}", toml_str(agent));
+            }
+            None => {
+                let _ = writeln!(out, "address = {}", toml_str(&self.address));
+            }
+        }
         if let Some(db) = &self.database {
             let _ = writeln!(out, "database = {}", toml_str(db));
         }

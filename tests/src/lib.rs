@@ -55,6 +55,7 @@
 //! - `GATEHOUSE_TESTS_KEEP=1`: keep every temporary directory (they are always kept, and
 //!   their path printed, when a test panics).
 
+pub mod agent;
 pub mod browser;
 pub mod clients;
 pub mod gateway;

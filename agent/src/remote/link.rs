@@ -379,24 +379,19 @@ struct SpoolSink<'a> {
 }
 
 impl EventSink for SpoolSink<'_> {
-    fn statement(
-        &self,
-        statement: Statement,
-    ) -> impl std::future::Future<Output = Result<(), SinkClosedError>> + Send {
-        async move {
-            self.spool
-                .append(
-                    self.session_id,
-                    self.user,
-                    self.resource,
-                    EventBody::statement(statement),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    tracing::error!(error = %e, "cannot append to the event spool; ending the session");
-                    SinkClosedError
-                })
-        }
+    async fn statement(&self, statement: Statement) -> Result<(), SinkClosedError> {
+        self.spool
+            .append(
+                self.session_id,
+                self.user,
+                self.resource,
+                EventBody::statement(statement),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot append to the event spool; ending the session");
+                SinkClosedError
+            })
     }
 }

@@ -1,0 +1,465 @@
+//! Remote agents end to end: a real PostgreSQL reachable only through a `gatehouse-agent`
+//! process, enrolled with a join token, linked to the gateway over mutual TLS.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::agent::{join_token, AgentProc, AgentSpec};
+use gatehouse_tests::pg::ORDERS_PASSWORD;
+use gatehouse_tests::{free_port, Gateway, GatewayConfig, PgServer, Pgbench, Psql, Resource};
+
+const LINK_UP: Duration = Duration::from_secs(30);
+
+/// A gateway with `orders-db` behind agent `dc1` and an agent listener on a fixed port (so a
+/// restarted gateway is where the agent looks for it).
+fn gateway_with_agent_listener(
+    extra: impl FnOnce(GatewayConfig) -> GatewayConfig,
+) -> anyhow::Result<Gateway> {
+    let port = free_port()?;
+    Gateway::start(extra(
+        GatewayConfig::new()
+            .set("agents", "listen", &format!("\"127.0.0.1:{port}\""))
+            .resource(
+                Resource::behind_agent("orders-db", "dc1")
+                    .labels(&[("env", "dev"), ("data_class", "internal")]),
+            ),
+    ))
+}
+
+fn events(gw: &Gateway) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(gw
+        .settled_export()?
+        .into_iter()
+        .filter(|e| e["type"] == "event")
+        .collect())
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn postgres_behind_an_agent_works_with_psql_and_pgbench_and_no_password_reaches_the_gateway(
+) -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    pg.pgbench_init("orders", 1)?;
+    let gw = gateway_with_agent_listener(|c| c)?;
+
+    // Before the agent exists the resource is offline, and the client is told so.
+    let out = gw
+        .psql_as("alice", &["engineering"], "orders-db", "select 1")?
+        .err()?;
+    assert!(out.stderr.contains("offline"), "{out}");
+
+    let agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    agent.wait_connected(&gw, LINK_UP)?;
+
+    let out = gw
+        .psql_as(
+            "alice",
+            &["engineering"],
+            "orders-db",
+            "select count(*) from orders",
+        )?
+        .ok()?;
+    assert_eq!(out.stdout.trim(), "1000");
+    let token = gw.token("bench", &["engineering"], "1h")?;
+    let bench = Pgbench::new(gw.pg_addr(), "orders-db", "bench")
+        .password(&token)
+        .args(&["-n", "-S", "-c", "4", "-j", "2", "-T", "3"])
+        .run()?;
+    let tps = bench.tps().unwrap_or(0.0);
+    assert!(tps > 10.0, "pgbench through the agent: {}", bench.output);
+
+    // `gatehouse agents` shows the link, the resources and the version.
+    let list = gw.cli(&["agents"])?.ok()?;
+    assert!(list.stdout.contains("dc1"), "{list}");
+    assert!(list.stdout.contains("up"), "{list}");
+    assert!(list.stdout.contains("orders-db"), "{list}");
+    assert!(list.stdout.contains(env!("CARGO_PKG_VERSION")), "{list}");
+
+    let events = events(&gw)?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in ["agent.join_token", "agent.enrolled", "agent.connected"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let from_agent = events
+        .iter()
+        .filter(|e| e["kind"] == "db.statement" && e["detail"]["agent"] == "dc1")
+        .count();
+    assert!(
+        from_agent > 100,
+        "statements reported by the agent: {from_agent}"
+    );
+    assert!(events.iter().any(|e| e["kind"] == "db.statement"
+        && e["actor"] == "alice"
+        && e["detail"]["statement"]
+            .as_str()
+            .is_some_and(|s| s.contains("count(*) from orders"))));
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "session.start" && e["detail"]["agent"] == "dc1"));
+    assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
+
+    // The brokered password is nowhere on the gateway's side: config, state (store, keys),
+    // logs, exports.
+    let export = gw.audit_export("jsonl", &[])?.ok()?;
+    let csv = gw.audit_export("csv", &[])?.ok()?;
+    let mut paths = Vec::new();
+    files(gw.dir(), &mut paths);
+    assert!(paths.len() > 3, "{paths:?}");
+    for p in &paths {
+        let data = std::fs::read(p)?;
+        assert!(
+            !contains(&data, ORDERS_PASSWORD.as_bytes()),
+            "the brokered password is in {}",
+            p.display()
+        );
+    }
+    for text in [&export.stdout, &csv.stdout, &gw.logs()] {
+        assert!(!text.contains(ORDERS_PASSWORD));
+    }
+    Ok(())
+}
+
+/// The tags psql printed (queries that completed), and every tag's count among the audit
+/// log's statements.
+fn tags(printed: &str, prefix: &str) -> Vec<String> {
+    printed
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.split('|').next().unwrap_or(l).to_string())
+        .collect()
+}
+
+fn statement_counts(events: &[serde_json::Value], prefix: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for e in events.iter().filter(|e| e["kind"] == "db.statement") {
+        let Some(s) = e["detail"]["statement"].as_str() else {
+            continue;
+        };
+        if let Some(start) = s.find(&format!("'{prefix}")) {
+            let rest = &s[start + 1..];
+            if let Some(end) = rest.find('\'') {
+                *counts.entry(rest[..end].to_string()).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+#[test]
+fn gateway_killed_under_20_sessions_every_query_event_arrives_once() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let mut gw = gateway_with_agent_listener(|c| c)?;
+    let agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    agent.wait_connected(&gw, LINK_UP)?;
+
+    // 20 sessions, each sending numbered queries one by one.
+    let mut children = Vec::new();
+    for i in 0..20 {
+        let user = format!("k{i:02}");
+        let token = gw.token(&user, &["engineering"], "1h")?;
+        let mut cmd = Psql::new(gw.pg_addr(), "orders-db", &user)
+            .password(&token)
+            .command()?;
+        for j in 0..400 {
+            cmd.arg("-c")
+                .arg(format!("select 'kq-{i}-{j}' as tag, pg_sleep(0.02)"));
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(cmd.spawn()?);
+    }
+    // Let them run, then kill the gateway under them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: usize = pg
+            .exec(
+                "postgres",
+                "select count(*) from pg_stat_activity where query like '%kq-%'",
+            )?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if n >= 20 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    gw.kill9()?;
+    let mut printed = String::new();
+    for c in children {
+        let out = c.wait_with_output()?;
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let done = tags(&printed, "kq-");
+    assert!(
+        done.len() >= 20,
+        "queries completed before the kill: {}",
+        done.len()
+    );
+
+    // The gateway comes back on the same agent port; the agent reconnects and delivers what
+    // it had not had acknowledged.
+    gw.restart()?;
+    agent.wait_connected(&gw, LINK_UP)?;
+    let events = events(&gw)?;
+    let counts = statement_counts(&events, "kq-");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "events stored twice: {twice:?}");
+    let missing: Vec<_> = done.iter().filter(|t| !counts.contains_key(*t)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} completed queries have no event, e.g. {:?}\n{}",
+        missing.len(),
+        done.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        agent.logs()
+    );
+    // Per session, the agent's order is the log's order.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e["detail"]["agent"] == "dc1" && e["kind"] == "db.statement")
+    {
+        let session = e["session_id"].as_str().unwrap_or_default().to_string();
+        let seq = e["detail"]["agent_seq"].as_u64().unwrap_or(0);
+        let prev = last.insert(session.clone(), seq).unwrap_or(0);
+        assert!(
+            seq > prev,
+            "session {session}: agent seq {seq} after {prev}"
+        );
+    }
+    assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn agent_killed_with_unacknowledged_events_delivers_them_once_after_restart() -> anyhow::Result<()>
+{
+    let pg = PgServer::start()?;
+    let mut store = PgServer::start()?;
+    let url = store.create_database("gatehouse")?;
+    let gw = gateway_with_agent_listener(|c| c.store_url(&url))?;
+    let mut agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    agent.wait_connected(&gw, LINK_UP)?;
+
+    // A session is open; then the gateway's store dies: the agent's events cannot become
+    // durable, so nothing is acknowledged and they stay in the agent's spool.
+    let token = gw.token("alice", &["engineering"], "1h")?;
+    let mut cmd = Psql::new(gw.pg_addr(), "orders-db", "alice")
+        .password(&token)
+        .command()?;
+    cmd.args(["-c", "select pg_sleep(2)"]);
+    for j in 0..10 {
+        cmd.arg("-c").arg(format!("select 'spooled-{j}' as tag"));
+    }
+    cmd.args(["-c", "select pg_sleep(30)"]);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let session = cmd.spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    store.stop()?;
+    // Wait until the ten statements ran upstream (the session is in its last sleep).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pg
+        .exec(
+            "postgres",
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+        )?
+        .trim()
+        .eq("1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the session did not reach its last query"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spool = std::fs::read(agent.state_dir().join("spool/events.log"))?;
+    assert!(
+        contains(&spool, b"spooled-9"),
+        "the statements are in the agent's spool"
+    );
+
+    // kill -9 the agent mid-session; the session ends.
+    agent.kill9()?;
+    let out = session.wait_with_output()?;
+    assert!(!out.status.success());
+    // The store returns, the agent restarts from its spool.
+    store.restart()?;
+    agent.restart()?;
+    agent.wait_connected(&gw, LINK_UP)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counts = loop {
+        let counts = statement_counts(&events(&gw)?, "spooled-");
+        if counts.len() == 10 || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let expected: BTreeMap<String, usize> = (0..10).map(|j| (format!("spooled-{j}"), 1)).collect();
+    assert_eq!(counts, expected, "{}\n{}", agent.logs(), gw.logs());
+    assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
+    Ok(())
+}
+
+#[test]
+fn forged_revoked_and_replayed_agent_credentials_are_refused_and_audited() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway_with_agent_listener(|c| c)?;
+
+    // A token works once.
+    let token = join_token(&gw, "dc1", &[])?;
+    let mut agent = AgentProc::prepare(AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    let other = AgentProc::prepare(AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    let out = other.try_enroll(&gw, "ghj_not-a-token-at-all")?;
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("invalid, expired or already used"),
+        "{out}"
+    );
+    agent.start_with_token(&gw, &token)?;
+    agent.wait_connected(&gw, LINK_UP)?;
+    let out = other.try_enroll(&gw, &token)?;
+    assert!(
+        !out.success(),
+        "a reused join token enrolled an agent: {out}"
+    );
+    assert!(
+        out.stderr.contains("invalid, expired or already used"),
+        "{out}"
+    );
+
+    // An expired token.
+    let short = join_token(&gw, "dc2", &["--ttl", "1s"])?;
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = other.try_enroll(&gw, &short)?;
+    assert!(
+        !out.success(),
+        "an expired join token enrolled an agent: {out}"
+    );
+
+    // A forged certificate: same name, same CA file and link, but self-signed.
+    let forged = AgentProc::prepare(AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    std::fs::create_dir_all(forged.state_dir())?;
+    for f in ["ca.crt", "link.json"] {
+        std::fs::copy(agent.state_dir().join(f), forged.state_dir().join(f))?;
+    }
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/O=Gatehouse/CN=agent:dc1",
+            "-keyout",
+        ])
+        .arg(forged.state_dir().join("agent.key"))
+        .arg("-out")
+        .arg(forged.state_dir().join("agent.crt"))
+        .output()?;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let mut forged = forged;
+    forged.restart()?;
+    gw.wait_for_event(
+        |e| {
+            e["kind"] == "agent.refused"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("TLS handshake refused"))
+        },
+        Duration::from_secs(20),
+    )?;
+    drop(forged);
+
+    // Revoking the agent cuts its link within a second and refuses it from then on.
+    let out = gw
+        .cli(&["agents", "revoke", "dc1", "--reason", "host decommissioned"])?
+        .ok()?;
+    assert!(out.stdout.contains("revoked"), "{out}");
+    let revoked_at = Instant::now();
+    gw.wait_for_event(
+        |e| {
+            e["kind"] == "agent.disconnected"
+                && e["reason"].as_str().is_some_and(|r| r.contains("revoked"))
+        },
+        Duration::from_secs(5),
+    )?;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(3),
+        "link cut after {:?}",
+        revoked_at.elapsed()
+    );
+    let events = gw.wait_for_event(
+        |e| {
+            e["kind"] == "agent.refused"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("is revoked"))
+        },
+        Duration::from_secs(30),
+    )?;
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "agent.revoked" && e["reason"] == "host decommissioned"));
+    let out = gw
+        .psql_as("alice", &["engineering"], "orders-db", "select 1")?
+        .err()?;
+    assert!(out.stderr.contains("offline"), "{out}");
+
+    let refusals: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.enroll_refused")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for why in [
+        "join token already used",
+        "join token expired",
+        "unknown join token",
+    ] {
+        assert!(
+            refusals.iter().any(|r| r.contains(why)),
+            "`{why}` not audited: {refusals:?}"
+        );
+    }
+    for e in events
+        .iter()
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("agent.")))
+    {
+        let controls = e["controls"].to_string();
+        assert!(controls.contains("8.20"), "{e}");
+    }
+    assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
+    Ok(())
+}
