@@ -135,6 +135,15 @@ pub enum EventBody {
         name: Option<String>,
         params: Option<Vec<Option<String>>>,
     },
+    /// The agent's relay for the session ended. Sent after every statement of the session, so
+    /// once the gateway holds it, it holds the whole session.
+    SessionEnd {
+        reason: String,
+        statements: u64,
+        bytes_from_client: u64,
+        bytes_to_client: u64,
+        duration_ms: u64,
+    },
 }
 
 impl EventBody {

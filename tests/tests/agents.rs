@@ -114,6 +114,27 @@ fn postgres_behind_an_agent_works_with_psql_and_pgbench_and_no_password_reaches_
     assert!(events
         .iter()
         .any(|e| e["kind"] == "session.start" && e["detail"]["agent"] == "dc1"));
+    // In the log a session's statements come before the agent's account of its end, and that
+    // before the gateway's.
+    let alice = events
+        .iter()
+        .find(|e| e["kind"] == "db.statement" && e["actor"] == "alice")
+        .and_then(|e| e["session_id"].as_str())
+        .expect("alice's session");
+    let seq_of = |kind: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e["session_id"] == alice && e["kind"] == kind)
+            .filter_map(|e| e["seq"].as_u64())
+            .collect()
+    };
+    let (statements, agent_end, end) = (
+        seq_of("db.statement"),
+        seq_of("session.agent_end"),
+        seq_of("session.end"),
+    );
+    assert_eq!((agent_end.len(), end.len()), (1, 1), "{events:?}");
+    assert!(statements.iter().all(|s| *s < agent_end[0]) && agent_end[0] < end[0]);
     assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
 
     // The brokered password is nowhere on the gateway's side: config, state (store, keys),

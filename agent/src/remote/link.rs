@@ -326,6 +326,20 @@ impl Agent {
         let (_never, kill) = watch::channel(None);
         let summary = pg::relay(upstream.into_stream(), io, &opts, &sink, kill).await;
         lock(&self.cancels).remove(&open.session_id);
+        let end = EventBody::SessionEnd {
+            reason: summary.reason.to_string(),
+            statements: summary.statements,
+            bytes_from_client: summary.bytes_from_client,
+            bytes_to_client: summary.bytes_to_client,
+            duration_ms: summary.duration_ms,
+        };
+        if let Err(e) = self
+            .spool
+            .append(&open.session_id, &open.user, &open.resource, end)
+            .await
+        {
+            tracing::error!(error = %e, "cannot spool the session's end");
+        }
         info!(reason = %summary.reason, statements = summary.statements, "session ended");
     }
 

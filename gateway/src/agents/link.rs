@@ -58,6 +58,8 @@ struct Link {
 pub struct Links {
     inner: Arc<Mutex<HashMap<String, Arc<Link>>>>,
     generations: Arc<AtomicU64>,
+    /// Sessions whose front door waits for the agent's end-of-session event to be durable.
+    ends: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
 }
 
 fn h2_failed(agent: &str) -> impl FnOnce(h2::Error) -> LinkError + '_ {
@@ -152,6 +154,25 @@ impl Links {
         let mut io = open_stream(agent, &link.sender, "/cancel", Some(&cancel)).await?;
         let _ = io.shutdown().await;
         Ok(())
+    }
+
+    /// A receiver that fires once the agent's end-of-session event for `session_id` (and so
+    /// every statement before it) is in the audit log.
+    pub fn expect_end(&self, session_id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.ends).insert(session_id.to_string(), tx);
+        rx
+    }
+
+    /// Stops waiting for `session_id`'s end (it arrived, or the front door gave up).
+    pub fn forget_end(&self, session_id: &str) {
+        lock(&self.ends).remove(session_id);
+    }
+
+    fn ended(&self, session_id: &str) {
+        if let Some(tx) = lock(&self.ends).remove(session_id) {
+            let _ = tx.send(());
+        }
     }
 
     /// Ends every link (shutdown).
@@ -486,7 +507,8 @@ async fn events(
     };
     let (mut rd, mut wr) = tokio::io::split(io);
     type Confirm = oneshot::Receiver<Result<u64, AuditError>>;
-    let (tx, mut rx) = mpsc::channel::<(u64, Confirm)>(IN_FLIGHT);
+    // (agent seq, commit confirmation, the session it ends if it is an end-of-session event)
+    let (tx, mut rx) = mpsc::channel::<(u64, Confirm, Option<String>)>(IN_FLIGHT);
     let read = async {
         let mut last = 0u64;
         loop {
@@ -502,28 +524,33 @@ async fn events(
                 );
             }
             last = event.seq;
-            let confirm = match svc
-                .audit
-                .record_confirmed(agent_event(agent, event.clone()))
-                .await
-            {
+            let seq = event.seq;
+            let ends = matches!(event.body, EventBody::SessionEnd { .. })
+                .then(|| event.session_id.clone());
+            let confirm = match svc.audit.record_confirmed(agent_event(agent, event)).await {
                 Ok(c) => c,
                 Err(e) => return format!("the audit log is closed: {e}"),
             };
-            if tx.send((event.seq, confirm)).await.is_err() {
+            if tx.send((seq, confirm, ends)).await.is_err() {
                 return "acknowledgements stopped".to_string();
             }
         }
     };
     let ack = async {
-        while let Some((mut seq, confirm)) = rx.recv().await {
+        while let Some((mut seq, confirm, ends)) = rx.recv().await {
             if !matches!(confirm.await, Ok(Ok(_))) {
                 return "the audit log could not commit the agent's events".to_string();
             }
+            if let Some(session) = ends {
+                svc.links.ended(&session);
+            }
             // Acknowledge everything already committed in one go.
-            while let Ok((next, confirm)) = rx.try_recv() {
+            while let Ok((next, confirm, ends)) = rx.try_recv() {
                 if !matches!(confirm.await, Ok(Ok(_))) {
                     return "the audit log could not commit the agent's events".to_string();
+                }
+                if let Some(session) = ends {
+                    svc.links.ended(&session);
                 }
                 seq = next;
             }
@@ -541,7 +568,7 @@ async fn events(
 
 /// An agent's spooled event as an audit event.
 fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
-    match e.body {
+    let mut out = match e.body {
         EventBody::Statement {
             kind,
             text,
@@ -549,7 +576,7 @@ fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
             name,
             params,
         } => {
-            let mut out = crate::pg::sink::statement_event(
+            let out = crate::pg::sink::statement_event(
                 &e.user,
                 &e.resource,
                 &e.session_id,
@@ -559,11 +586,33 @@ fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
                 name,
                 params,
             );
-            out.detail["agent"] = serde_json::json!(agent);
-            out.detail["agent_seq"] = serde_json::json!(e.seq);
-            out.detail["observed_at"] = serde_json::json!(e.ts);
-            out.origin = Some((agent.to_string(), e.seq));
             out
         }
-    }
+        EventBody::SessionEnd {
+            reason,
+            statements,
+            bytes_from_client,
+            bytes_to_client,
+            duration_ms,
+        } => {
+            let mut out = NewEvent::new(EventKind::AgentSessionEnd);
+            out.actor = e.user.clone();
+            out.resource = e.resource.clone();
+            out.action = "disconnect".into();
+            out.session_id = e.session_id.clone();
+            out.reason = reason;
+            out.detail = serde_json::json!({
+                "statements": statements,
+                "bytes_from_client": bytes_from_client,
+                "bytes_to_client": bytes_to_client,
+                "duration_ms": duration_ms,
+            });
+            out
+        }
+    };
+    out.detail["agent"] = serde_json::json!(agent);
+    out.detail["agent_seq"] = serde_json::json!(e.seq);
+    out.detail["observed_at"] = serde_json::json!(e.ts);
+    out.origin = Some((agent.to_string(), e.seq));
+    out
 }

@@ -79,6 +79,8 @@ pub enum EventKind {
     AgentRefused,
     /// An admin revoked a remote agent.
     AgentRevoked,
+    /// A remote agent's account of a session it relayed (after all of its statements).
+    AgentSessionEnd,
 }
 
 impl EventKind {
@@ -120,6 +122,7 @@ impl EventKind {
             EventKind::AgentDisconnected => "agent.disconnected",
             EventKind::AgentRefused => "agent.refused",
             EventKind::AgentRevoked => "agent.revoked",
+            EventKind::AgentSessionEnd => "session.agent_end",
         }
     }
 
@@ -175,6 +178,7 @@ impl EventKind {
             EventKind::AgentDisconnected => &["8.20"],
             // Removal of access rights for a machine identity.
             EventKind::AgentRevoked => &["5.17", "5.18", "8.20"],
+            EventKind::AgentSessionEnd => &["8.15"],
         }
     }
 }

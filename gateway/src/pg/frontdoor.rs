@@ -28,6 +28,9 @@ use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
 /// How long a connection waits for the store to say whether its user is disabled.
 const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a remote session's end waits for the agent's end-of-session event.
+const AGENT_END_WAIT: Duration = Duration::from_secs(3);
+
 /// Largest password message (the gateway token) accepted.
 const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
 
@@ -342,9 +345,21 @@ impl FrontDoor {
             UpstreamConn::Local(up) => {
                 agent::relay(up.into_stream(), stream, &opts, &sink, kill).await
             }
-            // The remote agent observes the statements and sends them over its event stream.
+            // The remote agent observes the statements and sends them over its event stream,
+            // ending with its own end-of-session event. The gateway's session.end waits (a
+            // little) for that, so the log shows the session's statements before its end.
             UpstreamConn::Remote { io, .. } => {
-                agent::relay(io, stream, &opts, &DiscardSink, kill).await
+                let id = session_id.to_string();
+                let agent_done = self.links.expect_end(&id);
+                let summary = agent::relay(io, stream, &opts, &DiscardSink, kill).await;
+                if tokio::time::timeout(AGENT_END_WAIT, agent_done)
+                    .await
+                    .is_err()
+                {
+                    info!("the agent's end of the session is not in the log yet; recording the gateway's end now");
+                }
+                self.links.forget_end(&id);
+                summary
             }
         };
 
