@@ -120,7 +120,7 @@ fn postgres_behind_an_agent_works_with_psql_and_pgbench_and_no_password_reaches_
         .iter()
         .find(|e| e["kind"] == "db.statement" && e["actor"] == "alice")
         .and_then(|e| e["session_id"].as_str())
-        .expect("alice's session");
+        .ok_or_else(|| anyhow::anyhow!("no statement of alice's in the log"))?;
     let seq_of = |kind: &str| -> Vec<u64> {
         events
             .iter()

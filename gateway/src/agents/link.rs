@@ -575,19 +575,16 @@ fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
             truncated_from,
             name,
             params,
-        } => {
-            let out = crate::pg::sink::statement_event(
-                &e.user,
-                &e.resource,
-                &e.session_id,
-                &kind,
-                text,
-                truncated_from,
-                name,
-                params,
-            );
-            out
-        }
+        } => crate::pg::sink::statement_event(
+            &e.user,
+            &e.resource,
+            &e.session_id,
+            &kind,
+            text,
+            truncated_from,
+            name,
+            params,
+        ),
         EventBody::SessionEnd {
             reason,
             statements,
