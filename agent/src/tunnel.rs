@@ -110,6 +110,41 @@ pub struct Cancel {
     pub session_id: String,
 }
 
+/// Certificate renewal (`POST /renew`), in four frames: the gateway asks ([`RenewRequest`]),
+/// the agent answers with a new public key and a proof made with it ([`RenewKey`]), the gateway
+/// sends the certificate ([`RenewCert`]), the agent confirms it stored it ([`RenewDone`]) and
+/// then reconnects with it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewKey {
+    /// Uncompressed P-256 point, base64.
+    pub public_key: String,
+    /// Signature (ECDSA P-256 SHA-256, ASN.1) over [`renew_proof_message`], base64.
+    pub proof: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewCert {
+    pub certificate: String,
+    pub expires: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewDone {
+    pub stored: bool,
+}
+
+/// What a renewal proof signs: the new key is bound to the certificate it replaces.
+pub fn renew_proof_message(current_cert_sha256: &str) -> Vec<u8> {
+    let mut m = b"gatehouse-agent-renew\0".to_vec();
+    m.extend_from_slice(current_cert_sha256.as_bytes());
+    m
+}
+
 /// One event from the agent's spool.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpooledEvent {

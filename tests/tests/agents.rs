@@ -484,3 +484,71 @@ fn forged_revoked_and_replayed_agent_credentials_are_refused_and_audited() -> an
     assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
     Ok(())
 }
+
+#[test]
+fn an_agent_certificate_is_renewed_over_its_link_and_the_old_one_stops_working(
+) -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway_with_agent_listener(|c| c)?;
+    let agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    agent.wait_connected(&gw, LINK_UP)?;
+    let old_cert = std::fs::read(agent.state_dir().join("agent.crt"))?;
+    let old_key = std::fs::read(agent.state_dir().join("agent.key"))?;
+
+    let out = gw.cli(&["agents", "renew", "dc1"])?.ok()?;
+    assert!(out.stdout.contains("renewal requested"), "{out}");
+    gw.wait_for_event(|e| e["kind"] == "agent.renewed", Duration::from_secs(10))?;
+    // The agent reconnects with the new certificate.
+    let deadline = Instant::now() + LINK_UP;
+    loop {
+        let events = gw.audit_events()?;
+        if events
+            .iter()
+            .filter(|e| e["kind"] == "agent.connected")
+            .count()
+            >= 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reconnection after renewal\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new_cert = std::fs::read(agent.state_dir().join("agent.crt"))?;
+    assert_ne!(old_cert, new_cert);
+    assert_ne!(old_key, std::fs::read(agent.state_dir().join("agent.key"))?);
+    let out = gw
+        .psql_as(
+            "alice",
+            &["engineering"],
+            "orders-db",
+            "select count(*) from orders",
+        )?
+        .ok()?;
+    assert_eq!(out.stdout.trim(), "1000");
+
+    // The old certificate and key (a copy an attacker kept) no longer get in.
+    let stale = AgentProc::prepare(AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    std::fs::create_dir_all(stale.state_dir())?;
+    for f in ["ca.crt", "link.json"] {
+        std::fs::copy(agent.state_dir().join(f), stale.state_dir().join(f))?;
+    }
+    std::fs::write(stale.state_dir().join("agent.crt"), &old_cert)?;
+    std::fs::write(stale.state_dir().join("agent.key"), &old_key)?;
+    let mut stale = stale;
+    stale.restart()?;
+    gw.wait_for_event(
+        |e| {
+            e["kind"] == "agent.refused"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("not any agent's current certificate"))
+        },
+        Duration::from_secs(20),
+    )?;
+    assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
+    Ok(())
+}

@@ -119,23 +119,12 @@ pub async fn enroll(
         return Err(IdentityError::SpoolNotEmpty(pending));
     }
     std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| IdentityError::Invalid(format!("cannot generate a key pair: {e}")))?;
     let token = token.trim();
-    let rng = ring::rand::SystemRandom::new();
-    let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &key.serialize_der(),
-        &rng,
-    )
-    .map_err(|e| IdentityError::Invalid(format!("cannot load the new key: {e}")))?;
-    let proof = signer
-        .sign(&rng, &proof_message(token))
-        .map_err(|e| IdentityError::Invalid(format!("cannot sign the proof of possession: {e}")))?;
+    let (key, public_key, proof) = new_key(&proof_message(token))?;
     let request = EnrollRequest {
         token: token.to_string(),
-        public_key: B64.encode(key.public_key_raw()),
-        proof: B64.encode(proof.as_ref()),
+        public_key,
+        proof,
         version: env!("CARGO_PKG_VERSION").to_string(),
         hostname: hostname(),
     };
@@ -199,6 +188,60 @@ pub async fn enroll(
         .advance_to(answer.events_acked)
         .map_err(|e| IdentityError::Invalid(e.to_string()))?;
     Ok(link)
+}
+
+/// A new ECDSA P-256 key pair, its public key (base64 of the uncompressed point) and a proof of
+/// possession: its signature over `message` (base64).
+pub fn new_key(message: &[u8]) -> Result<(rcgen::KeyPair, String, String), IdentityError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| IdentityError::Invalid(format!("cannot generate a key pair: {e}")))?;
+    let rng = ring::rand::SystemRandom::new();
+    let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &key.serialize_der(),
+        &rng,
+    )
+    .map_err(|e| IdentityError::Invalid(format!("cannot load the new key: {e}")))?;
+    let proof = signer
+        .sign(&rng, message)
+        .map_err(|e| IdentityError::Invalid(format!("cannot sign the proof of possession: {e}")))?;
+    let public_key = B64.encode(key.public_key_raw());
+    Ok((key, public_key, B64.encode(proof.as_ref())))
+}
+
+/// SHA-256 (lowercase hex) of the agent's current certificate.
+pub fn current_cert_sha256(state_dir: &Path) -> Result<String, IdentityError> {
+    let certs = read_pem_certs(&state_dir.join("agent.crt"))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| IdentityError::Invalid("agent.crt holds no certificate".into()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, first.as_ref());
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Stores a renewed key and certificate (each replaced atomically) and the new expiry.
+pub fn install_renewed(
+    state_dir: &Path,
+    key: &rcgen::KeyPair,
+    certificate: &str,
+    expires: &str,
+) -> Result<(), IdentityError> {
+    // The key first: a crash between the two leaves a key the old certificate does not match,
+    // which the next start reports; the gateway still accepts the old certificate, so
+    // re-enrolling recovers.
+    let crt = state_dir.join("agent.crt");
+    let tmp = state_dir.join("agent.crt.new");
+    std::fs::write(&tmp, certificate).map_err(io_err(&tmp))?;
+    write_private(&state_dir.join("agent.key"), key.serialize_pem().as_bytes())?;
+    std::fs::rename(&tmp, &crt).map_err(io_err(&crt))?;
+    let link_path = state_dir.join("link.json");
+    let text = std::fs::read(&link_path).map_err(io_err(&link_path))?;
+    let mut link: LinkInfo = serde_json::from_slice(&text)
+        .map_err(|e| IdentityError::Invalid(format!("{}: {e}", link_path.display())))?;
+    link.expires = expires.to_string();
+    let text =
+        serde_json::to_vec_pretty(&link).map_err(|e| IdentityError::Invalid(e.to_string()))?;
+    std::fs::write(&link_path, text).map_err(io_err(&link_path))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), IdentityError> {

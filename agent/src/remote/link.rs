@@ -16,11 +16,12 @@ use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
 use super::config::AgentConfig;
-use super::identity::Identity;
+use super::identity::{self, Identity};
 use crate::pg::{self, CancelHandle, RelayOptions, UpstreamError};
 use crate::spool::Spool;
 use crate::tunnel::{
     self, Cancel, EventBody, H2Io, Hello, HelloResource, OpenSession, Opened, RefusalKind,
+    RenewCert, RenewDone, RenewKey, RenewRequest,
 };
 
 /// How often each side pings the other; a ping unanswered for as long ends the link.
@@ -34,19 +35,27 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A running remote agent.
 pub struct Agent {
     pub config: AgentConfig,
-    pub identity: Identity,
+    /// Replaced after a certificate renewal; each link uses the one current when it starts.
+    identity: Mutex<Identity>,
     pub spool: Spool,
     cancels: Mutex<HashMap<String, CancelHandle>>,
+    /// Ends the current link so that the next one uses a renewed certificate.
+    relink: tokio::sync::Notify,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig, identity: Identity, spool: Spool) -> Arc<Agent> {
         Arc::new(Agent {
             config,
-            identity,
+            identity: Mutex::new(identity),
             spool,
             cancels: Mutex::new(HashMap::new()),
+            relink: tokio::sync::Notify::new(),
         })
+    }
+
+    fn name(&self) -> String {
+        lock(&self.identity).link.agent.clone()
     }
 
     fn hello(&self) -> Hello {
@@ -101,7 +110,8 @@ impl Agent {
     }
 
     async fn link_once(self: Arc<Self>) -> Result<(), String> {
-        let link = &self.identity.link;
+        let identity = lock(&self.identity).clone();
+        let link = &identity.link;
         let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&link.tunnel))
             .await
             .map_err(|_| format!("connecting to {} timed out", link.tunnel))?
@@ -109,7 +119,7 @@ impl Agent {
         tcp.set_nodelay(true).ok();
         let name = rustls::pki_types::ServerName::try_from(link.server_name.clone())
             .map_err(|e| format!("server name `{}`: {e}", link.server_name))?;
-        let connector = tokio_rustls::TlsConnector::from(self.identity.tls.clone());
+        let connector = tokio_rustls::TlsConnector::from(identity.tls.clone());
         let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
             .await
             .map_err(|_| "TLS handshake with the gateway timed out".to_string())?
@@ -142,6 +152,10 @@ impl Agent {
             let next = tokio::select! {
                 n = conn.accept() => n,
                 why = &mut heartbeat => return Err(why),
+                _ = self.relink.notified() => {
+                    info!("reconnecting with the renewed certificate");
+                    return Ok(());
+                }
             };
             let (request, respond) = match next {
                 None => return Ok(()),
@@ -181,6 +195,11 @@ impl Agent {
             "/events" => self.events(io).await,
             "/session" => self.session(io).await,
             "/cancel" => self.cancel(io).await,
+            "/renew" => {
+                if let Err(e) = self.renew(io).await {
+                    warn!(error = %e, "certificate renewal failed; the current certificate stays");
+                }
+            }
             other => {
                 warn!(path = other, "the gateway opened an unknown stream");
                 let mut io = io;
@@ -259,7 +278,9 @@ impl Agent {
                 RefusalKind::UnknownResource,
                 format!(
                     "agent `{}` fronts no resource `{}` with role `{}`",
-                    self.identity.link.agent, open.resource, open.role
+                    self.name(),
+                    open.resource,
+                    open.role
                 ),
                 None,
             )),
@@ -274,7 +295,7 @@ impl Agent {
                     format!(
                         "agent `{}` cannot log more sessions until the gateway takes its \
                          {n} spooled events",
-                        self.identity.link.agent
+                        self.name()
                     ),
                     None,
                 ))
@@ -341,6 +362,39 @@ impl Agent {
             tracing::error!(error = %e, "cannot spool the session's end");
         }
         info!(reason = %summary.reason, statements = summary.statements, "session ended");
+    }
+
+    /// Renewal: a new key here, a certificate from the gateway, both stored, then a new link.
+    async fn renew(&self, mut io: H2Io) -> Result<(), String> {
+        let req: RenewRequest = tunnel::read_frame(&mut io)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the gateway closed the renewal stream")?;
+        info!(reason = %req.reason, "the gateway renews this agent's certificate");
+        let dir = self.config.state_dir.clone();
+        let current = identity::current_cert_sha256(&dir).map_err(|e| e.to_string())?;
+        let (key, public_key, proof) =
+            identity::new_key(&tunnel::renew_proof_message(&current)).map_err(|e| e.to_string())?;
+        tunnel::write_frame(&mut io, &RenewKey { public_key, proof })
+            .await
+            .map_err(|e| e.to_string())?;
+        let cert: RenewCert = tunnel::read_frame(&mut io)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the gateway sent no certificate")?;
+        identity::install_renewed(&dir, &key, &cert.certificate, &cert.expires)
+            .map_err(|e| e.to_string())?;
+        let renewed = Identity::load(&dir).map_err(|e| e.to_string())?;
+        *lock(&self.identity) = renewed;
+        tunnel::write_frame(&mut io, &RenewDone { stored: true })
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = io.shutdown().await;
+        info!(expires = %cert.expires, "certificate renewed");
+        // Let the gateway read the confirmation before the link goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.relink.notify_one();
+        Ok(())
     }
 
     async fn cancel(&self, mut io: H2Io) {

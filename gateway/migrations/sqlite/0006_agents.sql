@@ -3,7 +3,8 @@
 -- revoked agent, or a certificate replaced by a re-enrollment, is refused even though the
 -- agent CA signed it). `events_acked` is the highest agent sequence number whose event is in
 -- the audit log: the audit writer advances it in the same transaction as the events, so each
--- (agent, seq) is stored once.
+-- (agent, seq) is stored once. A renewal issues `next_cert_sha256`; both are accepted until
+-- the agent connects with the new one, which then becomes current.
 CREATE TABLE agents (
     name          TEXT PRIMARY KEY,
     status        TEXT NOT NULL,
@@ -11,6 +12,9 @@ CREATE TABLE agents (
     enrolled_at   TEXT,
     cert_sha256   TEXT,
     cert_expires  TEXT,
+    next_cert_sha256 TEXT,
+    next_cert_expires TEXT,
+    renew_requested BIGINT NOT NULL,
     hostname      TEXT,
     version       TEXT,
     resources     TEXT NOT NULL,

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_agent::tunnel::{
-    self, Cancel, EventBody, H2Io, Hello, OpenSession, Opened, SpooledEvent,
+    self, Cancel, EventBody, H2Io, Hello, OpenSession, Opened, RenewCert, RenewDone, RenewKey,
+    RenewRequest, SpooledEvent,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -445,7 +446,7 @@ async fn link(
         why = &mut driver => why,
         why = events(svc, agent, &sender) => why,
         why = heartbeat(svc, agent, ping) => why,
-        why = recheck(svc, agent, fingerprint) => why,
+        why = recheck(svc, agent, fingerprint, &sender) => why,
         why = async { loop {
             if let Some(why) = close_rx.borrow_and_update().clone() { return why; }
             if close_rx.changed().await.is_err() { return "closed".to_string(); }
@@ -479,19 +480,121 @@ async fn heartbeat(svc: &AgentService, agent: &str, ping: Option<h2::PingPong>) 
     }
 }
 
-async fn recheck(svc: &AgentService, agent: &str, fingerprint: &str) -> String {
+async fn recheck(
+    svc: &AgentService,
+    agent: &str,
+    fingerprint: &str,
+    sender: &h2::client::SendRequest<Bytes>,
+) -> String {
+    let mut renewal_tried = false;
     loop {
         tokio::time::sleep(RECHECK).await;
-        match svc.store.agent(agent).await {
+        let row = match svc.store.agent(agent).await {
             Ok(Some(r))
-                if r.status == "active" && r.cert_sha256.as_deref() == Some(fingerprint) => {}
+                if r.status == "active" && r.cert_sha256.as_deref() == Some(fingerprint) =>
+            {
+                r
+            }
             Ok(Some(r)) if r.status != "active" => {
                 return format!("agent `{agent}` was {}", r.status)
             }
-            Ok(_) => return "the agent's certificate was replaced by a re-enrollment".into(),
-            Err(e) => warn!(error = %e, "cannot re-check the agent in the store"),
+            Ok(_) => {
+                return "the agent's certificate was replaced (renewal or re-enrollment)".into()
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot re-check the agent in the store");
+                continue;
+            }
+        };
+        if renewal_tried || row.next_cert_sha256.is_some() {
+            continue;
+        }
+        let threshold = time::OffsetDateTime::now_utc()
+            + time::Duration::seconds((svc.config.cert_ttl.as_secs() / 3) as i64);
+        let due = row
+            .cert_expires
+            .as_deref()
+            .is_some_and(|e| e < crate::audit::event::format_ts(threshold).as_str());
+        if row.renew_requested || due {
+            renewal_tried = true;
+            let reason = if row.renew_requested {
+                "an admin asked for it"
+            } else {
+                "the certificate is in the last third of its lifetime"
+            };
+            if let Err(e) = renew(svc, agent, fingerprint, sender, reason).await {
+                warn!(error = %e, "certificate renewal failed");
+            }
         }
     }
+}
+
+/// Renews the agent's certificate over its link (see `gatehouse_agent::tunnel`).
+async fn renew(
+    svc: &AgentService,
+    agent: &str,
+    fingerprint: &str,
+    sender: &h2::client::SendRequest<Bytes>,
+    reason: &str,
+) -> Result<(), String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = RenewRequest {
+        reason: reason.to_string(),
+    };
+    let mut io = open_stream(agent, sender, "/renew", Some(&request))
+        .await
+        .map_err(|e| e.to_string())?;
+    let key: RenewKey = tokio::time::timeout(HANDSHAKE_TIMEOUT, tunnel::read_frame(&mut io))
+        .await
+        .map_err(|_| "the agent sent no key in time".to_string())?
+        .map_err(|e| e.to_string())?
+        .ok_or("the agent sent no key")?;
+    let public_key = b64
+        .decode(key.public_key.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let proof = b64
+        .decode(key.proof.as_bytes())
+        .map_err(|e| e.to_string())?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &public_key)
+        .verify(&tunnel::renew_proof_message(fingerprint), &proof)
+        .map_err(|_| "the renewal proof does not verify with the new key".to_string())?;
+    let issued = svc
+        .ca
+        .issue_agent(agent, &public_key, svc.config.cert_ttl)
+        .map_err(|e| e.to_string())?;
+    svc.store
+        .set_next_cert(agent, &issued.sha256, &issued.expires)
+        .await
+        .map_err(|e| e.to_string())?;
+    tunnel::write_frame(
+        &mut io,
+        &RenewCert {
+            certificate: issued.pem,
+            expires: issued.expires.clone(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let done: Option<RenewDone> =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, tunnel::read_frame(&mut io))
+            .await
+            .map_err(|_| "the agent did not confirm in time".to_string())?
+            .map_err(|e| e.to_string())?;
+    let mut e = NewEvent::new(EventKind::AgentRenewed);
+    e.actor = "gatehouse".into();
+    e.resource = agent.to_string();
+    e.action = "renew".into();
+    e.reason = reason.to_string();
+    e.detail = serde_json::json!({
+        "previous_cert_sha256": fingerprint,
+        "cert_sha256": issued.sha256,
+        "cert_expires": issued.expires,
+        "agent_stored_it": done.is_some_and(|d| d.stored),
+    });
+    let _ = svc.audit.record(e).await;
+    info!(expires = %issued.expires, "agent certificate renewed");
+    Ok(())
 }
 
 /// Takes the agent's events in order, hands them to the audit writer, and acknowledges each

@@ -81,6 +81,8 @@ pub enum EventKind {
     AgentRevoked,
     /// A remote agent's account of a session it relayed (after all of its statements).
     AgentSessionEnd,
+    /// A remote agent's certificate was renewed (new key, new certificate).
+    AgentRenewed,
 }
 
 impl EventKind {
@@ -123,6 +125,7 @@ impl EventKind {
             EventKind::AgentRefused => "agent.refused",
             EventKind::AgentRevoked => "agent.revoked",
             EventKind::AgentSessionEnd => "session.agent_end",
+            EventKind::AgentRenewed => "agent.renewed",
         }
     }
 
@@ -179,6 +182,8 @@ impl EventKind {
             // Removal of access rights for a machine identity.
             EventKind::AgentRevoked => &["5.17", "5.18", "8.20"],
             EventKind::AgentSessionEnd => &["8.15"],
+            // Key management for a machine identity.
+            EventKind::AgentRenewed => &["5.17", "8.20", "8.24"],
         }
     }
 }

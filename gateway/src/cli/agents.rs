@@ -39,6 +39,10 @@ enum AgentsCommand {
     },
     /// Every agent: status, resources, version, last heartbeat.
     List,
+    /// Renew agent NAME's certificate now (new key on the agent, new certificate from the agent
+    /// CA) instead of when it enters the last third of its lifetime. The agent must be
+    /// connected; it reconnects with the new certificate.
+    Renew { name: String },
     /// Revoke agent NAME: its certificate is refused from now on and its live link (with the
     /// sessions on it) is cut within a second. Audited.
     Revoke {
@@ -149,6 +153,13 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
                     a.cert_expires.as_deref().unwrap_or("-"),
                     resources.join(",")
                 )?;
+            }
+        }
+        AgentsCommand::Renew { name } => {
+            if store.request_agent_renewal(&name).await? {
+                writeln!(out, "agent {name}: renewal requested; the gateway holding its link renews it within a second (`agent.renewed` in the audit log)")?;
+            } else {
+                bail!("no active agent `{name}` (see `gatehouse agents`)");
             }
         }
         AgentsCommand::Revoke { name, reason, by } => {

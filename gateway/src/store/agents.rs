@@ -15,6 +15,10 @@ pub struct AgentRow {
     pub enrolled_at: Option<String>,
     pub cert_sha256: Option<String>,
     pub cert_expires: Option<String>,
+    /// A renewed certificate the agent has not connected with yet.
+    pub next_cert_sha256: Option<String>,
+    pub next_cert_expires: Option<String>,
+    pub renew_requested: bool,
     pub hostname: Option<String>,
     pub version: Option<String>,
     /// JSON list of `{name, roles}` the agent said it fronts at its last connection.
@@ -47,7 +51,7 @@ impl JoinRefusal {
     }
 }
 
-const COLUMNS: &str = "name, status, created_at, enrolled_at, cert_sha256, cert_expires, hostname, version, resources, connected_at, disconnected_at, last_seen, revoked_at, revoked_by, events_acked";
+const COLUMNS: &str = "name, status, created_at, enrolled_at, cert_sha256, cert_expires, next_cert_sha256, next_cert_expires, renew_requested, hostname, version, resources, connected_at, disconnected_at, last_seen, revoked_at, revoked_by, events_acked";
 
 fn agent_from_row(r: &sqlx::any::AnyRow) -> Result<AgentRow, StoreError> {
     Ok(AgentRow {
@@ -57,15 +61,18 @@ fn agent_from_row(r: &sqlx::any::AnyRow) -> Result<AgentRow, StoreError> {
         enrolled_at: r.try_get(3)?,
         cert_sha256: r.try_get(4)?,
         cert_expires: r.try_get(5)?,
-        hostname: r.try_get(6)?,
-        version: r.try_get(7)?,
-        resources: r.try_get(8)?,
-        connected_at: r.try_get(9)?,
-        disconnected_at: r.try_get(10)?,
-        last_seen: r.try_get(11)?,
-        revoked_at: r.try_get(12)?,
-        revoked_by: r.try_get(13)?,
-        events_acked: r.try_get(14)?,
+        next_cert_sha256: r.try_get(6)?,
+        next_cert_expires: r.try_get(7)?,
+        renew_requested: r.try_get::<i64, _>(8)? != 0,
+        hostname: r.try_get(9)?,
+        version: r.try_get(10)?,
+        resources: r.try_get(11)?,
+        connected_at: r.try_get(12)?,
+        disconnected_at: r.try_get(13)?,
+        last_seen: r.try_get(14)?,
+        revoked_at: r.try_get(15)?,
+        revoked_by: r.try_get(16)?,
+        events_acked: r.try_get(17)?,
     })
 }
 
@@ -92,7 +99,7 @@ impl Store {
             .try_get(0)?;
         if n == 0 {
             let sql = self.sql(&format!(
-                "INSERT INTO agents ({COLUMNS}) VALUES ($1, 'pending', $2, NULL, NULL, NULL, NULL, NULL, '[]', NULL, NULL, NULL, NULL, NULL, 0)"
+                "INSERT INTO agents ({COLUMNS}) VALUES ($1, 'pending', $2, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, '[]', NULL, NULL, NULL, NULL, NULL, 0)"
             ));
             sqlx::query(&sql)
                 .bind(agent)
@@ -180,7 +187,7 @@ impl Store {
             .bind(token_sha256)
             .execute(&mut *tx)
             .await?;
-        let sql = self.sql("UPDATE agents SET status = 'active', enrolled_at = $1, cert_sha256 = $2, cert_expires = $3, hostname = $4, version = $5, revoked_at = NULL, revoked_by = NULL WHERE name = $6");
+        let sql = self.sql("UPDATE agents SET status = 'active', enrolled_at = $1, cert_sha256 = $2, cert_expires = $3, hostname = $4, version = $5, revoked_at = NULL, revoked_by = NULL, next_cert_sha256 = NULL, next_cert_expires = NULL, renew_requested = 0 WHERE name = $6");
         sqlx::query(&sql)
             .bind(ts)
             .bind(cert_sha256)
@@ -212,8 +219,14 @@ impl Store {
         row.map(|r| agent_from_row(&r)).transpose()
     }
 
-    /// The active agent whose current certificate has this fingerprint.
+    /// The agent whose current (or renewed, not yet used) certificate has this fingerprint. A
+    /// renewed certificate becomes the current one here, and the previous one stops working.
     pub async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = self.sql("UPDATE agents SET cert_sha256 = next_cert_sha256, cert_expires = next_cert_expires, next_cert_sha256 = NULL, next_cert_expires = NULL WHERE next_cert_sha256 = $1 AND status = 'active'");
+        sqlx::query(&sql)
+            .bind(cert_sha256)
+            .execute(self.pool())
+            .await?;
         let sql = self.sql(&format!(
             "SELECT {COLUMNS} FROM agents WHERE cert_sha256 = $1"
         ));
@@ -222,6 +235,32 @@ impl Store {
             .fetch_optional(self.pool())
             .await?;
         row.map(|r| agent_from_row(&r)).transpose()
+    }
+
+    /// Records a renewed certificate for the agent (accepted from its next connection on).
+    pub async fn set_next_cert(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        cert_expires: &str,
+    ) -> Result<(), StoreError> {
+        let sql = self.sql("UPDATE agents SET next_cert_sha256 = $1, next_cert_expires = $2, renew_requested = 0 WHERE name = $3");
+        sqlx::query(&sql)
+            .bind(cert_sha256)
+            .bind(cert_expires)
+            .bind(name)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the gateway holding the agent's link to renew its certificate now. Returns false
+    /// for an unknown or inactive agent.
+    pub async fn request_agent_renewal(&self, name: &str) -> Result<bool, StoreError> {
+        let sql =
+            self.sql("UPDATE agents SET renew_requested = 1 WHERE name = $1 AND status = 'active'");
+        let done = sqlx::query(&sql).bind(name).execute(self.pool()).await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Revokes an agent; returns false when it was unknown or already revoked.
