@@ -221,3 +221,40 @@ impl AgentConfig {
         self.resources.iter().find(|r| r.name == name)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/agent.toml")
+    }
+
+    #[test]
+    fn the_shipped_example_loads_and_secrets_come_from_the_environment() {
+        let env = |k: &str| match k {
+            "ORDERS_DB_RO_PASSWORD" => Some("ro-secret".to_string()),
+            "ORDERS_DB_PASSWORD" => Some("rw-secret".to_string()),
+            _ => None,
+        };
+        let c = AgentConfig::load(&example(), &env).unwrap();
+        let r = c.resource("orders-db").unwrap();
+        assert_eq!(r.roles.keys().collect::<Vec<_>>(), vec!["read", "write"]);
+        assert_eq!(r.roles["write"].password.expose(), "rw-secret");
+        assert_eq!(r.roles["read"].username, "orders_ro");
+        // Debug output never shows a password.
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_missing_secret_names_its_key() {
+        let env = |k: &str| (k == "ORDERS_DB_RO_PASSWORD").then(|| "x".to_string());
+        let err = AgentConfig::load(&example(), &env).unwrap_err().to_string();
+        assert!(
+            err.contains("resource[0].roles.write.password_env"),
+            "{err}"
+        );
+        assert!(err.contains("ORDERS_DB_PASSWORD"), "{err}");
+    }
+}
