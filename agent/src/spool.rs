@@ -47,6 +47,10 @@ struct State {
     file_bytes: u64,
     dirty: bool,
     acked: u64,
+    /// The acknowledged cursor as last written to the `acked` file (written by the flusher, not
+    /// per acknowledgement: a stale file only means resending events the gateway already has,
+    /// which it skips).
+    acked_on_disk: u64,
     head: u64,
     /// Unacknowledged events: (seq, encoded record including its length prefix).
     pending: VecDeque<(u64, Bytes)>,
@@ -132,6 +136,7 @@ impl Spool {
                 file_bytes: pos as u64,
                 dirty: false,
                 acked,
+                acked_on_disk: acked,
                 head,
                 pending,
                 pending_bytes,
@@ -200,9 +205,16 @@ impl Spool {
     /// Up to `limit` encoded events after `after`, in order.
     pub fn unsent(&self, after: u64, limit: usize) -> Vec<(u64, Bytes)> {
         let st = self.lock();
+        // `pending` holds consecutive sequence numbers: index straight to the first one after
+        // `after` instead of scanning (the sender asks after every append).
+        let Some(first) = st.pending.front().map(|(s, _)| *s) else {
+            return Vec::new();
+        };
+        let skip = after.saturating_add(1).saturating_sub(first) as usize;
         st.pending
             .iter()
-            .filter(|(seq, _)| *seq > after)
+            .skip(skip)
+            .skip_while(|(s, _)| *s <= after)
             .take(limit)
             .cloned()
             .collect()
@@ -240,12 +252,9 @@ impl Spool {
             }
         }
         st.acked = seq;
-        let acked_path = st.dir.join("acked");
-        let tmp = st.dir.join("acked.tmp");
-        std::fs::write(&tmp, seq.to_string())
-            .and_then(|_| std::fs::rename(&tmp, &acked_path))
-            .map_err(|e| io_err(&acked_path, e))?;
         if st.pending.is_empty() && st.file_bytes > TRUNCATE_AT {
+            // Everything in the file is acknowledged: record that first, then empty it.
+            write_acked(&mut st)?;
             let path = st.dir.join("events.log");
             st.file.set_len(0).map_err(|e| io_err(&path, e))?;
             st.file_bytes = 0;
@@ -265,12 +274,17 @@ impl Spool {
         st.head = seq;
         drop(st);
         self.head_tx.send_replace(seq);
-        self.ack(seq)
+        self.ack(seq)?;
+        write_acked(&mut self.lock())
     }
 
-    /// Flushes appended events to stable storage when there are any.
+    /// Flushes appended events to stable storage and records the acknowledged cursor, when
+    /// either changed.
     pub fn sync(&self) -> Result<(), SpoolError> {
         let mut st = self.lock();
+        if st.acked != st.acked_on_disk {
+            write_acked(&mut st)?;
+        }
         if !st.dirty {
             return Ok(());
         }
@@ -293,6 +307,17 @@ impl Spool {
             }
         }
     }
+}
+
+/// Replaces the `acked` file with the in-memory cursor.
+fn write_acked(st: &mut State) -> Result<(), SpoolError> {
+    let acked_path = st.dir.join("acked");
+    let tmp = st.dir.join("acked.tmp");
+    std::fs::write(&tmp, st.acked.to_string())
+        .and_then(|_| std::fs::rename(&tmp, &acked_path))
+        .map_err(|e| io_err(&acked_path, e))?;
+    st.acked_on_disk = st.acked;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -333,6 +358,7 @@ mod tests {
             assert_eq!(seq, i + 1);
         }
         spool.ack(2).unwrap();
+        spool.sync().unwrap();
         drop(spool);
         let spool = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(spool.acked(), 2);

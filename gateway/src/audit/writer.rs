@@ -45,7 +45,10 @@ type Ack = oneshot::Sender<Result<u64, AuditError>>;
     reason = "nearly every message is an Event; boxing would allocate per event"
 )]
 enum Msg {
-    Event(NewEvent, Option<Ack>),
+    /// An event, with whoever waits for its commit, and whether that waiter is in a hurry (a
+    /// session waiting to start) or streams (an agent's events, which may linger like
+    /// statements do).
+    Event(NewEvent, Option<Ack>, bool),
     Checkpoint(oneshot::Sender<Result<Option<u64>, AuditError>>),
 }
 
@@ -100,7 +103,7 @@ impl AuditLog {
     /// Queues an event; waits only for queue space.
     pub async fn record(&self, event: NewEvent) -> Result<(), AuditError> {
         self.tx
-            .send(Msg::Event(event, None))
+            .send(Msg::Event(event, None, false))
             .await
             .map_err(|_| AuditError::Closed)
     }
@@ -110,7 +113,7 @@ impl AuditLog {
         let (ack, done) = oneshot::channel();
         let wait = async {
             self.tx
-                .send(Msg::Event(event, Some(ack)))
+                .send(Msg::Event(event, Some(ack), true))
                 .await
                 .map_err(|_| AuditError::Closed)?;
             done.await.map_err(|_| AuditError::Closed)?
@@ -121,14 +124,15 @@ impl AuditLog {
     }
 
     /// Queues an event (waiting only for queue space) and returns a receiver that resolves
-    /// once it is committed: many events can be in flight, each confirmed in order.
+    /// once it is committed: many events can be in flight, each confirmed in order. Such
+    /// events share commits like statements do (the batch may linger).
     pub async fn record_confirmed(
         &self,
         event: NewEvent,
     ) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Msg::Event(event, Some(ack)))
+            .send(Msg::Event(event, Some(ack), false))
             .await
             .map_err(|_| AuditError::Closed)?;
         Ok(done)
@@ -149,7 +153,7 @@ impl AuditLog {
 impl Msg {
     fn is_waited_on(&self) -> bool {
         match self {
-            Msg::Event(_, ack) => ack.is_some(),
+            Msg::Event(_, _, urgent) => *urgent,
             Msg::Checkpoint(_) => true,
         }
     }
@@ -223,7 +227,7 @@ impl Writer {
             }
             for m in queued {
                 match m {
-                    Msg::Event(e, ack) => {
+                    Msg::Event(e, ack, _) => {
                         events.push(e);
                         acks.push(ack);
                     }
