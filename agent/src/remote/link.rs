@@ -26,8 +26,10 @@ use crate::tunnel::{
 
 /// How often each side pings the other; a ping unanswered for as long ends the link.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the event sender waits after new events, to send them together.
+const EVENT_GATHER: Duration = Duration::from_millis(2);
 /// Events sent per write on the `/events` stream.
-const EVENT_BATCH: usize = 256;
+const EVENT_BATCH: usize = 1024;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -231,6 +233,9 @@ impl Agent {
                     if head.changed().await.is_err() {
                         return "the spool closed".to_string();
                     }
+                    // Gather company: one write (and one wake-up of the link) for the events
+                    // of many queries rather than one each. Off the query path.
+                    tokio::time::sleep(EVENT_GATHER).await;
                     continue;
                 }
                 let mut buf = Vec::with_capacity(batch.iter().map(|(_, b)| b.len()).sum());
