@@ -21,6 +21,9 @@ pub struct AgentService {
     pub store: Store,
     pub audit: AuditLog,
     pub links: Links,
+    /// Which agent fronts which resource, from the gateway's config: an event an agent reports
+    /// for a resource it does not front is still recorded (nothing is dropped) but flagged.
+    pub fronts: std::collections::HashMap<String, String>,
 }
 
 impl AgentService {
@@ -29,6 +32,7 @@ impl AgentService {
         state_dir: &std::path::Path,
         store: Store,
         audit: AuditLog,
+        behind: Vec<(String, String)>,
     ) -> Result<Arc<AgentService>, ca::CaError> {
         let ca = ca::AgentCa::load_or_create(&state_dir.join("agents"))?;
         Ok(Arc::new(AgentService {
@@ -37,6 +41,7 @@ impl AgentService {
             store,
             audit,
             links: Links::default(),
+            fronts: behind.into_iter().collect(),
         }))
     }
 }

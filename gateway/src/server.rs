@@ -103,17 +103,30 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    let agents = match &config.agents {
-        Some(a) => Some(
-            crate::agents::AgentService::new(
-                a.clone(),
-                &config.state_dir,
-                store.clone(),
-                audit.clone(),
+    let agents = match (&config.agents, agents_addr) {
+        (Some(a), Some(bound)) => {
+            let mut a = a.clone();
+            // `listen = "...:0"`: tell agents the port actually bound.
+            if a.public_address.ends_with(":0") {
+                a.public_address = bound.to_string();
+            }
+            let behind: Vec<(String, String)> = config
+                .resources
+                .iter()
+                .filter_map(|r| r.agent.clone().map(|agent| (r.name.clone(), agent)))
+                .collect();
+            Some(
+                crate::agents::AgentService::new(
+                    a,
+                    &config.state_dir,
+                    store.clone(),
+                    audit.clone(),
+                    behind,
+                )
+                .context("setting up the agent CA")?,
             )
-            .context("setting up the agent CA")?,
-        ),
-        None => None,
+        }
+        _ => None,
     };
     let rp = match &config.oidc {
         Some(o) => Some(Arc::new(

@@ -58,7 +58,15 @@ fn postgres_behind_an_agent_works_with_psql_and_pgbench_and_no_password_reaches_
 ) -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     pg.pgbench_init("orders", 1)?;
-    let gw = gateway_with_agent_listener(|c| c)?;
+    // Port 0: agents are told the port the listener actually got.
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .set("agents", "listen", "\"127.0.0.1:0\"")
+            .resource(
+                Resource::behind_agent("orders-db", "dc1")
+                    .labels(&[("env", "dev"), ("data_class", "internal")]),
+            ),
+    )?;
 
     // Before the agent exists the resource is offline, and the client is told so.
     let out = gw

@@ -630,7 +630,12 @@ async fn events(
             let seq = event.seq;
             let ends = matches!(event.body, EventBody::SessionEnd { .. })
                 .then(|| event.session_id.clone());
-            let confirm = match svc.audit.record_confirmed(agent_event(agent, event)).await {
+            let mut audit_event = agent_event(agent, event);
+            if svc.fronts.get(&audit_event.resource).map(String::as_str) != Some(agent) {
+                warn!(resource = %audit_event.resource, "the agent reported an event for a resource it does not front; recorded and flagged");
+                audit_event.detail["unexpected_resource"] = serde_json::json!(true);
+            }
+            let confirm = match svc.audit.record_confirmed(audit_event).await {
                 Ok(c) => c,
                 Err(e) => return format!("the audit log is closed: {e}"),
             };
