@@ -126,15 +126,26 @@ impl Agent {
             .await
             .map_err(|_| "TLS handshake with the gateway timed out".to_string())?
             .map_err(|e| format!("TLS handshake with the gateway failed: {e}"))?;
+        tracing::debug!(tunnel = %link.tunnel, "TLS with the gateway established");
+        self.serve(tls).await
+    }
+
+    /// Serves the gateway's HTTP/2 streams on an established connection until it ends, a
+    /// heartbeat goes unanswered, or a renewed certificate asks for a new link.
+    pub async fn serve<T>(self: Arc<Self>, io: T) -> Result<(), String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut conn = h2::server::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)
             .max_concurrent_streams(4096)
             .max_frame_size(1 << 16)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| format!("HTTP/2 handshake with the gateway failed: {e}"))?;
-        info!(tunnel = %link.tunnel, agent = %link.agent, "connected to the gateway");
+        // The gateway speaks only once it has checked the certificate against the store.
+        info!(agent = %self.name(), "connected to the gateway");
         let mut pinger = conn.ping_pong();
         let heartbeat = async move {
             let Some(pp) = pinger.as_mut() else {
@@ -466,5 +477,191 @@ impl EventSink for SpoolSink<'_> {
                 tracing::error!(error = %e, "cannot append to the event spool; ending the session");
                 SinkClosedError
             })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::remote::identity::LinkInfo;
+    use crate::tunnel::frame;
+
+    fn agent(dir: &std::path::Path, spool_max: usize) -> Arc<Agent> {
+        let toml = format!(
+            "state_dir = {:?}\n[[resource]]\nname = \"db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:1\"\ncredential = {{ username = \"u\", password_env = \"PW\" }}\n",
+            dir.display().to_string()
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = AgentConfig::load(&path, &|_| Some("pw".into())).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let identity = Identity {
+            link: LinkInfo {
+                agent: "dc-test".into(),
+                tunnel: "127.0.0.1:1".into(),
+                server_name: "localhost".into(),
+                gateway: "https://127.0.0.1:1".into(),
+                expires: String::new(),
+            },
+            tls: Arc::new(tls),
+        };
+        let spool = Spool::open(&dir.join("spool"), spool_max).unwrap();
+        Agent::new(config, identity, spool)
+    }
+
+    /// The gateway's side of a link to `agent`, in memory.
+    async fn gateway_side(agent: Arc<Agent>) -> h2::client::SendRequest<Bytes> {
+        let (gw_io, agent_io) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move { agent.serve(agent_io).await });
+        let (send, conn) = h2::client::handshake(gw_io).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    async fn open(
+        send: &h2::client::SendRequest<Bytes>,
+        path: &str,
+        first: Option<Vec<u8>>,
+    ) -> H2Io {
+        let mut send = send.clone().ready().await.unwrap();
+        let req = http::Request::post(format!("http://agent{path}"))
+            .body(())
+            .unwrap();
+        let (resp, mut body) = send.send_request(req, false).unwrap();
+        if let Some(f) = first {
+            body.send_data(Bytes::from(f), false).unwrap();
+        }
+        let resp = resp.await.unwrap();
+        H2Io::new(body, resp.into_body())
+    }
+
+    fn open_session(resource: &str) -> Vec<u8> {
+        frame(&OpenSession {
+            session_id: "s1".into(),
+            user: "alice".into(),
+            resource: resource.into(),
+            role: "read".into(),
+            params: vec![],
+            max_message_bytes: 1 << 20,
+            statement_max_bytes: 4096,
+            log_parameters: false,
+        })
+        .unwrap()
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let mut b = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap();
+        std::env::temp_dir().join(format!("gatehouse-link-{name}-{}", u64::from_be_bytes(b)))
+    }
+
+    #[tokio::test]
+    async fn hello_names_the_resources_and_unknown_ones_are_refused() {
+        let dir = temp("hello");
+        let send = gateway_side(agent(&dir, 1 << 20)).await;
+        let mut io = open(&send, "/hello", None).await;
+        let hello: Hello = tunnel::read_frame(&mut io).await.unwrap().unwrap();
+        assert_eq!(hello.resources[0].name, "db");
+        assert_eq!(hello.resources[0].roles, vec!["read".to_string()]);
+        let mut io = open(&send, "/session", Some(open_session("other"))).await;
+        let answer: Opened = tunnel::read_frame(&mut io).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                answer,
+                Opened::Refused {
+                    kind: RefusalKind::UnknownResource,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        // The upstream at 127.0.0.1:1 is down: a clear refusal, not a hang.
+        let mut io = open(&send, "/session", Some(open_session("db"))).await;
+        let answer: Opened = tunnel::read_frame(&mut io).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                answer,
+                Opened::Refused {
+                    kind: RefusalKind::Unreachable,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_new_sessions_until_the_gateway_acknowledges() {
+        let dir = temp("full");
+        let agent = agent(&dir, 64 * 1024);
+        while agent.spool.accepts_sessions() {
+            agent
+                .spool
+                .append(
+                    "old",
+                    "bob",
+                    "db",
+                    EventBody::SessionEnd {
+                        reason: "x".repeat(512),
+                        statements: 0,
+                        bytes_from_client: 0,
+                        bytes_to_client: 0,
+                        duration_ms: 0,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let head = agent.spool.head();
+        let send = gateway_side(agent.clone()).await;
+        let mut io = open(&send, "/session", Some(open_session("db"))).await;
+        let answer: Opened = tunnel::read_frame(&mut io).await.unwrap().unwrap();
+        match answer {
+            Opened::Refused { kind, message, .. } => {
+                assert_eq!(kind, RefusalKind::SpoolFull);
+                assert!(message.contains("spooled events"), "{message}");
+            }
+            other => panic!("a session opened with a full spool: {other:?}"),
+        }
+        // The gateway takes the events in order and acknowledges them: the spool drains and
+        // sessions are accepted again (the next refusal is about the dead upstream).
+        let mut events = open(&send, "/events", None).await;
+        let mut last = 0;
+        while last < head {
+            let e: tunnel::SpooledEvent = tunnel::read_frame(&mut events).await.unwrap().unwrap();
+            assert_eq!(e.seq, last + 1, "events arrive in order without gaps");
+            last = e.seq;
+        }
+        events.write_all(&head.to_be_bytes()).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !agent.spool.accepts_sessions() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the acknowledgement was not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut io = open(&send, "/session", Some(open_session("db"))).await;
+        let answer: Opened = tunnel::read_frame(&mut io).await.unwrap().unwrap();
+        assert!(
+            matches!(
+                answer,
+                Opened::Refused {
+                    kind: RefusalKind::Unreachable,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 }
