@@ -1,7 +1,6 @@
 //! Ed25519 signing keys kept in the state directory: one signs gateway tokens, another signs
 //! audit checkpoints and export manifests. Created on first start, 0600, PKCS#8 PEM.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -142,29 +141,10 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// Writes a private file with mode 0600, creating parent directories (0700).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), KeyError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let err = |source| KeyError::Write {
+    gatehouse_core::files::write_private(path, data).map_err(|source| KeyError::Write {
         path: path.into(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

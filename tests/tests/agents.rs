@@ -49,6 +49,31 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// alice (engineering) counts the fixture's orders through the gateway.
+fn assert_orders_reachable(gw: &Gateway) -> anyhow::Result<()> {
+    let out = gw
+        .psql_as(
+            "alice",
+            &["engineering"],
+            "orders-db",
+            "select count(*) from orders",
+        )?
+        .ok()?;
+    assert_eq!(out.stdout.trim(), "1000");
+    Ok(())
+}
+
+/// A second agent that claims to be `like`: its CA file and link copied, no key or
+/// certificate yet (the caller writes `agent.crt` and `agent.key`).
+fn impostor(pg: &PgServer, like: &AgentProc) -> anyhow::Result<AgentProc> {
+    let other = AgentProc::prepare(AgentSpec::new("dc1").orders_db(pg, "orders-db"))?;
+    std::fs::create_dir_all(other.state_dir())?;
+    for f in ["ca.crt", "link.json"] {
+        std::fs::copy(like.state_dir().join(f), other.state_dir().join(f))?;
+    }
+    Ok(other)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -77,15 +102,7 @@ fn postgres_behind_an_agent_works_with_psql_and_pgbench_and_no_password_reaches_
     let agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
     agent.wait_connected(&gw, LINK_UP)?;
 
-    let out = gw
-        .psql_as(
-            "alice",
-            &["engineering"],
-            "orders-db",
-            "select count(*) from orders",
-        )?
-        .ok()?;
-    assert_eq!(out.stdout.trim(), "1000");
+    assert_orders_reachable(&gw)?;
     let token = gw.token("bench", &["engineering"], "1h")?;
     let bench = Pgbench::new(gw.pg_addr(), "orders-db", "bench")
         .password(&token)
@@ -390,11 +407,7 @@ fn forged_revoked_and_replayed_agent_credentials_are_refused_and_audited() -> an
     );
 
     // A forged certificate: same name, same CA file and link, but self-signed.
-    let forged = AgentProc::prepare(AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
-    std::fs::create_dir_all(forged.state_dir())?;
-    for f in ["ca.crt", "link.json"] {
-        std::fs::copy(agent.state_dir().join(f), forged.state_dir().join(f))?;
-    }
+    let forged = impostor(&pg, &agent)?;
     let status = std::process::Command::new("openssl")
         .args([
             "req",
@@ -528,22 +541,10 @@ fn an_agent_certificate_is_renewed_over_its_link_and_the_old_one_stops_working(
     let new_cert = std::fs::read(agent.state_dir().join("agent.crt"))?;
     assert_ne!(old_cert, new_cert);
     assert_ne!(old_key, std::fs::read(agent.state_dir().join("agent.key"))?);
-    let out = gw
-        .psql_as(
-            "alice",
-            &["engineering"],
-            "orders-db",
-            "select count(*) from orders",
-        )?
-        .ok()?;
-    assert_eq!(out.stdout.trim(), "1000");
+    assert_orders_reachable(&gw)?;
 
     // The old certificate and key (a copy an attacker kept) no longer get in.
-    let stale = AgentProc::prepare(AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
-    std::fs::create_dir_all(stale.state_dir())?;
-    for f in ["ca.crt", "link.json"] {
-        std::fs::copy(agent.state_dir().join(f), stale.state_dir().join(f))?;
-    }
+    let stale = impostor(&pg, &agent)?;
     std::fs::write(stale.state_dir().join("agent.crt"), &old_cert)?;
     std::fs::write(stale.state_dir().join("agent.key"), &old_key)?;
     let mut stale = stale;
