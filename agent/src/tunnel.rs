@@ -293,7 +293,9 @@ impl AsyncRead for H2Io {
                     self.buf = data;
                 }
                 Some(Err(e)) => {
-                    if e.reason() == Some(h2::Reason::NO_ERROR) {
+                    // The peer is done with the stream (NO_ERROR after its last frame, CANCEL
+                    // when it drops a stream it has finished writing): an end of stream.
+                    if matches!(e.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL)) {
                         self.read_eof = true;
                         continue;
                     }

@@ -97,6 +97,17 @@ pub struct SessionSummary {
     pub statements: u64,
     pub duration_ms: u64,
     pub reason: EndReason,
+    /// Whether the client said goodbye (`Terminate`). A session that ended any other way may
+    /// have left a query running upstream, which the caller should cancel.
+    pub client_terminated: bool,
+}
+
+impl SessionSummary {
+    /// The session ended without the client's `Terminate` and not by the upstream: a query may
+    /// still run upstream (PostgreSQL notices a closed socket only when it next writes).
+    pub fn may_leave_a_query_running(&self) -> bool {
+        !self.client_terminated && self.reason != EndReason::UpstreamClosed
+    }
 }
 
 /// Where an agent sends what it observes during a session.

@@ -561,3 +561,83 @@ fn an_agent_certificate_is_renewed_over_its_link_and_the_old_one_stops_working(
     assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
     Ok(())
 }
+
+#[test]
+fn cancel_and_cut_reach_the_upstream_behind_the_agent() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway_with_agent_listener(|c| c)?;
+    let agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    agent.wait_connected(&gw, LINK_UP)?;
+
+    // Ctrl-C in psql: the cancel request goes to the gateway, which asks the agent, which
+    // cancels the query upstream.
+    let token = gw.token("alice", &["engineering"], "1h")?;
+    let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
+        .password(&token)
+        .spawn("select pg_sleep(60)")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    gatehouse_tests::send_signal(child.id(), "INT")?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Disabling a user cuts their session behind the agent within a second, and the agent
+    // closes the upstream connection too.
+    let token = gw.token("bob", &["engineering"], "1h")?;
+    let child = Psql::new(gw.pg_addr(), "orders-db", "bob")
+        .password(&token)
+        .conninfo_param("application_name", "bob-long")
+        .spawn("select pg_sleep(60)")?;
+    let upstream_sessions = || -> anyhow::Result<String> {
+        Ok(pg
+            .exec(
+                "postgres",
+                "select count(*) from pg_stat_activity where application_name = 'bob-long'",
+            )?
+            .trim()
+            .to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upstream_sessions()? != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "bob's session never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cut = Instant::now();
+    gw.cli(&["users", "disable", "bob", "--reason", "left"])?
+        .ok()?;
+    let out = child.wait_with_output()?;
+    assert!(
+        cut.elapsed() < Duration::from_secs(3),
+        "cut after {:?}",
+        cut.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("disabled") || stderr.contains("terminating connection"),
+        "{stderr}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_sessions()? != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the agent left bob's upstream session open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = events(&gw)?;
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "session.cancel" && e["detail"]["forwarded"] == true));
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "session.cut" && e["actor"] == "bob"));
+    Ok(())
+}

@@ -49,6 +49,25 @@ fn disabling_a_user_cuts_live_sessions_within_a_second() -> anyhow::Result<()> {
         "{stderr}"
     );
 
+    // The cut also stops alice's query upstream (PostgreSQL would otherwise sleep on until
+    // it next wrote to the closed socket): only bob's sleep is left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sleeping = pg.exec(
+            "postgres",
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'",
+        )?;
+        if sleeping.trim() == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's query still runs upstream after the cut ({} sleeping)",
+            sleeping.trim()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A new connection is refused, even with a token that is otherwise valid.
     let out = gw.psql("orders-db", "alice", &token, "select 1")?.err()?;
     assert!(out.stderr.contains("user \"alice\" is disabled"), "{out}");

@@ -49,10 +49,18 @@ where
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
     let mut up_count = Counter::default();
+    let mut terminated = false;
     let mut down = Downstream::default();
 
     let reason = {
-        let c2u = client_to_upstream(&mut client_rd, &mut up_wr, opts, sink, &mut up_count);
+        let c2u = client_to_upstream(
+            &mut client_rd,
+            &mut up_wr,
+            opts,
+            sink,
+            &mut up_count,
+            &mut terminated,
+        );
         let u2c = upstream_to_client(&mut up_rd, &mut client_wr, &mut down);
         let killed = async {
             loop {
@@ -98,6 +106,7 @@ where
         statements: up_count.statements,
         duration_ms: started.elapsed().as_millis() as u64,
         reason,
+        client_terminated: terminated,
     }
 }
 
@@ -113,6 +122,7 @@ async fn client_to_upstream<R, W, S>(
     opts: &RelayOptions,
     sink: &S,
     count: &mut Counter,
+    terminated: &mut bool,
 ) -> EndReason
 where
     R: AsyncRead + Unpin,
@@ -123,7 +133,6 @@ where
     let mut buf = BytesMut::with_capacity(READ_BUF);
     // Bytes of the current message still to pass through unobserved.
     let mut skip: usize = 0;
-    let mut terminated = false;
     let mut observed = Vec::new();
     loop {
         if buf.capacity() - buf.len() < 1024 {
@@ -163,7 +172,7 @@ where
                 break;
             }
             if tag == b'X' {
-                terminated = true;
+                *terminated = true;
             }
             if Observer::wants(tag) {
                 let end = pos + 1 + len;
@@ -198,7 +207,7 @@ where
         if let Some(v) = violation {
             return EndReason::ClientProtocolError(v);
         }
-        if terminated && skip == 0 {
+        if *terminated && skip == 0 {
             return EndReason::ClientClosed;
         }
     }

@@ -362,7 +362,13 @@ impl Agent {
         // The gateway ends sessions by closing the stream; nothing here kills them.
         let (_never, kill) = watch::channel(None);
         let summary = pg::relay(upstream.into_stream(), io, &opts, &sink, kill).await;
-        lock(&self.cancels).remove(&open.session_id);
+        let handle = lock(&self.cancels).remove(&open.session_id);
+        if let (true, Some(h)) = (summary.may_leave_a_query_running(), handle) {
+            // The gateway cut the session (or the link dropped): stop what runs upstream.
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), h.cancel()).await {
+                warn!(error = %e, "cannot cancel the query of a session that was cut");
+            }
+        }
         let end = EventBody::SessionEnd {
             reason: summary.reason.to_string(),
             statements: summary.statements,

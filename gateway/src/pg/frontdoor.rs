@@ -272,6 +272,10 @@ impl FrontDoor {
                 notices.iter().map(|n| &n[..]).collect(),
             ),
         };
+        let cancel_on_cut = match &canceller {
+            Some(Canceller::Local(h)) => Some(h.clone()),
+            _ => None,
+        };
         let (pid, secret, kill, _registration) =
             self.registry
                 .register(session_id, &user, &resource.name, canceller, grant);
@@ -343,7 +347,17 @@ impl FrontDoor {
         };
         let summary = match upstream {
             UpstreamConn::Local(up) => {
-                agent::relay(up.into_stream(), stream, &opts, &sink, kill).await
+                let summary = agent::relay(up.into_stream(), stream, &opts, &sink, kill).await;
+                if let (true, Some(h)) = (summary.may_leave_a_query_running(), cancel_on_cut) {
+                    // Cut or vanished client: stop what runs upstream, or PostgreSQL keeps
+                    // running it until it next writes to the closed socket.
+                    if let Ok(Err(e)) =
+                        tokio::time::timeout(Duration::from_secs(2), h.cancel()).await
+                    {
+                        warn!(error = %e, "cannot cancel the query of a session that was cut");
+                    }
+                }
+                summary
             }
             // The remote agent observes the statements and sends them over its event stream,
             // ending with its own end-of-session event. The gateway's session.end waits (a
