@@ -68,10 +68,16 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
-            ExitCode::FAILURE
+            // 64 (EX_USAGE) for a config the agent cannot start with, as the gateway does.
+            if e.downcast_ref::<gatehouse_agent::remote::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

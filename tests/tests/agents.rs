@@ -641,3 +641,34 @@ fn cancel_and_cut_reach_the_upstream_behind_the_agent() -> anyhow::Result<()> {
         .any(|e| e["kind"] == "session.cut" && e["actor"] == "bob"));
     Ok(())
 }
+
+#[test]
+fn the_agent_explains_a_bad_config_and_a_missing_enrollment() -> anyhow::Result<()> {
+    let dir = gatehouse_tests::temp_dir("agent-cli")?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\n[[resource]]\nname = \"db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:5432\"\ncredential = { username = \"u\", password_env = \"GATEHOUSE_TEST_UNSET_PW\" }\n",
+    )?;
+    let bin = gatehouse_tests::agent::agent_bin()?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--config")
+        .arg(&config)
+        .env_remove("GATEHOUSE_TEST_UNSET_PW");
+    let out = gatehouse_tests::run_command(&mut cmd, None, Duration::from_secs(30))?;
+    assert_eq!(out.code(), Some(64), "{out}");
+    assert!(
+        out.stderr.contains("resource[0].credential.password_env"),
+        "{out}"
+    );
+
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--config")
+        .arg(&config)
+        .env("GATEHOUSE_TEST_UNSET_PW", "x");
+    let out = gatehouse_tests::run_command(&mut cmd, None, Duration::from_secs(30))?;
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("not enrolled"), "{out}");
+    assert!(out.stderr.contains("--token"), "{out}");
+    Ok(())
+}
