@@ -12,51 +12,22 @@ set -euo pipefail
 SECS=${1:-10}
 ROUNDS=${2:-3}
 CLIENTS=${3:-16}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-
-PG_BIN=${PG_BIN:-$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")}
-WORK=$(mktemp -d /tmp/gatehouse-bench-agent.XXXXXX)
-chmod 755 "$WORK"
-RUN_AS=()
-if [ "$(id -u)" = 0 ]; then RUN_AS=(runuser -u nobody --); fi
+. "$(dirname "$0")/lib.sh"
+bench_setup bench-agent
 
 cleanup() {
   [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
   [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null || true
-  "${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  stop_pg
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "building gatehouse and gatehouse-agent (release)..."
 cargo build --release --bins -q
 GH="$ROOT/target/release/gatehouse"
 AGENT="$ROOT/target/release/gatehouse-agent"
-
-PGPORT=$(free_port)
+start_pg
 AGPORT=$(free_port)
-mkdir -p "$WORK/pg" "$WORK/sock"
-chown nobody "$WORK/pg" "$WORK/sock" 2>/dev/null || true
-echo "upstream-pw" > "$WORK/pw"; chmod 644 "$WORK/pw"
-"${RUN_AS[@]}" "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -keyout "$WORK/pg/server.key" -out "$WORK/pg/server.crt" 2>/dev/null
-chown nobody "$WORK/pg/server.key" "$WORK/pg/server.crt" 2>/dev/null || true
-chmod 600 "$WORK/pg/server.key"
-cat >> "$WORK/pg/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$WORK/sock'
-ssl = on
-max_connections = 100
-shared_buffers = 256MB
-CONF
-"${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w start >/dev/null
-psql -X -q -h "$WORK/sock" -p "$PGPORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD 'upstream-pw'" -c "CREATE DATABASE bench OWNER bench"
-PGPASSWORD=upstream-pw pgbench -q -i -s 10 -h 127.0.0.1 -p "$PGPORT" -U bench bench >/dev/null 2>&1
 
 cat > "$WORK/gatehouse.toml" <<CONF
 state_dir = "$WORK/state"
@@ -122,7 +93,6 @@ for round in $(seq "$ROUNDS"); do
   R+=" $(run remote "$CLIENTS")"
   echo "round $round: direct ${D##* } embedded ${E##* } remote ${R##* }"
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 DM=$(echo "$D" | median); EM=$(echo "$E" | median); RM=$(echo "$R" | median)
 RE=$(python3 -c "print(f'{$EM/$DM:.3f}')"); RR=$(python3 -c "print(f'{$RM/$DM:.3f}')")
 STMTS=$("$GH" audit export --config "$WORK/gatehouse.toml" --format jsonl | grep -c '"agent":"dc1"' || true)

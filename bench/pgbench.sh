@@ -9,48 +9,19 @@ set -euo pipefail
 
 SECS=${1:-15}
 ROUNDS=${2:-3}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-
-PG_BIN=${PG_BIN:-$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")}
-WORK=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
-chmod 755 "$WORK"
-RUN_AS=()
-if [ "$(id -u)" = 0 ]; then RUN_AS=(runuser -u nobody --); fi
+. "$(dirname "$0")/lib.sh"
+bench_setup bench
 
 cleanup() {
   [ -n "${GW_PID:-}" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null || true
-  "${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  stop_pg
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "building gatehouse (release)..."
 cargo build --release --bin gatehouse -q
 GH="$ROOT/target/release/gatehouse"
-
-PGPORT=$(free_port)
-mkdir -p "$WORK/pg" "$WORK/sock"
-chown nobody "$WORK/pg" "$WORK/sock" 2>/dev/null || true
-echo "upstream-pw" > "$WORK/pw"; chmod 644 "$WORK/pw"
-"${RUN_AS[@]}" "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -keyout "$WORK/pg/server.key" -out "$WORK/pg/server.crt" 2>/dev/null
-chown nobody "$WORK/pg/server.key" "$WORK/pg/server.crt" 2>/dev/null || true
-chmod 600 "$WORK/pg/server.key"
-cat >> "$WORK/pg/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$WORK/sock'
-ssl = on
-max_connections = 100
-shared_buffers = 256MB
-CONF
-"${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w start >/dev/null
-psql -X -q -h "$WORK/sock" -p "$PGPORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD 'upstream-pw'" -c "CREATE DATABASE bench OWNER bench"
-PGPASSWORD=upstream-pw pgbench -q -i -s 10 -h 127.0.0.1 -p "$PGPORT" -U bench bench >/dev/null 2>&1
+start_pg
 
 cat > "$WORK/gatehouse.toml" <<CONF
 state_dir = "$WORK/state"
@@ -96,7 +67,6 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round: direct c1 ${SUM[d1]##* } gw c1 ${SUM[g1]##* } direct c16 ${SUM[d16]##* } gw c16 ${SUM[g16]##* }"
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 D1=$(echo "${SUM[d1]}" | median); G1=$(echo "${SUM[g1]}" | median)
 D16=$(echo "${SUM[d16]}" | median); G16=$(echo "${SUM[g16]}" | median)
 R1=$(python3 -c "print(f'{$G1/$D1:.3f}')"); R16=$(python3 -c "print(f'{$G16/$D16:.3f}')")

@@ -377,9 +377,6 @@ pub struct Resource {
     pub tags: BTreeMap<String, String>,
     pub log_parameters: bool,
     pub connect_timeout: Duration,
-    /// The `read` role's brokered credential.
-    pub username: String,
-    pub password: Secret<String>,
     /// Every role (including `read`) with its brokered credential; empty for a resource
     /// behind a remote agent, which holds them.
     pub roles: BTreeMap<String, RoleCredential>,
@@ -649,27 +646,25 @@ impl Config {
                 check_role(role, key("agent_roles"))?;
                 role_names.push(role.clone());
             }
-            let (username, password) = match &r.credential {
-                Some(c) => (
-                    c.username.clone(),
-                    read_secret(&key("credential"), c, env, secrets, &resolve)?,
-                ),
-                None if r.agent.is_some() => (String::new(), String::new()),
-                None => {
+            // The `read` role's credential; a resource behind an agent has none here.
+            match (&r.credential, &r.agent) {
+                (Some(c), _) => {
+                    let password = read_secret(&key("credential"), c, env, secrets, &resolve)?;
+                    roles.insert(
+                        DEFAULT_ROLE.to_string(),
+                        RoleCredential {
+                            username: c.username.clone(),
+                            password: Secret::new(password),
+                        },
+                    );
+                }
+                (None, Some(_)) => {}
+                (None, None) => {
                     return Err(invalid(
                         key("credential"),
                         "give the brokered `credential` (or the `agent` that holds it)",
                     ))
                 }
-            };
-            if r.agent.is_none() {
-                roles.insert(
-                    DEFAULT_ROLE.to_string(),
-                    RoleCredential {
-                        username: username.clone(),
-                        password: Secret::new(password.clone()),
-                    },
-                );
             }
             for (role, cred) in &r.roles {
                 check_role(role, key(&format!("roles.{role}")))?;
@@ -697,8 +692,6 @@ impl Config {
                     r.connect_timeout.as_deref(),
                     "5s",
                 )?,
-                username,
-                password: Secret::new(password),
                 roles,
                 agent: r.agent,
                 role_names,
@@ -1071,7 +1064,7 @@ mod tests {
             ("prod", "confidential")
         );
         assert_eq!(r.tags.get("owner").map(String::as_str), Some("payments"));
-        assert_eq!(r.password.expose(), "s3cret-value");
+        assert_eq!(r.roles["read"].password.expose(), "s3cret-value");
         assert!(!format!("{c:?}").contains("s3cret-value"));
         assert_eq!(c.policies_dir, Path::new("/etc/gh/policies"));
         assert!(c.store_url.starts_with("sqlite:///tmp/state/"));

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::gateway::{gatehouse_bin, Gateway};
 use crate::pg::{PgServer, ORDERS_DB, ORDERS_PASSWORD, ORDERS_USER};
-use crate::util::{temp_dir, SpawnSpec, Supervised, TempDir};
+use crate::util::{mark_restart, temp_dir, SpawnSpec, Supervised, TempDir};
 
 /// The `gatehouse-agent` binary: `$GATEHOUSE_AGENT_BIN`, else next to the `gatehouse` binary.
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
@@ -204,16 +204,11 @@ impl AgentProc {
     fn spawn(&mut self, enroll: Option<(&Gateway, &str)>) -> anyhow::Result<()> {
         self.runs += 1;
         if self.runs > 1 {
-            let marker = format!(
-                "\n===== gatehouse-tests: agent restart #{} =====\n",
-                self.runs - 1
+            mark_restart(
+                &[&self.stdout_path, &self.stderr_path],
+                "agent restart",
+                self.runs - 1,
             );
-            for p in [&self.stdout_path, &self.stderr_path] {
-                let _ = fs::OpenOptions::new()
-                    .append(true)
-                    .open(p)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
-            }
         }
         self.log_mark = fs::metadata(&self.stderr_path)
             .map(|m| m.len())
@@ -295,12 +290,6 @@ impl AgentProc {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.proc
-            .as_mut()
-            .is_some_and(|p| p.try_wait().ok().flatten().is_none())
     }
 
     /// Stdout and stderr of all runs so far.

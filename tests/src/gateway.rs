@@ -36,8 +36,8 @@ use anyhow::{anyhow, bail, Context as _};
 use crate::clients::{psql, PsqlOutput};
 use crate::pg::{PgServer, ORDERS_DB, ORDERS_PASSWORD, ORDERS_USER};
 use crate::util::{
-    is_executable, poll, run_command, tail, temp_dir, workspace_root, CmdOutput, SpawnSpec,
-    Supervised, TempDir, COMMAND_TIMEOUT,
+    is_executable, mark_restart, poll, run_command, tail, temp_dir, workspace_root, CmdOutput,
+    SpawnSpec, Supervised, TempDir, COMMAND_TIMEOUT,
 };
 
 /// How long [`Gateway::start`] and [`Gateway::restart`] wait for the ready file.
@@ -628,16 +628,11 @@ impl Gateway {
     fn spawn(&mut self) -> anyhow::Result<()> {
         self.runs += 1;
         if self.runs > 1 {
-            let marker = format!(
-                "\n===== gatehouse-tests: restart #{} =====\n",
-                self.runs - 1
+            mark_restart(
+                &[&self.stdout_path, &self.stderr_path],
+                "restart",
+                self.runs - 1,
             );
-            for p in [&self.stdout_path, &self.stderr_path] {
-                let _ = fs::OpenOptions::new()
-                    .append(true)
-                    .open(p)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
-            }
         }
         let _ = fs::remove_file(&self.ready_path);
         let mut envs = self.cfg.child_env();

@@ -366,6 +366,18 @@ kill "$w" 2>/dev/null
 exit "$st"
 "#;
 
+/// Appends `===== gatehouse-tests: <what> #n =====` to each log, so that a restarted
+/// process's output can be told from the run before it.
+pub(crate) fn mark_restart(logs: &[&Path], what: &str, n: u32) {
+    let marker = format!("\n===== gatehouse-tests: {what} #{n} =====\n");
+    for p in logs {
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
+    }
+}
+
 /// How to start a supervised process.
 pub(crate) struct SpawnSpec<'a> {
     pub program: &'a Path,

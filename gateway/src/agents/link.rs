@@ -50,7 +50,6 @@ pub enum LinkError {
 struct Link {
     generation: u64,
     sender: h2::client::SendRequest<Bytes>,
-    hello: Hello,
     close: watch::Sender<Option<String>>,
 }
 
@@ -107,16 +106,6 @@ async fn open_stream<T: serde::Serialize>(
 impl Links {
     fn get(&self, agent: &str) -> Option<Arc<Link>> {
         lock(&self.inner).get(agent).cloned()
-    }
-
-    /// Names of agents with a live link, with what they front.
-    pub fn connected(&self) -> Vec<(String, Hello)> {
-        let mut v: Vec<_> = lock(&self.inner)
-            .iter()
-            .map(|(k, l)| (k.clone(), l.hello.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     }
 
     /// Asks `agent` to open a session; returns its answer and, when it opened, the stream that
@@ -409,7 +398,6 @@ async fn link(
         Arc::new(Link {
             generation,
             sender: sender.clone(),
-            hello: hello.clone(),
             close: close_tx,
         }),
     );
