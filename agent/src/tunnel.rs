@@ -96,6 +96,9 @@ pub enum RefusalKind {
     CredentialRejected,
     /// The upstream refused the session (its own SQLSTATE in `code`).
     UpstreamRefused,
+    /// The upstream failed the agent's trust checks (TLS, or an authentication method the
+    /// resource does not allow); the brokered credential was not sent.
+    Untrusted,
     /// The upstream is down or unreachable.
     Unreachable,
     /// The agent's event spool is full: it opens no session it could not log (fail closed).

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod files;
 pub mod pgwire;
+pub mod random;
 pub mod secret;
 pub mod session;
 

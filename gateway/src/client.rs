@@ -113,7 +113,7 @@ fn http_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
 }
 
 fn random_b64<const N: usize>() -> String {
-    B64URL.encode(crate::registry::random_bytes::<N>())
+    B64URL.encode(gatehouse_core::random::random_bytes::<N>())
 }
 
 /// Reads an error body `{"error", "message"}` into one line.

@@ -201,6 +201,11 @@ struct ResourceFile {
     /// Roles beyond `read` that the agent serves (for a resource behind an agent).
     #[serde(default)]
     agent_roles: Vec<String>,
+    /// Upstream TLS: `disable`, `require` or `verify-full` (the default when `ca_file` is given).
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
+    /// The authentication methods the upstream may ask for; default `["scram-sha-256"]`.
+    auth_methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +389,9 @@ pub struct Resource {
     pub agent: Option<String>,
     /// The role names (including `read`) sessions may ask for.
     pub role_names: Vec<String>,
+    /// How far the upstream is trusted (TLS, authentication methods); for a resource behind a
+    /// remote agent, the agent's config decides.
+    pub upstream: gatehouse_agent::pg::UpstreamSecurity,
 }
 
 impl Resource {
@@ -582,10 +590,13 @@ impl Config {
                     || r.credential.is_some()
                     || !r.roles.is_empty()
                     || r.database.is_some()
+                    || r.tls.is_some()
+                    || r.ca_file.is_some()
+                    || r.auth_methods.is_some()
                 {
                     return Err(invalid(
                         key("agent"),
-                        format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential` or `roles`: they stay in the agent's agent.toml"),
+                        format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential`, `roles`, `tls`, `ca_file` or `auth_methods`: they stay in the agent's agent.toml"),
                     ));
                 }
                 if !valid_name(agent) {
@@ -610,6 +621,13 @@ impl Config {
                     ))
                 }
             };
+            let upstream = gatehouse_agent::pg::SecuritySettings {
+                tls: r.tls.as_deref(),
+                ca_file: r.ca_file.as_deref().map(&resolve),
+                auth_methods: r.auth_methods.as_deref(),
+            }
+            .build()
+            .map_err(|e| invalid(key(e.key), e.why))?;
             let mut labels = r.labels;
             let env_label = labels
                 .remove("env")
@@ -695,6 +713,7 @@ impl Config {
                 roles,
                 agent: r.agent,
                 role_names,
+                upstream,
             });
         }
 

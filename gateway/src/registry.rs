@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gatehouse_agent::pg::CancelHandle;
+use gatehouse_core::random::random_bytes;
 use gatehouse_core::session::SessionId;
 use tokio::sync::watch;
 
@@ -85,23 +86,6 @@ impl Drop for Registration {
             m.remove(&self.pid);
         }
     }
-}
-
-/// Random session id and cancel key material.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // SystemRandom only fails when the OS has no entropy source; zeros would then be caught by
-    // nothing, so fall back to a time-derived value rather than panic.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    b
 }
 
 impl Registry {

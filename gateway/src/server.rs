@@ -155,7 +155,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         .await
         .context("recording gateway.start in the audit log")?;
 
-    let instance = crate::audit::event::hex(&crate::registry::random_bytes::<8>());
+    let instance = crate::audit::event::hex(&gatehouse_core::random::random_bytes::<8>());
     if store.backend() == crate::store::Backend::Sqlite {
         // One gateway owns a SQLite store: sessions still open from an earlier run are over.
         let n = store

@@ -528,11 +528,9 @@ impl PgServer {
     /// the data directory. Waits (at most 10 s) until `sslmode=require` connections work.
     /// Plain connections keep working too (pg_hba uses `host`). Returns the certificate path.
     pub fn enable_tls(&self) -> anyhow::Result<PathBuf> {
-        let openssl = find_in_path("openssl")
-            .ok_or_else(|| anyhow!("`openssl` not found on PATH (apt-get install -y openssl)"))?;
         let cert = self.data.join("server.crt");
         let key = self.data.join("server.key");
-        let mut cmd = Command::new(openssl);
+        let mut cmd = openssl()?;
         cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
             .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
             .args([
@@ -548,15 +546,32 @@ impl PgServer {
         run_command(&mut cmd, None, COMMAND_TIMEOUT)?
             .ok()
             .context("generating the server certificate")?;
+        self.install_tls(&cert, &key)?;
+        Ok(cert)
+    }
+
+    /// Turns on TLS like [`enable_tls`](Self::enable_tls), with a server certificate for
+    /// `localhost` and `127.0.0.1` issued by `ca` (as a real deployment has it, so a client can
+    /// verify the server against the CA).
+    pub fn enable_tls_from_ca(&self, ca: &TestCa) -> anyhow::Result<()> {
+        let (cert, key) = ca.issue_server(&self.data, "server")?;
+        self.install_tls(&cert, &key)
+    }
+
+    fn install_tls(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
         {
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+            fs::set_permissions(key, fs::Permissions::from_mode(0o600))?;
         }
-        chown_tree(&cert, self.ids)?;
-        chown_tree(&key, self.ids)?;
+        chown_tree(cert, self.ids)?;
+        chown_tree(key, self.ids)?;
+        let (cert, key) = (cert.display(), key.display());
         self.exec(
             "postgres",
-            "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();",
+            &format!(
+                "ALTER SYSTEM SET ssl_cert_file = '{cert}';\nALTER SYSTEM SET ssl_key_file = '{key}';\n\
+                 ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();"
+            ),
         )?;
         let ready = crate::util::poll(Duration::from_secs(10), Duration::from_millis(50), || {
             let out = crate::clients::Psql::new(self.addr(), "postgres", SUPERUSER)
@@ -569,8 +584,7 @@ impl PgServer {
                 "TLS did not come up within 10 s; log:\n{}",
                 tail(&self.log, 20)
             )
-        })?;
-        Ok(cert)
+        })
     }
 
     /// Stops the server gracefully (SIGINT, fast shutdown: open sessions are terminated) and
@@ -617,5 +631,85 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         // Stop the server before the TempDir field removes its files.
         self.proc.take();
+    }
+}
+
+fn openssl() -> anyhow::Result<Command> {
+    let openssl = find_in_path("openssl")
+        .ok_or_else(|| anyhow!("`openssl` not found on PATH (apt-get install -y openssl)"))?;
+    Ok(Command::new(openssl))
+}
+
+/// A throwaway certificate authority made with the `openssl` command (P-256, 2 days), for
+/// servers whose certificates a client verifies.
+pub struct TestCa {
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA named `name`, its files in `dir`.
+    pub fn create(dir: &Path, name: &str) -> anyhow::Result<TestCa> {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        let mut cmd = openssl()?;
+        cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={name}")])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert);
+        run_command(&mut cmd, None, COMMAND_TIMEOUT)?
+            .ok()
+            .context("generating a test CA")?;
+        Ok(TestCa { cert, key })
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1` signed by this CA:
+    /// `dir/<stem>.crt` and `dir/<stem>.key`.
+    pub fn issue_server(&self, dir: &Path, stem: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let cert = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        let csr = dir.join(format!("{stem}.csr"));
+        let ext = dir.join(format!("{stem}.ext"));
+        fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let mut cmd = openssl()?;
+        cmd.args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr);
+        run_command(&mut cmd, None, COMMAND_TIMEOUT)?
+            .ok()
+            .context("generating a server key and request")?;
+        let mut cmd = openssl()?;
+        cmd.args(["x509", "-req", "-days", "2", "-set_serial", "2"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&self.cert)
+            .arg("-CAkey")
+            .arg(&self.key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert);
+        run_command(&mut cmd, None, COMMAND_TIMEOUT)?
+            .ok()
+            .context("signing the server certificate")?;
+        Ok((cert, key))
     }
 }

@@ -544,7 +544,7 @@ fn open_append(p: &Path) -> anyhow::Result<File> {
 }
 
 /// Polls `f` every `every` until it returns `Ok(Some(_))`, an error, or `timeout` passes.
-pub(crate) fn poll<T>(
+pub fn poll<T>(
     timeout: Duration,
     every: Duration,
     mut f: impl FnMut() -> anyhow::Result<Option<T>>,

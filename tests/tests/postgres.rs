@@ -329,6 +329,7 @@ fn md5_upstream_and_brokered_credential_failures() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     let legacy = Resource::postgres("legacy-db", pg.addr(), "orders")
         .credential(LEGACY_USER, LEGACY_PASSWORD)
+        .raw("auth_methods", r#"["scram-sha-256", "md5"]"#)
         .labels(&[("env", "dev"), ("data_class", "internal")]);
     let wrong = Resource::postgres("wrong-pw-db", pg.addr(), "orders")
         .credential("orders_app", "not-the-password")

@@ -6,11 +6,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use gatehouse_core::pgwire::{self, ErrorFields, WireError};
 use gatehouse_core::Secret;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
 use super::auth::md5_password;
-use super::scram::{ScramClient, ScramError};
+use super::security::{server_name, AuthMethod, UpstreamSecurity, UpstreamStream, UpstreamTls};
 
 /// Largest message accepted from the upstream before the session is established.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
@@ -36,45 +38,55 @@ pub struct PgTarget {
     pub username: String,
     pub password: Secret<String>,
     pub connect_timeout: Duration,
+    /// TLS and the authentication methods the server may ask for.
+    pub security: UpstreamSecurity,
 }
 
-/// Why the upstream connection could not be established. Messages are for operators and are
-/// safe to show to the client: they name no secret.
+/// Why the upstream connection could not be established. Messages are safe to show to the
+/// client: they name no secret and no internal address (the operator's log line adds the
+/// address).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot reach upstream `{address}`: {source}")]
-    Unreachable {
-        address: String,
-        source: std::io::Error,
-    },
-    #[error("upstream `{0}` did not answer within the connect timeout")]
-    Timeout(String),
+    #[error("cannot reach the upstream: {0}")]
+    Unreachable(std::io::Error),
+    #[error("the upstream did not answer within the connect timeout")]
+    Timeout,
     #[error("upstream rejected the brokered credential: {0}")]
     CredentialRejected(String),
     #[error("upstream refused the session: {} ({})", .0.message, .0.code)]
     Refused(ErrorFields),
+    /// The upstream asked for a method this resource does not allow: the credential was not
+    /// used (an impostor asking for cleartext or md5 gets nothing).
+    #[error("the upstream asked for authentication method `{0}`, which this resource does not allow; the brokered credential was not sent")]
+    AuthMethodRefused(&'static str),
     #[error("upstream asked for an unsupported authentication method ({0})")]
     UnsupportedAuth(u32),
+    #[error("the upstream refused TLS, which this resource requires")]
+    TlsRefused,
+    #[error("TLS with the upstream failed: {0}")]
+    Tls(std::io::Error),
     #[error("scram authentication with upstream failed: {0}")]
-    Scram(#[from] ScramError),
+    Scram(String),
     #[error("upstream protocol error: {0}")]
     Protocol(#[from] WireError),
 }
 
 /// An authenticated upstream connection, ready for queries.
 pub struct Upstream {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: UpstreamStream,
     /// `ParameterStatus` pairs the server sent during startup, to pass on to the client.
     pub params: Vec<(String, String)>,
     /// Raw `NoticeResponse` messages from startup, to pass on to the client.
     pub notices: Vec<bytes::Bytes>,
     peer: SocketAddr,
+    address: String,
+    tls: UpstreamTls,
     backend_key: Option<(u32, u32)>,
 }
 
 impl Upstream {
     /// The authenticated connection, for [`super::relay`].
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> UpstreamStream {
         self.stream
     }
 
@@ -83,74 +95,117 @@ impl Upstream {
     pub fn cancel_handle(&self) -> Option<CancelHandle> {
         self.backend_key.map(|(pid, secret)| CancelHandle {
             peer: self.peer,
+            address: self.address.clone(),
+            tls: self.tls.clone(),
             pid,
             secret,
         })
     }
 }
 
-/// Sends a `CancelRequest` for one upstream backend. Holds the upstream's key, which the client
-/// never sees: clients get gateway-issued keys.
+/// Sends a `CancelRequest` for one upstream backend (over TLS when the session uses TLS).
+/// Holds the upstream's key, which the client never sees: clients get gateway-issued keys.
 #[derive(Clone, Debug)]
 pub struct CancelHandle {
     peer: SocketAddr,
+    address: String,
+    tls: UpstreamTls,
     pid: u32,
     secret: u32,
 }
 
 impl CancelHandle {
     pub async fn cancel(&self) -> std::io::Result<()> {
-        let mut stream =
-            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(self.peer))
+        let sending = async {
+            let tcp = TcpStream::connect(self.peer).await?;
+            let mut stream = secure(tcp, &self.tls, &self.address)
                 .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect")
-                })??;
-        let mut buf = BytesMut::new();
-        pgwire::cancel_request(&mut buf, self.pid, self.secret);
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
+                .map_err(|e| match e {
+                    UpstreamError::Tls(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                })?;
+            let mut buf = BytesMut::new();
+            pgwire::cancel_request(&mut buf, self.pid, self.secret);
+            stream.write_all(&buf).await?;
+            stream.shutdown().await
+        };
+        tokio::time::timeout(Duration::from_secs(5), sending)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel request"))?
     }
 }
 
-/// Connects to the target, authenticates with the brokered credential, and reads the server's
-/// startup messages up to the first `ReadyForQuery`.
+/// Connects to the target, negotiates TLS as the target requires, authenticates with the
+/// brokered credential, and reads the server's startup messages up to the first
+/// `ReadyForQuery`.
 pub async fn connect(
     target: &PgTarget,
     client_params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let connecting = TcpStream::connect(&target.address);
-    let mut stream = tokio::time::timeout(target.connect_timeout, connecting)
-        .await
-        .map_err(|_| UpstreamError::Timeout(target.address.clone()))?
-        .map_err(|source| UpstreamError::Unreachable {
-            address: target.address.clone(),
-            source,
-        })?;
-    stream.set_nodelay(true).ok();
-    let peer = stream
-        .peer_addr()
-        .map_err(|source| UpstreamError::Unreachable {
-            address: target.address.clone(),
-            source,
-        })?;
-    let handshake = startup(&mut stream, target, client_params);
-    let (params, notices, backend_key) = tokio::time::timeout(target.connect_timeout, handshake)
-        .await
-        .map_err(|_| UpstreamError::Timeout(target.address.clone()))??;
+    let opening = async {
+        let tcp = TcpStream::connect(&target.address)
+            .await
+            .map_err(UpstreamError::Unreachable)?;
+        tcp.set_nodelay(true).ok();
+        let peer = tcp.peer_addr().map_err(UpstreamError::Unreachable)?;
+        let mut stream = secure(tcp, &target.security.tls, &target.address).await?;
+        let started = startup(&mut stream, target, client_params).await?;
+        Ok::<_, UpstreamError>((stream, peer, started))
+    };
+    let (stream, peer, (params, notices, backend_key)) =
+        tokio::time::timeout(target.connect_timeout, opening)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
     Ok(Upstream {
         stream,
         params,
         notices,
         peer,
+        address: target.address.clone(),
+        tls: target.security.tls.clone(),
         backend_key,
     })
+}
+
+/// `SSLRequest` and the TLS handshake, unless TLS is disabled.
+async fn secure(
+    mut tcp: TcpStream,
+    tls: &UpstreamTls,
+    address: &str,
+) -> Result<UpstreamStream, UpstreamError> {
+    let Some(config) = tls.config() else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    let mut req = BytesMut::new();
+    req.extend_from_slice(&8u32.to_be_bytes());
+    req.extend_from_slice(&pgwire::SSL_REQUEST.to_be_bytes());
+    tcp.write_all(&req).await.map_err(WireError::from)?;
+    // Exactly one byte: anything the server sent after it would be unencrypted data that an
+    // attacker on the path injected (CVE-2021-23222), so nothing is read ahead of the handshake.
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(WireError::from)?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => return Err(UpstreamError::TlsRefused),
+        _ => return Err(WireError::Malformed("answer to SSLRequest").into()),
+    }
+    let name = server_name(address).ok_or_else(|| {
+        UpstreamError::Tls(std::io::Error::other(
+            "the address's host is not a valid TLS server name",
+        ))
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(UpstreamError::Tls)?;
+    Ok(UpstreamStream::Tls(Box::new(stream)))
 }
 
 type Startup = (Vec<(String, String)>, Vec<bytes::Bytes>, Option<(u32, u32)>);
 
 async fn startup(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     target: &PgTarget,
     client_params: &[(String, String)],
 ) -> Result<Startup, UpstreamError> {
@@ -165,8 +220,10 @@ async fn startup(
     pgwire::startup_message(&mut out, &params);
     stream.write_all(&out).await.map_err(WireError::from)?;
 
-    let mut scram: Option<ScramClient> = None;
-    let mut scram_verified = false;
+    let security = &target.security;
+    let refuse = |m: AuthMethod| UpstreamError::AuthMethodRefused(m.name());
+    let mut scram: Option<ScramSha256> = None;
+    let mut authenticated = false;
     // Authentication.
     loop {
         let (tag, body) = pgwire::read_message(stream, MAX_STARTUP_MESSAGE).await?;
@@ -176,46 +233,80 @@ async fn startup(
                     .ok_or(WireError::Malformed("authentication request"))?;
                 out.clear();
                 match code {
-                    0 if scram.is_some() && !scram_verified => {
+                    0 if scram.is_some() && !authenticated => {
                         // A server that skips SASLFinal has not proven it knows the password.
-                        return Err(ScramError::ServerSignature.into());
+                        return Err(UpstreamError::Scram(
+                            "the server did not prove that it knows the password".into(),
+                        ));
+                    }
+                    0 if !authenticated && !security.allows(AuthMethod::Trust) => {
+                        // A server that asks for nothing has proven nothing: it may be anyone.
+                        return Err(refuse(AuthMethod::Trust));
                     }
                     0 => break,
-                    3 => pgwire::password_message(&mut out, target.password.expose().as_bytes()),
+                    3 => {
+                        if !security.allows(AuthMethod::Password) {
+                            return Err(refuse(AuthMethod::Password));
+                        }
+                        pgwire::password_message(&mut out, target.password.expose().as_bytes());
+                        authenticated = true;
+                    }
                     5 => {
+                        if !security.allows(AuthMethod::Md5) {
+                            return Err(refuse(AuthMethod::Md5));
+                        }
                         let salt: [u8; 4] = rest
                             .get(..4)
                             .and_then(|s| s.try_into().ok())
                             .ok_or(WireError::Malformed("md5 salt"))?;
                         let hashed = md5_password(&target.username, target.password.expose(), salt);
                         pgwire::password_message(&mut out, hashed.as_bytes());
+                        authenticated = true;
                     }
                     10 => {
+                        if !security.allows(AuthMethod::ScramSha256) {
+                            return Err(refuse(AuthMethod::ScramSha256));
+                        }
+                        if scram.is_some() {
+                            return Err(WireError::Malformed("second SASL request").into());
+                        }
                         let offers_scram = rest.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
                         if !offers_scram {
                             return Err(UpstreamError::UnsupportedAuth(code));
                         }
-                        let client = ScramClient::new(target.password.expose())?;
-                        pgwire::sasl_initial_response(
-                            &mut out,
-                            "SCRAM-SHA-256",
-                            client.client_first().as_bytes(),
+                        let client = ScramSha256::new(
+                            target.password.expose().as_bytes(),
+                            ChannelBinding::unsupported(),
                         );
+                        pgwire::sasl_initial_response(&mut out, "SCRAM-SHA-256", client.message());
                         scram = Some(client);
                     }
                     11 => {
-                        let client = scram
-                            .as_mut()
+                        let mut client = scram
+                            .take()
                             .ok_or(WireError::Malformed("unexpected SASLContinue"))?;
-                        let fin = client.client_final(rest)?;
-                        pgwire::sasl_response(&mut out, fin.as_bytes());
+                        check_iterations(rest)?;
+                        // PBKDF2 takes milliseconds of CPU: off the async workers.
+                        let server_first = rest.to_vec();
+                        let client = tokio::task::spawn_blocking(move || {
+                            client.update(&server_first).map(|()| client)
+                        })
+                        .await
+                        .map_err(|e| UpstreamError::Scram(e.to_string()))?
+                        .map_err(|e| UpstreamError::Scram(e.to_string()))?;
+                        pgwire::sasl_response(&mut out, client.message());
+                        scram = Some(client);
                     }
                     12 => {
                         let client = scram
-                            .as_ref()
+                            .as_mut()
                             .ok_or(WireError::Malformed("unexpected SASLFinal"))?;
-                        client.verify_server_final(rest)?;
-                        scram_verified = true;
+                        client.finish(rest).map_err(|_| {
+                            UpstreamError::Scram(
+                                "the server's signature does not verify: it does not know the password".into(),
+                            )
+                        })?;
+                        authenticated = true;
                         continue;
                     }
                     other => return Err(UpstreamError::UnsupportedAuth(other)),
@@ -263,5 +354,40 @@ async fn startup(
             b'Z' => return Ok((server_params, notices, key)),
             _ => return Err(WireError::Malformed("message during upstream startup").into()),
         }
+    }
+}
+
+/// Upper bound on the iteration count a server may ask for (PostgreSQL's default is 4096): a
+/// hostile server must not make the agent burn seconds of CPU per connection.
+const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
+
+/// Refuses a `server-first-message` whose iteration count is absurd, before PBKDF2 runs.
+fn check_iterations(server_first: &[u8]) -> Result<(), UpstreamError> {
+    let text = std::str::from_utf8(server_first)
+        .map_err(|_| UpstreamError::Scram("malformed server-first-message".into()))?;
+    let iterations = text
+        .split(',')
+        .find_map(|p| p.strip_prefix("i="))
+        .and_then(|i| i.parse::<u32>().ok())
+        .ok_or_else(|| UpstreamError::Scram("malformed server-first-message".into()))?;
+    if iterations == 0 || iterations > MAX_SCRAM_ITERATIONS {
+        return Err(UpstreamError::Scram(format!(
+            "the server asked for {iterations} iterations"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_iteration_counts_are_refused_before_pbkdf2() {
+        assert!(check_iterations(b"r=abc,s=QUJD,i=4096").is_ok());
+        assert!(check_iterations(b"r=abc,s=QUJD,i=4000000000").is_err());
+        assert!(check_iterations(b"r=abc,s=QUJD,i=0").is_err());
+        assert!(check_iterations(b"garbage").is_err());
     }
 }

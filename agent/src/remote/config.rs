@@ -12,7 +12,13 @@
 //! database = "orders"
 //! credential = { username = "orders_app", password_env = "ORDERS_DB_PASSWORD" }
 //! roles = { write = { username = "orders_rw", password_file = "/run/secrets/orders_rw" } }
+//! tls = "verify-full"                # disable | require | verify-full (default with ca_file)
+//! ca_file = "/etc/gatehouse/orders-ca.pem"
+//! auth_methods = ["scram-sha-256"]   # the default; md5, password (verify-full only), trust
 //! ```
+//!
+//! Without `tls` and `ca_file` the upstream connection is plain TCP, and SCRAM-SHA-256 is still
+//! the only method the upstream may ask for.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +28,7 @@ use gatehouse_core::clock::parse_duration;
 use gatehouse_core::Secret;
 use serde::Deserialize;
 
-use crate::pg::PgTarget;
+use crate::pg::{PgTarget, SecuritySettings};
 
 /// The role a bare `credential` serves.
 pub const DEFAULT_ROLE: &str = "read";
@@ -67,6 +73,11 @@ struct ResourceFile {
     credential: CredentialFile,
     #[serde(default)]
     roles: BTreeMap<String, CredentialFile>,
+    /// `disable`, `require` or `verify-full` (the default when `ca_file` is given).
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
+    /// What the upstream may ask for; default `["scram-sha-256"]`.
+    auth_methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +165,13 @@ impl AgentConfig {
                     invalid(key("connect_timeout"), format!("`{t}` is not a duration"))
                 })?,
             };
+            let security = SecuritySettings {
+                tls: r.tls.as_deref(),
+                ca_file: r.ca_file.as_deref().map(resolve),
+                auth_methods: r.auth_methods.as_deref(),
+            }
+            .build()
+            .map_err(|e| invalid(key(e.key), e.why))?;
             let database = r.database.unwrap_or_else(|| r.name.clone());
             let mut roles = BTreeMap::new();
             let mut creds = vec![(DEFAULT_ROLE.to_string(), r.credential, key("credential"))];
@@ -196,6 +214,7 @@ impl AgentConfig {
                         username: c.username,
                         password: Secret::new(password),
                         connect_timeout,
+                        security: security.clone(),
                     },
                 );
             }
@@ -256,5 +275,41 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("ORDERS_DB_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn upstream_trust_settings_are_checked_and_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("gh-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        let env = |_: &str| Some("pw".to_string());
+        let load = |extra: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[resource]]\nname = \"db\"\nkind = \"postgres\"\naddress = \"db.internal:5432\"\n\
+                     credential = {{ username = \"u\", password_env = \"P\" }}\n{extra}"
+                ),
+            )
+            .unwrap();
+            AgentConfig::load(&path, &env)
+        };
+        let c = load("").unwrap();
+        let t = &c.resource("db").unwrap().roles["read"].security;
+        assert_eq!(t.tls.mode(), "disable");
+        assert_eq!(t.auth_methods, vec![crate::pg::AuthMethod::ScramSha256]);
+        let c = load("tls = \"require\"\nauth_methods = [\"scram-sha-256\", \"md5\"]").unwrap();
+        let t = &c.resource("db").unwrap().roles["read"].security;
+        assert_eq!(t.tls.mode(), "require");
+        assert!(t.allows(crate::pg::AuthMethod::Md5));
+        for (extra, key) in [
+            ("auth_methods = [\"password\"]", "resource[0].auth_methods"),
+            ("tls = \"prefer\"", "resource[0].tls"),
+            ("ca_file = \"missing-ca.pem\"", "resource[0].ca_file"),
+        ] {
+            let err = load(extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -318,7 +318,7 @@ impl Agent {
             }
             Some(t) => pg::connect(t, &open.params)
                 .await
-                .map_err(|e| upstream_refusal(&e))
+                .map_err(|e| upstream_refusal(&t.address, &e))
                 .map(|up| (t.username.clone(), t.address.clone(), up)),
         };
         let (upstream, opened) = match answer {
@@ -437,22 +437,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn upstream_refusal(e: &UpstreamError) -> Opened {
+fn upstream_refusal(address: &str, e: &UpstreamError) -> Opened {
     let (kind, code) = match e {
         UpstreamError::CredentialRejected(_) | UpstreamError::Scram(_) => {
             (RefusalKind::CredentialRejected, None)
         }
-        UpstreamError::Refused(f) => (RefusalKind::UpstreamRefused, Some(f.code.clone())),
-        UpstreamError::Unreachable { .. } | UpstreamError::Timeout(_) => {
-            (RefusalKind::Unreachable, None)
+        UpstreamError::AuthMethodRefused(_) | UpstreamError::TlsRefused | UpstreamError::Tls(_) => {
+            (RefusalKind::Untrusted, None)
         }
+        UpstreamError::Refused(f) => (RefusalKind::UpstreamRefused, Some(f.code.clone())),
+        UpstreamError::Unreachable(_) | UpstreamError::Timeout => (RefusalKind::Unreachable, None),
         _ => (RefusalKind::Other, None),
     };
     let message = match e {
         UpstreamError::Refused(f) => f.message.clone(),
         other => other.to_string(),
     };
-    warn!(error = %e, "upstream connection failed");
+    warn!(upstream = address, error = %e, "upstream connection failed");
     Opened::Refused {
         kind,
         message,

@@ -15,7 +15,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::keys::write_private;
-use crate::registry::random_bytes;
+use gatehouse_core::random::random_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

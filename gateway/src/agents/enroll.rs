@@ -12,7 +12,7 @@ use tracing::info;
 use super::ca::sha256_hex;
 use super::AgentService;
 use crate::audit::{EventKind, NewEvent};
-use crate::registry::random_bytes;
+use gatehouse_core::random::random_bytes;
 
 /// The prefix every join token carries, so that one pasted in the wrong place is recognisable.
 pub const TOKEN_PREFIX: &str = "ghj_";

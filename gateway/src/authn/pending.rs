@@ -34,7 +34,7 @@ fn digest(key: &str) -> [u8; 32] {
 
 /// A fresh random key: 32 bytes, URL-safe base64.
 pub fn random_key() -> String {
-    B64URL.encode(crate::registry::random_bytes::<32>())
+    B64URL.encode(gatehouse_core::random::random_bytes::<32>())
 }
 
 impl<V> Pending<V> {

@@ -232,9 +232,7 @@ impl TokenAuthority {
             )));
         }
         let now = unix_now();
-        let mut jti = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut jti)
-            .map_err(|_| TokenError::Sign("random number generator failed".into()))?;
+        let jti = gatehouse_core::random::random_bytes::<16>();
         let (auth, sid, amr, mfa) = match login {
             Some(l) => (Some("oidc".to_string()), Some(l.sid), l.amr, l.mfa),
             None => (None, None, Vec::new(), false),

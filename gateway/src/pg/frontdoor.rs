@@ -22,8 +22,9 @@ use super::sink::{DiscardSink, SessionSink};
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::authn::token::TokenAuthority;
 use crate::config::{Config, Resource};
-use crate::registry::{random_bytes, Canceller, Registry, SessionGrant};
+use crate::registry::{Canceller, Registry, SessionGrant};
 use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
+use gatehouse_core::random::random_bytes;
 
 /// How long a connection waits for the store to say whether its user is disabled.
 const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -710,6 +711,7 @@ impl FrontDoor {
             username: credential.username.clone(),
             password: credential.password.clone(),
             connect_timeout: resource.connect_timeout,
+            security: resource.upstream.clone(),
         };
         match agent::connect(&target, params).await {
             Ok(up) => Ok((
@@ -718,7 +720,7 @@ impl FrontDoor {
                 UpstreamConn::Local(up),
             )),
             Err(err) => {
-                warn!(error = %err, "upstream connection failed");
+                warn!(upstream = %resource.address, error = %err, "upstream connection failed");
                 Err((err.to_string(), upstream_refusal(&resource.name, &err)))
             }
         }
@@ -780,6 +782,7 @@ impl FrontDoor {
                         detail: Some(message.clone()),
                         hint: Some("this is an agent configuration problem, not your token; tell the resource's admin".into()),
                     },
+                    RefusalKind::Untrusted => untrusted_refusal(name, &message),
                     RefusalKind::UpstreamRefused => Refusal {
                         code: "08004",
                         message: format!("resource \"{name}\" refused the session: {message}"),
@@ -829,11 +832,25 @@ fn upstream_refusal(resource: &str, err: &UpstreamError) -> Refusal {
             detail: Some(format!("upstream SQLSTATE {}", fields.code)),
             hint: None,
         },
+        UpstreamError::AuthMethodRefused(_)
+        | UpstreamError::TlsRefused
+        | UpstreamError::Tls(_) => untrusted_refusal(resource, &err.to_string()),
         _ => Refusal {
             code: "08001",
             message: format!("gatehouse could not connect to resource \"{resource}\""),
             detail: Some(err.to_string()),
             hint: Some("the resource may be down; try again later or tell its admin".into()),
         },
+    }
+}
+
+/// The upstream failed a trust check (TLS, or an authentication method the resource does not
+/// allow): the brokered credential was not sent, and the client learns which check failed.
+fn untrusted_refusal(resource: &str, why: &str) -> Refusal {
+    Refusal {
+        code: "08004",
+        message: format!("resource \"{resource}\" failed the gateway's upstream checks: {why}"),
+        detail: None,
+        hint: Some("the server at the resource's address may not be the real one; tell the resource's admin".into()),
     }
 }

@@ -221,7 +221,7 @@ pub async fn device_start(
 /// Eight characters from an alphabet without vowels or look-alikes (RFC 8628 6.1).
 fn gateway_user_code() -> String {
     const ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
-    crate::registry::random_bytes::<8>()
+    gatehouse_core::random::random_bytes::<8>()
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()

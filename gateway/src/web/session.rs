@@ -101,7 +101,7 @@ impl Web {
             let left = identity.id_token_exp.saturating_sub(now).max(60);
             ttl = ttl.min(Duration::from_secs(left));
         }
-        let sid = crate::audit::event::hex(&crate::registry::random_bytes::<16>());
+        let sid = crate::audit::event::hex(&gatehouse_core::random::random_bytes::<16>());
         let (token, claims) = self
             .tokens
             .issue_login(
