@@ -21,8 +21,9 @@ pub struct AgentService {
     pub store: Store,
     pub audit: AuditLog,
     pub links: Links,
-    /// Which agent fronts which resource, from the gateway's config: an event an agent reports
-    /// for a resource it does not front is still recorded (nothing is dropped) but flagged.
+    /// Which agent fronts which resource, from the gateway's config: an agent's event for a
+    /// session the gateway no longer remembers is accepted only if the session's resource is
+    /// one this agent fronts.
     pub fronts: std::collections::HashMap<String, String>,
 }
 

@@ -672,3 +672,170 @@ fn the_agent_explains_a_bad_config_and_a_missing_enrollment() -> anyhow::Result<
     assert!(out.stderr.contains("--token"), "{out}");
     Ok(())
 }
+
+/// The records of an agent's spool file (`events.log`: a 4-byte big-endian length, then JSON).
+fn spool_records(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let data = std::fs::read(path)?;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 4 <= data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into()?) as usize;
+        let end = pos + 4 + len;
+        anyhow::ensure!(end <= data.len(), "torn record at {pos}");
+        out.push(serde_json::from_slice(&data[pos + 4..end])?);
+        pos = end;
+    }
+    Ok(out)
+}
+
+fn append_spool_record(path: &Path, record: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let body = serde_json::to_vec(record)?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(&(body.len() as u32).to_be_bytes())?;
+    f.write_all(&body)?;
+    Ok(())
+}
+
+#[test]
+fn an_agent_reporting_sessions_it_does_not_hold_is_refused_and_audited() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway_with_agent_listener(|c| c)?;
+    let mut agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").orders_db(&pg, "orders-db"))?;
+    agent.wait_connected(&gw, LINK_UP)?;
+
+    // A real session of alice's, whose id a compromised agent could misuse.
+    gw.psql_as(
+        "alice",
+        &["engineering"],
+        "orders-db",
+        "select 'real-1' as tag",
+    )?
+    .ok()?;
+    let spool = agent.state_dir().join("spool/events.log");
+    let records = gatehouse_tests::util::poll(LINK_UP, Duration::from_millis(100), || {
+        let r = spool_records(&spool)?;
+        Ok(r.iter().any(|e| e["event"] == "session_end").then_some(r))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("alice's session never reached the agent's spool"))?;
+    let statement = records
+        .iter()
+        .find(|e| {
+            e["event"] == "statement" && e["text"].as_str().is_some_and(|t| t.contains("real-1"))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no statement record in the spool: {records:?}"))?
+        .clone();
+    let end = records
+        .iter()
+        .find(|e| e["event"] == "session_end")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no session_end record"))?;
+    let real_session = statement["session_id"].clone();
+    // Wait until the gateway has stored the real session's end, then take the host over:
+    // forged records go into the spool, with the next sequence numbers.
+    gatehouse_tests::util::poll(LINK_UP, Duration::from_millis(100), || {
+        Ok(events(&gw)?
+            .iter()
+            .any(|e| e["kind"] == "session.agent_end")
+            .then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the agent's end of alice's session never arrived"))?;
+    agent.kill9()?;
+    let mut seq = spool_records(&spool)?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let made_up = "00112233445566778899aabbccddeeff";
+    let mut forge =
+        |mut r: serde_json::Value, session: serde_json::Value, user: &str, text: Option<&str>| {
+            seq += 1;
+            r["seq"] = seq.into();
+            r["session_id"] = session;
+            r["user"] = user.into();
+            if let Some(t) = text {
+                r["text"] = t.into();
+            }
+            append_spool_record(&spool, &r)
+        };
+    // A session the gateway never opened; alice's real session under another user's name; an
+    // end for the made-up session (it must release nothing); a statement for another resource.
+    forge(
+        statement.clone(),
+        made_up.into(),
+        "mallory",
+        Some("select 'forged-unknown'"),
+    )?;
+    forge(
+        statement.clone(),
+        real_session.clone(),
+        "bob",
+        Some("select 'forged-other-user'"),
+    )?;
+    forge(end.clone(), made_up.into(), "mallory", None)?;
+    let mut other_resource = statement.clone();
+    other_resource["resource"] = "ledger-db".into();
+    forge(
+        other_resource,
+        real_session.clone(),
+        "alice",
+        Some("select 'forged-other-resource'"),
+    )?;
+
+    agent.restart()?;
+    agent.wait_connected(&gw, LINK_UP)?;
+    let refused = gatehouse_tests::util::poll(LINK_UP, Duration::from_millis(200), || {
+        let refused: Vec<serde_json::Value> = events(&gw)?
+            .into_iter()
+            .filter(|e| e["kind"] == "agent.event_refused")
+            .collect();
+        Ok((refused.len() >= 4).then_some(refused))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the forged events were not refused\n{}", gw.logs()))?;
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    for e in &refused {
+        assert_eq!(e["actor"], "agent:dc1", "{e}");
+        assert_eq!(e["decision"], "deny", "{e}");
+        assert_eq!(e["detail"]["agent"], "dc1", "{e}");
+        assert!(!e["reason"].as_str().unwrap_or("").is_empty(), "{e}");
+        assert!(
+            e["controls"]
+                .as_array()
+                .is_some_and(|c| c.contains(&"8.15".into())),
+            "{e}"
+        );
+    }
+    assert!(refused.iter().any(|e| e["detail"]["claimed_user"] == "bob"));
+
+    // None of it became a session's activity, and other sessions go on as before.
+    let all = events(&gw)?;
+    assert!(
+        statement_counts(&all, "forged-").is_empty(),
+        "{:?}",
+        statement_counts(&all, "forged-")
+    );
+    assert_eq!(
+        all.iter()
+            .filter(|e| e["kind"] == "session.agent_end")
+            .count(),
+        1,
+        "the forged end was stored as a session end"
+    );
+    gw.psql_as(
+        "alice",
+        &["engineering"],
+        "orders-db",
+        "select 'after-forgery' as tag",
+    )?
+    .ok()?;
+    let after = gatehouse_tests::util::poll(LINK_UP, Duration::from_millis(200), || {
+        let c = statement_counts(&events(&gw)?, "after-forgery");
+        Ok((!c.is_empty()).then_some(c))
+    })?;
+    assert!(
+        after.is_some(),
+        "a later session's statements were not logged"
+    );
+    assert!(gw.audit_verify()?.ok()?.stdout.contains("intact"));
+    Ok(())
+}

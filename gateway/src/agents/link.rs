@@ -60,6 +60,17 @@ pub struct Links {
     generations: Arc<AtomicU64>,
     /// Sessions whose front door waits for the agent's end-of-session event to be durable.
     ends: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// Sessions opened on a link and not yet forgotten: which agent, user and resource each
+    /// was opened for. An agent's events are accepted only for its own sessions.
+    opened: Arc<Mutex<HashMap<String, OpenedOn>>>,
+}
+
+/// Whom a session was opened for, on which agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OpenedOn {
+    agent: String,
+    user: String,
+    resource: String,
 }
 
 fn h2_failed(agent: &str) -> impl FnOnce(h2::Error) -> LinkError + '_ {
@@ -118,6 +129,28 @@ impl Links {
         let link = self
             .get(agent)
             .ok_or_else(|| LinkError::NotConnected(agent.to_string()))?;
+        // Known before the agent hears of it, so its first event finds the session.
+        lock(&self.opened).insert(
+            open.session_id.clone(),
+            OpenedOn {
+                agent: agent.to_string(),
+                user: open.user.clone(),
+                resource: open.resource.clone(),
+            },
+        );
+        let answer = self.open_on(agent, &link, open).await;
+        if !matches!(answer, Ok((Opened::Ok { .. }, _))) {
+            lock(&self.opened).remove(&open.session_id);
+        }
+        answer
+    }
+
+    async fn open_on(
+        &self,
+        agent: &str,
+        link: &Link,
+        open: &OpenSession,
+    ) -> Result<(Opened, H2Io), LinkError> {
         let mut io = open_stream(agent, &link.sender, "/session", Some(open)).await?;
         let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, tunnel::read_frame(&mut io))
             .await
@@ -154,9 +187,15 @@ impl Links {
         rx
     }
 
-    /// Stops waiting for `session_id`'s end (it arrived, or the front door gave up).
+    /// Stops waiting for `session_id`'s end (it arrived, or the front door gave up). Events
+    /// the agent sends for it later are checked against the store instead.
     pub fn forget_end(&self, session_id: &str) {
         lock(&self.ends).remove(session_id);
+        lock(&self.opened).remove(session_id);
+    }
+
+    fn opened_on(&self, session_id: &str) -> Option<OpenedOn> {
+        lock(&self.opened).get(session_id).cloned()
     }
 
     fn ended(&self, session_id: &str) {
@@ -602,6 +641,8 @@ async fn events(
     let (tx, mut rx) = mpsc::channel::<(u64, Confirm, Option<String>)>(IN_FLIGHT);
     let read = async {
         let mut last = 0u64;
+        // Sessions of this agent already checked against the store (after a restart).
+        let mut known: HashMap<String, OpenedOn> = HashMap::new();
         loop {
             let event: SpooledEvent = match tunnel::read_frame(&mut rd).await {
                 Ok(Some(e)) => e,
@@ -616,13 +657,18 @@ async fn events(
             }
             last = event.seq;
             let seq = event.seq;
-            let ends = matches!(event.body, EventBody::SessionEnd { .. })
-                .then(|| event.session_id.clone());
-            let mut audit_event = agent_event(agent, event);
-            if svc.fronts.get(&audit_event.resource).map(String::as_str) != Some(agent) {
-                warn!(resource = %audit_event.resource, "the agent reported an event for a resource it does not front; recorded and flagged");
-                audit_event.detail["unexpected_resource"] = serde_json::json!(true);
-            }
+            let (audit_event, ends) = match attributable(svc, agent, &event, &mut known).await {
+                Attribution::Own => {
+                    let ends = matches!(event.body, EventBody::SessionEnd { .. })
+                        .then(|| event.session_id.clone());
+                    (agent_event(agent, event), ends)
+                }
+                Attribution::Foreign(why) => {
+                    warn!(session.id = %event.session_id, reason = %why, "the agent reported an event for a session it does not hold; recorded as refused");
+                    (refused_event(agent, event, &why), None)
+                }
+                Attribution::Unknown(why) => return why,
+            };
             let confirm = match svc.audit.record_confirmed(audit_event).await {
                 Ok(c) => c,
                 Err(e) => return format!("the audit log is closed: {e}"),
@@ -660,6 +706,108 @@ async fn events(
         why = read => why,
         why = ack => why,
     }
+}
+
+/// Sessions checked against the store that a link remembers (then it forgets them all).
+const KNOWN_SESSIONS: usize = 4096;
+
+/// Whether an agent may report an event.
+enum Attribution {
+    /// The session was opened on this agent, for the user and resource the event names.
+    Own,
+    /// It was not: the event is recorded as refused, never as the session's activity.
+    Foreign(String),
+    /// The store cannot say; the link drops and the agent resends later (nothing is acked).
+    Unknown(String),
+}
+
+async fn attributable(
+    svc: &AgentService,
+    agent: &str,
+    e: &SpooledEvent,
+    known: &mut HashMap<String, OpenedOn>,
+) -> Attribution {
+    let verdict = |on: &OpenedOn| {
+        if on.agent != agent {
+            Attribution::Foreign(format!(
+                "session {} was opened on agent `{}`, not on `{agent}`",
+                e.session_id, on.agent
+            ))
+        } else if on.user != e.user || on.resource != e.resource {
+            Attribution::Foreign(format!(
+                "session {} was opened for user `{}` on `{}`, not for `{}` on `{}`",
+                e.session_id, on.user, on.resource, e.user, e.resource
+            ))
+        } else {
+            Attribution::Own
+        }
+    };
+    if let Some(on) = svc.links.opened_on(&e.session_id) {
+        return verdict(&on);
+    }
+    if let Some(on) = known.get(&e.session_id) {
+        return verdict(on);
+    }
+    // The front door has forgotten the session (it ended, or the gateway restarted): the
+    // durable decision that admitted it says for whom, and the config which agent fronts it.
+    let lookup =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, svc.store.admitted_session(&e.session_id)).await;
+    match lookup {
+        Ok(Ok(Some((user, resource)))) => {
+            let Some(fronting) = svc.fronts.get(&resource) else {
+                return Attribution::Foreign(format!(
+                    "session {} is on resource `{resource}`, which no agent fronts",
+                    e.session_id
+                ));
+            };
+            let on = OpenedOn {
+                agent: fronting.clone(),
+                user,
+                resource,
+            };
+            let answer = verdict(&on);
+            if known.len() >= KNOWN_SESSIONS {
+                known.clear();
+            }
+            known.insert(e.session_id.clone(), on);
+            answer
+        }
+        Ok(Ok(None)) => {
+            Attribution::Foreign(format!("the gateway admitted no session {}", e.session_id))
+        }
+        Ok(Err(err)) => Attribution::Unknown(format!(
+            "cannot check the agent's session against the store: {err}"
+        )),
+        Err(_) => Attribution::Unknown(
+            "cannot check the agent's session against the store: timed out".into(),
+        ),
+    }
+}
+
+/// An event an agent may not report, as evidence of the attempt: attributed to the agent, the
+/// user it named kept as a claim. Stored once like every agent event (its `origin`).
+fn refused_event(agent: &str, e: SpooledEvent, why: &str) -> NewEvent {
+    let what = match &e.body {
+        EventBody::Statement { .. } => "statement",
+        EventBody::SessionEnd { .. } => "session_end",
+    };
+    let mut out = NewEvent::new(EventKind::AgentEventRefused);
+    out.actor = format!("agent:{agent}");
+    out.resource = e.resource.clone();
+    out.action = "report".into();
+    out.decision = "deny".into();
+    out.reason = why.to_string();
+    out.session_id = e.session_id.clone();
+    out.detail = serde_json::json!({
+        "agent": agent,
+        "agent_seq": e.seq,
+        "observed_at": e.ts,
+        "event": what,
+        "claimed_user": e.user,
+        "claimed_resource": e.resource,
+    });
+    out.origin = Some((agent.to_string(), e.seq));
+    out
 }
 
 /// An agent's spooled event as an audit event.

@@ -83,6 +83,10 @@ pub enum EventKind {
     AgentSessionEnd,
     /// A remote agent's certificate was renewed (new key, new certificate).
     AgentRenewed,
+    /// A remote agent reported an event for a session the gateway did not open on that agent
+    /// (or for another user or resource than it was opened for): kept as evidence, not as the
+    /// session's activity.
+    AgentEventRefused,
 }
 
 impl EventKind {
@@ -126,6 +130,7 @@ impl EventKind {
             EventKind::AgentRevoked => "agent.revoked",
             EventKind::AgentSessionEnd => "session.agent_end",
             EventKind::AgentRenewed => "agent.renewed",
+            EventKind::AgentEventRefused => "agent.event_refused",
         }
     }
 
@@ -184,6 +189,8 @@ impl EventKind {
             EventKind::AgentSessionEnd => &["8.15"],
             // Key management for a machine identity.
             EventKind::AgentRenewed => &["5.17", "8.20", "8.24"],
+            // Logging (the log keeps only what it can attribute); networks security.
+            EventKind::AgentEventRefused => &["8.15", "8.20"],
         }
     }
 }

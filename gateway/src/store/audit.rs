@@ -159,6 +159,26 @@ impl Store {
             .await?;
         Ok(v.map(|v| v as u64))
     }
+
+    /// Who a session was admitted for and on which resource: the `access.decision` that allowed
+    /// it (durable before any session opens, so it survives a gateway restart).
+    pub async fn admitted_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(&self.sql(
+            "SELECT actor, resource FROM audit_events \
+             WHERE session_id = $1 AND kind = 'access.decision' AND decision = 'allow' \
+             ORDER BY seq LIMIT 1",
+        ))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("actor")?, r.try_get("resource")?)),
+            None => None,
+        })
+    }
 }
 
 fn json_list(v: &[String]) -> String {
