@@ -170,11 +170,18 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     }
     let registry = Registry::default();
     let tokens = Arc::new(tokens);
+    let policies = Arc::new(policies);
+    let admission = crate::admission::Admission {
+        tokens: tokens.clone(),
+        policies: policies.clone(),
+        audit: audit.clone(),
+        store: store.clone(),
+        config: config.clone(),
+    };
     let door = Arc::new(FrontDoor {
         config: config.clone(),
         tls,
-        tokens: tokens.clone(),
-        policies: Arc::new(policies),
+        admission: admission.clone(),
         audit: audit.clone(),
         registry: registry.clone(),
         store: store.clone(),
@@ -193,7 +200,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     );
     let access = Arc::new(crate::access::Access {
         config: config.clone(),
-        policies: door.policies.clone(),
+        policies,
         store: store.clone(),
         audit: audit.clone(),
         registry: registry.clone(),
@@ -215,6 +222,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         access,
         postgres_public(&config, pg_addr),
         agents.clone(),
+        admission,
     ));
     let (stop_agents, agents_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_listener = match (agents_listener, &agents) {

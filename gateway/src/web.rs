@@ -39,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::authn::oidc::RelyingParty;
 use crate::authn::pending::Pending;
@@ -77,6 +78,8 @@ pub struct Web {
     pub agents: Option<Arc<crate::agents::AgentService>>,
     /// Refresh tokens of live logins by login id, for re-checks; memory only.
     pub refresh: std::sync::Mutex<HashMap<String, session::LiveLogin>>,
+    /// The credential checks the front doors use, for bearer credentials.
+    pub admission: Admission,
 }
 
 impl Web {
@@ -91,8 +94,10 @@ impl Web {
         access: Arc<crate::access::Access>,
         postgres_public: String,
         agents: Option<Arc<crate::agents::AgentService>>,
+        admission: Admission,
     ) -> Web {
         Web {
+            admission,
             agents,
             config,
             tokens,

@@ -67,7 +67,7 @@ pub struct LoginClaims {
 }
 
 /// Why a token was refused. Logged and audited; the client only learns that it was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token is malformed")]
     Malformed,

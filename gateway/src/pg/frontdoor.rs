@@ -1,5 +1,6 @@
-//! The accept loop and one connection's life: handshake, authentication, authorisation,
-//! durable decision, upstream through the agent library, relay, end event.
+//! The accept loop and one connection's life: handshake, the password exchange, admission
+//! ([`crate::admission`]: authentication, authorisation, durable decision) with its refusals
+//! as PostgreSQL errors, upstream through the agent library, relay, end event.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +11,6 @@ use bytes::BytesMut;
 use gatehouse_agent::pg::{self as agent, PgTarget, RelayOptions, UpstreamError};
 use gatehouse_core::pgwire;
 use gatehouse_core::session::SessionId;
-use gatehouse_policies::PolicyEngine;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -19,15 +19,12 @@ use tracing::{info, warn, Instrument};
 
 use super::handshake::{self, refuse, send_error, ClientStream, Opening};
 use super::sink::{DiscardSink, SessionSink};
+use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::authn::token::TokenAuthority;
 use crate::config::{Config, Resource};
 use crate::registry::{Canceller, Registry, SessionGrant};
 use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
 use gatehouse_core::random::random_bytes;
-
-/// How long a connection waits for the store to say whether its user is disabled.
-const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a remote session's end waits for the agent's end-of-session event.
 const AGENT_END_WAIT: Duration = Duration::from_secs(3);
@@ -39,8 +36,8 @@ const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
 pub struct FrontDoor {
     pub config: Arc<Config>,
     pub tls: TlsAcceptor,
-    pub tokens: Arc<TokenAuthority>,
-    pub policies: Arc<PolicyEngine>,
+    /// Authentication, authorisation and the durable decision (shared with the HTTP API).
+    pub admission: Admission,
     pub audit: AuditLog,
     pub registry: Registry,
     pub store: crate::store::Store,
@@ -91,8 +88,8 @@ pub async fn serve(
     }
 }
 
-/// A connection that passed every check, with its upstream open.
-struct Admitted {
+/// A connection that passed admission, with its upstream open.
+struct Ready {
     resource: Resource,
     role: String,
     upstream_user: String,
@@ -130,6 +127,69 @@ impl Refusal {
             detail: None,
             hint: None,
         }
+    }
+}
+
+/// How the PostgreSQL front door answers each of admission's refusals: SQLSTATE, message,
+/// detail and hint. Authentication failures do not say which check failed (the audit event
+/// does), beyond a revoked credential or a disabled user.
+fn refusal(denial: &Denial) -> Refusal {
+    match denial {
+        Denial::Credential { user, fault } => match fault {
+            CredentialFault::Invalid(_) => Refusal {
+                code: "28P01",
+                message: format!("gateway token authentication failed for user \"{user}\""),
+                detail: None,
+                hint: Some("use a current token from `gatehouse token issue` (or `gatehouse login`) as the password".into()),
+            },
+            CredentialFault::Disabled => Refusal::new(
+                "28000",
+                format!("user \"{user}\" is disabled; ask an administrator"),
+            ),
+            CredentialFault::Revoked | CredentialFault::UnknownLogin => Refusal {
+                code: "28P01",
+                message: format!("the credential of user \"{user}\" was revoked"),
+                detail: None,
+                hint: Some("sign in again with `gatehouse login`".into()),
+            },
+        },
+        Denial::UnknownResource { name } => Refusal::new(
+            "3D000",
+            format!("resource \"{name}\" is not known to the gateway"),
+        ),
+        Denial::UnknownRole {
+            resource,
+            role,
+            roles,
+        } => Refusal::new(
+            "3D000",
+            format!(
+                "resource \"{resource}\" has no role \"{role}\" (roles: {})",
+                roles.join(", ")
+            ),
+        ),
+        Denial::Policy {
+            resource,
+            reason,
+            seq,
+            session_id,
+        } => Refusal {
+            code: "42501",
+            message: format!("access to resource \"{resource}\" denied by policy: {reason}"),
+            detail: Some(format!(
+                "decision recorded as audit event {seq}, session {session_id}"
+            )),
+            hint: None,
+        },
+        Denial::Store { what, .. } => Refusal::new(
+            "58000",
+            match what {
+                StoreCheck::User => "gatehouse cannot check the user's status; the connection is refused (fail closed)",
+                StoreCheck::Login => "gatehouse cannot check the credential's status; the connection is refused (fail closed)",
+                StoreCheck::Grants => "gatehouse cannot check grants; the connection is refused (fail closed)",
+                StoreCheck::Decision => "gatehouse cannot record the access decision; the connection is refused (fail closed)",
+            },
+        ),
     }
 }
 
@@ -242,7 +302,7 @@ impl FrontDoor {
             }
             Ok(Ok(x)) => x,
         };
-        let Admitted {
+        let Ready {
             resource,
             role,
             upstream_user,
@@ -406,7 +466,8 @@ impl FrontDoor {
         info!(reason = %summary.reason, statements = summary.statements, "session ended");
     }
 
-    /// Authenticates, authorises, records the decision durably and opens the upstream.
+    /// Reads the password (the gateway credential), has admission authenticate, authorise and
+    /// record the decision durably, then opens the upstream.
     #[allow(clippy::too_many_arguments)]
     async fn admit(
         &self,
@@ -417,8 +478,8 @@ impl FrontDoor {
         peer: SocketAddr,
         session_id: SessionId,
         params: &[(String, String)],
-    ) -> Result<Admitted, Refusal> {
-        // 1. Authentication: the password is a gateway token.
+    ) -> Result<Ready, Refusal> {
+        // 1. The cleartext password exchange: the password is a gateway token.
         let mut out = BytesMut::new();
         pgwire::auth_cleartext(&mut out);
         stream
@@ -440,224 +501,35 @@ impl FrontDoor {
         }
         let token = body.strip_suffix(&[0]).unwrap_or(&body);
         let token = String::from_utf8_lossy(token);
-        let claims = match self.tokens.verify(token.trim(), user) {
-            Ok(c) => c,
-            Err(why) => {
-                let mut e = NewEvent::new(EventKind::AuthFailed);
-                e.actor = user.to_string();
-                e.resource = resource_name.to_string();
-                e.action = "connect".into();
-                e.decision = "deny".into();
-                e.reason = why.to_string();
-                e.session_id = session_id.to_string();
-                e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": "gateway_token", "tls": tls });
-                let _ = self.audit.record_durable(e).await;
-                info!(reason = %why, "authentication failed");
-                // The client learns only that the credential was refused, not which check failed.
-                return Err(Refusal {
-                    code: "28P01",
-                    message: format!("gateway token authentication failed for user \"{user}\""),
-                    detail: None,
-                    hint: Some("use a current token from `gatehouse token issue` (or `gatehouse login`) as the password".into()),
-                });
-            }
-        };
 
-        // A disabled user is refused whatever their token says (checked in the store, so a
-        // disable by any replica or by the CLI counts at once).
-        let lookup = tokio::time::timeout(STORE_LOOKUP_TIMEOUT, self.store.user(user)).await;
-        let disabled = match lookup
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            Ok(u) => u.and_then(|u| u.disabled_at).is_some(),
-            Err(e) => {
-                warn!(error = %e, "cannot read the users table; refusing the connection");
-                return Err(Refusal::new("58000", "gatehouse cannot check the user's status; the connection is refused (fail closed)"));
-            }
-        };
-        if disabled {
-            let mut e = NewEvent::new(EventKind::AuthFailed);
-            e.actor = user.to_string();
-            e.resource = resource_name.to_string();
-            e.action = "connect".into();
-            e.decision = "deny".into();
-            e.reason = "user is disabled".into();
-            e.session_id = session_id.to_string();
-            e.controls = vec!["5.18".into(), "6.5".into()];
-            e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": claims.auth_method(), "token_id": claims.jti });
-            let _ = self.audit.record_durable(e).await;
-            info!("refused: user is disabled");
-            return Err(Refusal::new(
-                "28000",
-                format!("user \"{user}\" is disabled; ask an administrator"),
-            ));
-        }
-        if let Some(sid) = &claims.sid {
-            let lookup = tokio::time::timeout(STORE_LOOKUP_TIMEOUT, self.store.login(sid)).await;
-            let revoked = match lookup
-                .map_err(|_| "timed out".to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            {
-                Ok(Some(l)) => l.revoked_at.is_some(),
-                Ok(None) => true,
-                Err(e) => {
-                    warn!(error = %e, "cannot read the logins table; refusing the connection");
-                    return Err(Refusal::new("58000", "gatehouse cannot check the credential's status; the connection is refused (fail closed)"));
-                }
-            };
-            if revoked {
-                let mut e = NewEvent::new(EventKind::AuthFailed);
-                e.actor = user.to_string();
-                e.resource = resource_name.to_string();
-                e.action = "connect".into();
-                e.decision = "deny".into();
-                e.reason = "the credential's login was revoked".into();
-                e.session_id = session_id.to_string();
-                e.controls = vec!["5.18".into()];
-                e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": claims.auth_method(), "login_id": sid });
-                let _ = self.audit.record_durable(e).await;
-                info!("refused: credential revoked");
-                return Err(Refusal {
-                    code: "28P01",
-                    message: format!("the credential of user \"{user}\" was revoked"),
-                    detail: None,
-                    hint: Some("sign in again with `gatehouse login`".into()),
-                });
-            }
-        }
-        {
-            let store = self.store.clone();
-            let (name, groups, ts) = (
-                user.to_string(),
-                claims.groups.clone(),
-                crate::audit::event::now_ts(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = store.record_login(&name, &groups, &ts).await {
-                    warn!(error = %e, "cannot record the login in the users table");
-                }
-            });
-        }
-
-        // 2. Authorisation.
-        let mut decision_event = NewEvent::new(EventKind::AccessDecision);
-        decision_event.actor = user.to_string();
-        decision_event.resource = resource_name.to_string();
-        decision_event.action = "connect".into();
-        decision_event.session_id = session_id.to_string();
-        decision_event.detail = serde_json::json!({
-            "groups": claims.groups,
-            "client_addr": peer.to_string(),
-            "auth_method": claims.auth_method(),
-            "mfa": claims.mfa,
-            "amr": claims.amr,
-            "login_id": claims.sid,
-            "token_id": claims.jti,
-            "tls": tls,
-        });
+        // 2. Admission: credential, standing, resource and role, grant, Cedar, durable decision.
         // `dbname` is `resource` (the `read` role) or `resource:role`.
         let (name, role) = match resource_name.split_once(':') {
             Some((n, r)) => (n, r),
             None => (resource_name, crate::config::DEFAULT_ROLE),
         };
-        decision_event.resource = name.to_string();
-        decision_event.detail["role"] = serde_json::json!(role);
-        let Some(resource) = self.config.resource(name).cloned() else {
-            decision_event.decision = "deny".into();
-            decision_event.reason = format!("unknown resource `{name}`");
-            let _ = self.audit.record_durable(decision_event).await;
-            return Err(Refusal::new(
-                "3D000",
-                format!("resource \"{name}\" is not known to the gateway"),
-            ));
-        };
-        if !resource.has_role(role) {
-            decision_event.decision = "deny".into();
-            decision_event.reason = format!("resource `{name}` has no role `{role}`");
-            let _ = self.audit.record_durable(decision_event).await;
-            let roles: Vec<&str> = resource.role_names.iter().map(String::as_str).collect();
-            return Err(Refusal::new(
-                "3D000",
-                format!(
-                    "resource \"{name}\" has no role \"{role}\" (roles: {})",
-                    roles.join(", ")
-                ),
-            ));
-        };
-        // The grant this user holds for this role, if any (read from the store, so a grant
-        // made or revoked anywhere counts at once).
-        let now = crate::authn::token::unix_now() as i64;
-        let lookup = tokio::time::timeout(
-            STORE_LOOKUP_TIMEOUT,
-            self.store.active_grant(user, name, role, now),
-        )
-        .await;
-        let grant = match lookup
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            Ok(g) => g,
-            Err(e) => {
-                warn!(error = %e, "cannot read grants; refusing the connection");
-                return Err(Refusal::new(
-                    "58000",
-                    "gatehouse cannot check grants; the connection is refused (fail closed)",
-                ));
-            }
-        };
-        if let Some(g) = &grant {
-            decision_event.detail["grant_id"] = serde_json::json!(g.id);
-            decision_event.detail["grant_expires"] = serde_json::json!(g.expires);
-        }
-        let request = crate::authz::connect_request(
-            user,
-            &claims.groups,
-            &resource,
-            peer.ip(),
-            claims.auth_method(),
-            claims.mfa,
-            role,
-            grant.is_some(),
-        );
-        let decision = self.policies.authorize(&request);
-        decision_event.decision = if decision.allowed { "allow" } else { "deny" }.into();
-        decision_event.reason = decision.reason.clone();
-        decision_event.policy_ids = decision.policy_ids.clone();
-        decision_event.controls = decision.controls.clone();
-        if !decision.errors.is_empty() {
-            decision_event.detail["policy_errors"] = serde_json::json!(decision.errors);
-        }
+        let admitted = self
+            .admission
+            .admit(AdmitRequest {
+                user,
+                credential: token.trim(),
+                resource: name,
+                role,
+                named_as: resource_name,
+                action: "connect",
+                peer,
+                tls,
+                session_id,
+                protocol: "postgres",
+            })
+            .await
+            .map_err(|d| refusal(&d))?;
+        let admission::Admitted {
+            resource, grant, ..
+        } = admitted;
 
-        // 3. The decision is durable before anything else happens (fail closed).
-        let seq = match self.audit.record_durable(decision_event).await {
-            Ok(seq) => seq,
-            Err(e) => {
-                warn!(error = %e, "access decision could not be recorded; refusing the connection");
-                return Err(Refusal::new("58000", "gatehouse cannot record the access decision; the connection is refused (fail closed)"));
-            }
-        };
-        if !decision.allowed {
-            info!(reason = %decision.reason, "access denied");
-            return Err(Refusal {
-                code: "42501",
-                message: format!(
-                    "access to resource \"{resource_name}\" denied by policy: {}",
-                    decision.reason
-                ),
-                detail: Some(format!(
-                    "decision recorded as audit event {seq}, session {session_id}"
-                )),
-                hint: None,
-            });
-        }
-
-        // 4. Upstream through the agent library, with the brokered credential: in this process,
+        // 3. Upstream through the agent library, with the brokered credential: in this process,
         // or in the remote agent that fronts the resource.
-        let session_grant = grant.map(|g| SessionGrant {
-            id: g.id,
-            expires_unix: g.expires_unix,
-        });
         let opened = match &resource.agent {
             None => self.open_local(&resource, role, params).await,
             Some(agent_name) => {
@@ -666,12 +538,12 @@ impl FrontDoor {
             }
         };
         match opened {
-            Ok((upstream_user, upstream_addr, upstream)) => Ok(Admitted {
+            Ok((upstream_user, upstream_addr, upstream)) => Ok(Ready {
                 resource,
                 role: role.to_string(),
                 upstream_user,
                 upstream_addr,
-                grant: session_grant,
+                grant,
                 upstream,
             }),
             Err((why, refusal)) => {

@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 
 use super::session::{revoke_login, Credential};
 use super::Web;
+use crate::admission::AuthContext;
 use crate::audit::EventKind;
 use crate::authn::oidc::DevicePoll;
 use crate::authn::pending::random_key;
@@ -331,8 +332,9 @@ pub async fn device_token(
     }
 }
 
-/// Authenticates a bearer credential: signature and claims, then the user's and the login's
-/// standing in the store. Refusals are audited and answered 401.
+/// Authenticates a bearer credential through [`crate::admission`]: signature and claims, then
+/// the user's and the login's standing in the store, the same checks and timeouts as the front
+/// doors. Refusals are audited and answered 401.
 pub async fn authenticate(
     web: &Web,
     headers: &HeaderMap,
@@ -357,48 +359,10 @@ pub async fn authenticate(
             "a bearer credential is required (gatehouse login)",
         ));
     };
-    let why = match web.tokens.verify_bearer(token) {
-        Err(e) => e.to_string(),
-        Ok(claims) => match standing(web, &claims).await {
-            Ok(()) => return Ok(claims),
-            Err(why) => why,
-        },
-    };
-    web.audit_refusal(
-        EventKind::AuthFailed,
-        "",
-        action,
-        &why,
-        peer,
-        serde_json::json!({ "auth_method": "bearer" }),
-    )
-    .await;
-    Err(unauthorized("the credential was refused; sign in again"))
-}
-
-/// Whether the holder of valid `claims` may still use them: user enabled, login not revoked.
-pub async fn standing(web: &Web, claims: &Claims) -> Result<(), String> {
-    let user = web
-        .store
-        .user(&claims.sub)
+    web.admission
+        .authenticate(None, token, &AuthContext::Bearer { action, peer })
         .await
-        .map_err(|e| format!("store unavailable: {e}"))?;
-    if user.and_then(|u| u.disabled_at).is_some() {
-        return Err("user is disabled".into());
-    }
-    if let Some(sid) = &claims.sid {
-        let login = web
-            .store
-            .login(sid)
-            .await
-            .map_err(|e| format!("store unavailable: {e}"))?;
-        match login {
-            None => return Err("the credential's login is unknown".into()),
-            Some(l) if l.revoked_at.is_some() => return Err("the credential was revoked".into()),
-            Some(_) => {}
-        }
-    }
-    Ok(())
+        .map_err(|_| unauthorized("the credential was refused; sign in again"))
 }
 
 /// `GET /api/v1/whoami`
