@@ -21,12 +21,13 @@ use gatehouse_agent::tunnel::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use super::ca::sha256_hex;
 use super::AgentService;
 use crate::audit::{AuditError, EventKind, NewEvent};
+use crate::listener::{self, Conn, Door, Limits, Serving};
 
 /// How often the gateway pings each agent; twice this without an answer ends the link.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -229,39 +230,49 @@ pub async fn serve(
             return;
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-    let limit = Arc::new(Semaphore::new(svc.config.max_agents * 2));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => {
-                svc.links.close_all("the gateway is shutting down");
+    let door = Arc::new(AgentDoor {
+        svc: svc.clone(),
+        acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
+    });
+    // Idle or slow sockets share half the slots, 16 per address, and must pass mutual TLS
+    // and the store check within the deadline; a linked agent no longer counts against them.
+    let mut limits = Limits::new(svc.config.max_agents * 2, AUTH_DEADLINE);
+    limits.per_source = limits.per_source.min(16);
+    listener::serve(listener, door, limits, shutdown).await;
+    svc.links.close_all("the gateway is shutting down");
+}
+
+/// How long an agent connection may take to pass mutual TLS and the store check.
+const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The agent listener as a [`Door`] of the shared accept loop.
+struct AgentDoor {
+    svc: Arc<AgentService>,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl Door for AgentDoor {
+    fn name(&self) -> &'static str {
+        "agents"
+    }
+
+    fn serve(self: Arc<Self>, mut conn: Conn) -> Serving {
+        Box::pin(async move {
+            let Some(tcp) = conn.take_stream() else {
                 return;
-            }
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "agent listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(peer = %peer, "agent connection refused: too many agent connections");
-            continue;
-        };
-        tcp.set_nodelay(true).ok();
-        let svc = svc.clone();
-        let acceptor = acceptor.clone();
-        let span = tracing::info_span!("agent", peer = %peer, agent = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                connection(svc, acceptor, tcp, peer).await;
-            }
-            .instrument(span),
-        );
+            };
+            let peer = conn.peer();
+            let span = tracing::info_span!("agent", agent = tracing::field::Empty);
+            connection(
+                self.svc.clone(),
+                self.acceptor.clone(),
+                tcp,
+                peer,
+                &mut conn,
+            )
+            .instrument(span)
+            .await;
+        })
     }
 }
 
@@ -286,6 +297,7 @@ async fn connection(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    conn: &mut Conn,
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Err(_) => {
@@ -363,6 +375,7 @@ async fn connection(
         }
     };
     tracing::Span::current().record("agent", agent.as_str());
+    conn.authenticated();
     let why = link(&svc, &agent, &fingerprint, tls, peer).await;
     info!(reason = %why, "agent link ended");
     let ts = crate::audit::event::now_ts();
