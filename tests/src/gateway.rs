@@ -973,6 +973,8 @@ impl Gateway {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut last = self.audit_export_jsonl()?;
         loop {
+            // Kept on purpose: the condition is "no new event for 300 ms", which takes letting
+            // that time pass. Callers that know which event to expect use `wait_for_event`.
             std::thread::sleep(Duration::from_millis(300));
             let now = self.audit_export_jsonl()?;
             if count(&now) == count(&last) || std::time::Instant::now() > deadline {

@@ -490,6 +490,45 @@ impl PgServer {
         Ok(out.stdout)
     }
 
+    /// How many backends are running exactly `query` right now (`state = 'active'` in
+    /// `pg_stat_activity`, any database, not counting the backend asking).
+    pub fn active_queries(&self, query: &str) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            !query.contains("$gh$"),
+            "the query text must not contain the quote tag $gh$"
+        );
+        let out = self.exec(
+            "postgres",
+            &format!(
+                "select count(*) from pg_stat_activity where state = 'active' \
+                 and pid <> pg_backend_pid() and query = $gh${query}$gh$"
+            ),
+        )?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("counting active queries: {out:?}"))
+    }
+
+    /// Waits (polling every 50 ms, at most `timeout`) until at least `n` backends run exactly
+    /// `query` ([`active_queries`](Self::active_queries)): the sessions got through the gateway
+    /// and their statement reached the server. Errors, naming what it saw, if that never
+    /// happens, so a test fails instead of racing on.
+    pub fn wait_for_active_query(
+        &self,
+        query: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let mut seen = 0;
+        let found = crate::util::poll(timeout, Duration::from_millis(50), || {
+            seen = self.active_queries(query)?;
+            Ok((seen >= n).then_some(()))
+        })?;
+        found.ok_or_else(|| {
+            anyhow!("{seen} (not {n}) backends were running `{query}` after {timeout:?}")
+        })
+    }
+
     /// Like [`exec`](Self::exec) but returns the output whether or not psql succeeded.
     pub fn exec_output(&self, db: &str, sql: &str) -> anyhow::Result<CmdOutput> {
         superuser_psql(&self.sock, self.port, db, sql)

@@ -274,7 +274,24 @@ async fn kill9_with_live_sessions_leaves_a_verifiable_log_with_every_decision() 
         20,
         "sessions reaching the upstream: {connected:?}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill mid-traffic, once the pgbench load is in the log (asserted after the restart).
+    let mut store = gw.store_connection().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged: i64 =
+            sqlx::query_scalar("select count(*) from audit_events where kind = 'db.statement'")
+                .fetch_one(&mut store)
+                .await?;
+        if logged > 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pgbench load was not logged within 30 s ({logged} statements)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(store);
     gw.kill9()?;
     for mut s in sessions {
         let _ = s.kill();

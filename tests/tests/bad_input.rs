@@ -182,7 +182,8 @@ async fn bogus_cancel_requests_are_dropped() -> anyhow::Result<()> {
             "select pg_sleep(2), 'survived'",
         )
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The query runs upstream before the bogus cancels go out.
+    pg.wait_for_active_query("select pg_sleep(2), 'survived'", 1, Duration::from_secs(10))?;
     for (pid, secret) in [(1, 1), (0, 0), (i32::MAX, -1), (12345, 67890)] {
         let mut s = raw_connect(gw.pg_addr()).await?;
         s.write_all(&cancel_request(pid, secret)).await?;

@@ -354,7 +354,8 @@ fn revoke_cuts_a_live_session_within_a_second() -> anyhow::Result<()> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // The session is live (its query runs upstream) before the revocation.
+    pg.wait_for_active_query("select pg_sleep(30)", 1, Duration::from_secs(30))?;
     // The grantee cannot be granted by themselves, and others without the right cannot revoke.
     let out = gw.as_user(
         &bob,

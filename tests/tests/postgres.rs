@@ -387,7 +387,8 @@ fn ctrl_c_in_psql_cancels_only_through_the_gateway_key() -> anyhow::Result<()> {
         .password(&token)
         .spawn("select pg_sleep(60)")?;
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ctrl-C while the query runs upstream.
+    pg.wait_for_active_query("select pg_sleep(60)", 1, Duration::from_secs(30))?;
     let started = Instant::now();
     gatehouse_tests::send_signal(pid, "INT")?;
     let out = child.wait_with_output()?;
@@ -411,7 +412,8 @@ fn sigterm_ends_sessions_with_a_message_and_a_final_checkpoint() -> anyhow::Resu
     let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
         .spawn("select pg_sleep(60)")?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // The session is live (its query runs upstream) when the gateway is told to stop.
+    pg.wait_for_active_query("select pg_sleep(60)", 1, Duration::from_secs(30))?;
     let status = gw.stop()?;
     assert!(
         status.success(),

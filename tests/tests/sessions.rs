@@ -117,7 +117,23 @@ fn admins_list_and_kill_live_sessions() -> anyhow::Result<()> {
     let orphan = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
         .spawn("select pg_sleep(30)")?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // The orphan is listed as live before the crash, so the restart has something to clean up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = gw.cli(&["sessions", "--config", &cfg])?.ok()?;
+        if out
+            .stdout
+            .lines()
+            .any(|l| l.contains("alice") && l.ends_with("live"))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the second session never appeared: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     gw.kill9()?;
     let mut orphan = orphan;
     let _ = orphan.kill();

@@ -306,7 +306,9 @@ fn the_provider_dropping_a_person_revokes_their_login_and_cuts_their_sessions() 
     let session = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
         .password(&credential)
         .spawn("select pg_sleep(30)")?;
-    std::thread::sleep(Duration::from_millis(800));
+    // The session is live (its query runs upstream) before the provider drops alice.
+    sso.pg
+        .wait_for_active_query("select pg_sleep(30)", 1, Duration::from_secs(30))?;
     sso.op.disable_user(ALICE)?;
     let disabled_at = Instant::now();
     let out = session.wait_with_output()?;

@@ -188,7 +188,8 @@ fn a_dead_store_fails_closed_and_loses_nothing() -> anyhow::Result<()> {
     open.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let open = open.spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // The session is open, its first query running upstream, before the store dies.
+    pg.wait_for_active_query("select pg_sleep(3)", 1, std::time::Duration::from_secs(30))?;
 
     store.stop()?;
     // Neither the user's status nor a decision can be read or made durable: a new connection

@@ -20,7 +20,8 @@ fn disabling_a_user_cuts_live_sessions_within_a_second() -> anyhow::Result<()> {
     };
     let alice_session = long("alice", &token)?;
     let bob_session = long("bob", &bob)?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both sessions are live, their queries running upstream, before the disable.
+    pg.wait_for_active_query("select pg_sleep(30)", 2, Duration::from_secs(30))?;
 
     let out = gw
         .cli(&[
