@@ -429,10 +429,23 @@ impl Admission {
         }
 
         // The decision is durable before anything else happens (fail closed).
+        let mut refused = NewEvent::new(EventKind::SessionFailed);
+        refused.actor = decision_event.actor.clone();
+        refused.resource = decision_event.resource.clone();
+        refused.action = decision_event.action.clone();
+        refused.session_id = decision_event.session_id.clone();
         let seq = match self.audit.record_durable(decision_event).await {
             Ok(seq) => seq,
             Err(e) => {
                 warn!(error = %e, "access decision could not be recorded; refusing the connection");
+                // The decision stays queued and is committed once the store returns; what
+                // follows it in the log says that no session came of it, so an "allow" there
+                // never reads as access that happened.
+                refused.reason = format!(
+                    "the access decision could not be committed in time ({e}); the connection was refused (fail closed)"
+                );
+                let _ =
+                    tokio::time::timeout(STORE_LOOKUP_TIMEOUT, self.audit.record(refused)).await;
                 return Err(Denial::Store {
                     what: StoreCheck::Decision,
                     error: e.to_string(),

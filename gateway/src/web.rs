@@ -34,7 +34,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{info, warn};
@@ -45,6 +44,7 @@ use crate::authn::oidc::RelyingParty;
 use crate::authn::pending::Pending;
 use crate::authn::token::TokenAuthority;
 use crate::config::Config;
+use crate::listener::{self, Conn, Door, Limits, Serving};
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -244,54 +244,62 @@ pub async fn serve(
     web: Arc<Web>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(web.config.http.max_connections));
     // hyper refuses (with 431) anything past its buffer; the guard's own limit, which audits,
     // sits below it.
     let max_buf = (web.config.http.max_header_bytes * 2).max(8192 * 2);
-    let app = router(web);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "https accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(client.addr = %peer, "https connection refused: connection limit reached");
-            continue;
-        };
-        let tls = tls.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+    let limits = Limits::new(web.config.http.max_connections, HEADER_TIMEOUT);
+    let door = Arc::new(HttpsDoor {
+        tls,
+        app: router(web),
+        max_buf,
+    });
+    listener::serve(listener, door, limits, shutdown).await;
+}
+
+/// The HTTPS listener as a [`Door`] of the shared accept loop. A connection counts as
+/// unauthenticated until its TLS handshake is done; after that hyper's header read timeout
+/// bounds each request.
+struct HttpsDoor {
+    tls: TlsAcceptor,
+    app: Router,
+    max_buf: usize,
+}
+
+impl Door for HttpsDoor {
+    fn name(&self) -> &'static str {
+        "https"
+    }
+
+    fn serve(self: Arc<Self>, mut conn: Conn) -> Serving {
+        Box::pin(async move {
+            let Some(tcp) = conn.take_stream() else {
+                return;
+            };
+            let peer = conn.peer();
+            let stream = match tokio::time::timeout(HEADER_TIMEOUT, self.tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    info!(client.addr = %peer, error = %e, "https TLS handshake failed");
+                    info!(error = %e, "https TLS handshake failed");
                     return;
                 }
                 Err(_) => return,
             };
+            conn.authenticated();
+            let app = self.app.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );
-            let conn = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(max_buf)
+                .max_buf_size(self.max_buf)
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(client.addr = %peer, error = %e, "https connection ended with an error");
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "https connection ended with an error");
             }
-        });
+        })
     }
 }

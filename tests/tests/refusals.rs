@@ -160,12 +160,21 @@ async fn the_connection_limit_refuses_with_53300_until_a_connection_ends() -> an
         out.stderr.contains("too many connections to the gateway"),
         "{out}"
     );
-    // Over TLS psql is refused too. (The gateway answers before reading the SSLRequest, so
-    // libpq reports only "server sent an error response during SSL exchange", not the text.)
-    psql_async(&gw, "orders-db", "alice", &token, "select 1")
+    // Over TLS too: the gateway answers after the SSL negotiation, so psql shows the reason.
+    let out = psql_async(&gw, "orders-db", "alice", &token, "select 1")
         .await?
         .err()?;
-    gw.wait_for_log("connection limit reached", Duration::from_secs(5))?;
+    assert!(
+        out.stderr.contains("too many connections to the gateway"),
+        "{out}"
+    );
+    let tls = rust_client_options(gw.pg_addr(), "orders-db", "alice", &token);
+    let r = refused(connect(&tls).await)?;
+    assert_eq!(r.code, "53300", "{r:?}");
+    gw.wait_for_log(
+        "connection refused: too many connections to the gateway",
+        Duration::from_secs(5),
+    )?;
 
     // The sessions that hold the slots are not disturbed.
     for c in &mut held {
@@ -462,6 +471,37 @@ async fn a_decision_that_cannot_be_committed_gets_58000_and_opens_nothing() -> a
         2,
         "only the two sessions that were let in started"
     );
+    // The refused decisions reach the log once the store is back, each followed by a
+    // session.failed for the same session saying it was refused: no "allow" stands alone.
+    let allowed_without_start: Vec<&Value> = events_of(&events, "access.decision")
+        .into_iter()
+        .filter(|d| d["decision"] == "allow")
+        .filter(|d| {
+            !events_of(&events, "session.start")
+                .iter()
+                .any(|s| s["session_id"] == d["session_id"])
+        })
+        .collect();
+    assert!(
+        !allowed_without_start.is_empty(),
+        "the queued decisions never arrived"
+    );
+    for d in &allowed_without_start {
+        let failed = events_of(&events, "session.failed")
+            .into_iter()
+            .find(|f| f["session_id"] == d["session_id"])
+            .ok_or_else(|| anyhow::anyhow!("no session.failed follows {d}"))?;
+        assert!(
+            failed["seq"].as_u64() > d["seq"].as_u64(),
+            "{failed} before {d}"
+        );
+        assert!(
+            failed["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("could not be committed in time")),
+            "{failed}"
+        );
+    }
     let verify = gw.audit_verify()?.ok()?;
     assert!(verify.stdout.contains("intact"), "{verify}");
     Ok(())

@@ -292,7 +292,7 @@ impl Writer {
         events: &[NewEvent],
         force_checkpoint: bool,
     ) -> Result<(u64, Vec<bool>), StoreError> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_audit().await?;
         self.store.lock_audit(&mut tx).await?;
         let (mut seq, mut prev) = self
             .store

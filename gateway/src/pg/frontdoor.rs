@@ -13,15 +13,15 @@ use gatehouse_core::pgwire;
 use gatehouse_core::session::SessionId;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 use super::handshake::{self, refuse, send_error, ClientStream, Opening};
 use super::sink::{DiscardSink, SessionSink};
 use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::config::{Config, Resource};
+use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Canceller, Registry, SessionGrant};
 use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
 use gatehouse_core::random::random_bytes;
@@ -54,37 +54,43 @@ pub async fn serve(
     door: Arc<FrontDoor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(door.config.postgres.max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        tcp.set_nodelay(true).ok();
-        let door = door.clone();
-        let permit = limit.clone().try_acquire_owned();
-        let span = tracing::info_span!("pg", client.addr = %peer, session.id = tracing::field::Empty, user = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                let Ok(_permit) = permit else {
-                    let mut tcp = tcp;
-                    refuse(&mut tcp, "53300", "too many connections to the gateway").await;
-                    warn!("connection refused: connection limit reached");
-                    return;
-                };
-                door.connection(tcp, peer).await;
+    // The door's own timeouts (startup handshake, then authentication) answer the client with
+    // a reason; the loop's deadline is the backstop behind them.
+    let t = door.config.postgres.handshake_timeout;
+    let limits = Limits::new(
+        door.config.postgres.max_connections,
+        t * 2 + Duration::from_secs(1),
+    );
+    listener::serve(listener, door, limits, shutdown).await;
+}
+
+impl Door for FrontDoor {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn serve(self: Arc<Self>, mut conn: Conn) -> Serving {
+        Box::pin(async move {
+            let Some(tcp) = conn.take_stream() else {
+                return;
+            };
+            let peer = conn.peer();
+            self.connection(tcp, peer, &mut conn).await;
+        })
+    }
+
+    /// Answers after the SSL negotiation, so that psql (which asks for TLS first) shows why.
+    fn refuse(self: Arc<Self>, tcp: TcpStream, why: Refused) -> Serving {
+        Box::pin(async move {
+            let opening = tokio::time::timeout(
+                Duration::from_secs(2),
+                handshake::open(tcp, &self.tls, self.config.postgres.allow_plaintext),
+            )
+            .await;
+            if let Ok(Ok(Opening::Session { mut stream, .. })) = opening {
+                refuse(&mut stream, "53300", why.message()).await;
             }
-            .instrument(span),
-        );
+        })
     }
 }
 
@@ -194,7 +200,7 @@ fn refusal(denial: &Denial) -> Refusal {
 }
 
 impl FrontDoor {
-    async fn connection(&self, tcp: TcpStream, peer: SocketAddr) {
+    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, conn: &mut Conn) {
         let timeout = self.config.postgres.handshake_timeout;
         let opening = match tokio::time::timeout(
             timeout,
@@ -218,7 +224,7 @@ impl FrontDoor {
                 stream,
                 tls,
                 params,
-            } => self.session(stream, tls, params, peer).await,
+            } => self.session(stream, tls, params, peer, conn).await,
         }
     }
 
@@ -246,6 +252,7 @@ impl FrontDoor {
         tls: bool,
         params: Vec<(String, String)>,
         peer: SocketAddr,
+        conn: &mut Conn,
     ) {
         let param = |k: &str| {
             params
@@ -302,6 +309,8 @@ impl FrontDoor {
             }
             Ok(Ok(x)) => x,
         };
+        // Admitted: the connection no longer counts against the pre-authentication limits.
+        conn.authenticated();
         let Ready {
             resource,
             role,

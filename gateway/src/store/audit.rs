@@ -13,6 +13,17 @@ const COLUMNS: &str =
     "seq, ts, kind, actor, resource, action, decision, reason, policy_ids, controls, session_id, detail, prev_hash, hash";
 
 impl Store {
+    /// Begins an audit transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`, waiting up to the busy timeout): a deferred transaction that read the chain
+    /// head under a snapshot another writer then advanced fails with "database is locked"
+    /// instead of waiting, which made ordinary logins retry and, under load, refuse.
+    pub async fn begin_audit(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend() {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Serialises writers across gateway replicas sharing a PostgreSQL store (held until the
     /// transaction ends). SQLite has one writer by construction.
     pub async fn lock_audit(&self, tx: &mut AnyConnection) -> Result<(), StoreError> {
