@@ -506,3 +506,71 @@ async fn a_decision_that_cannot_be_committed_gets_58000_and_opens_nothing() -> a
     assert!(verify.stdout.contains("intact"), "{verify}");
     Ok(())
 }
+
+/// Opens `n` sockets to `addr` from source address `from`, each sending two bytes and then
+/// holding still (the slow-loris probe of the outside review).
+async fn hold_idle_sockets(
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(from, 0))?;
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), socket.connect(addr)).await
+        else {
+            continue;
+        };
+        let _ = s.write_all(&[0, 0]).await;
+        held.push(s);
+    }
+    Ok(held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_from_one_address_lock_nobody_else_out() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .set("postgres", "max_connections", "200")
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
+    let token = gw.token("alice", &["engineering"], "1h")?;
+    // 400 sockets from 127.0.0.2: more than every slot of the listener.
+    let attacker: std::net::IpAddr = "127.0.0.2".parse()?;
+    let held = hold_idle_sockets(gw.pg_addr(), attacker, 400).await?;
+    assert!(held.len() >= 100, "only {} sockets connected", held.len());
+
+    // Someone else (127.0.0.1) still signs in at once, over TLS, while they are held.
+    let started = Instant::now();
+    let out = psql_async(
+        &gw,
+        "orders-db",
+        "alice",
+        &token,
+        "select count(*) from orders",
+    )
+    .await?
+    .ok()?;
+    assert_eq!(out.stdout_trimmed(), "1000");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the login took {:?} while idle sockets were held",
+        started.elapsed()
+    );
+    // The refusals are logged, but not a line each.
+    gw.wait_for_log("connection refused", Duration::from_secs(5))?;
+    let lines = gw
+        .logs()
+        .lines()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert!(
+        lines < 50,
+        "{lines} refusal lines for at most 400 refused sockets: not rate-limited"
+    );
+    drop(held);
+    Ok(())
+}
