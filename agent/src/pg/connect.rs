@@ -270,15 +270,38 @@ async fn startup(
                         if scram.is_some() {
                             return Err(WireError::Malformed("second SASL request").into());
                         }
-                        let offers_scram = rest.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                        if !offers_scram {
-                            return Err(UpstreamError::UnsupportedAuth(code));
+                        let offered = |m: &[u8]| rest.split(|&b| b == 0).any(|x| x == m);
+                        // Over TLS, bind the exchange to the server's certificate
+                        // (tls-server-end-point): a relay that terminates TLS with another
+                        // certificate cannot pass the SCRAM exchange on to the real server.
+                        let binding = match stream {
+                            UpstreamStream::Tls(tls) if offered(b"SCRAM-SHA-256-PLUS") => tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| server_end_point(c.as_ref())),
+                            _ => None,
+                        };
+                        if binding.is_none() && matches!(security.tls, UpstreamTls::Require(_)) {
+                            // `require` does not check the certificate, so without channel
+                            // binding nothing shows that the server is the real one.
+                            return Err(UpstreamError::Scram(
+                                "the server offers no SCRAM channel binding (SCRAM-SHA-256-PLUS), which `tls = \"require\"` needs; use `verify-full`".into(),
+                            ));
                         }
-                        let client = ScramSha256::new(
-                            target.password.expose().as_bytes(),
-                            ChannelBinding::unsupported(),
-                        );
-                        pgwire::sasl_initial_response(&mut out, "SCRAM-SHA-256", client.message());
+                        let (mechanism, binding) = match binding {
+                            Some(hash) => (
+                                "SCRAM-SHA-256-PLUS",
+                                ChannelBinding::tls_server_end_point(hash),
+                            ),
+                            None if offered(b"SCRAM-SHA-256") => {
+                                ("SCRAM-SHA-256", ChannelBinding::unsupported())
+                            }
+                            None => return Err(UpstreamError::UnsupportedAuth(code)),
+                        };
+                        let client = ScramSha256::new(target.password.expose().as_bytes(), binding);
+                        pgwire::sasl_initial_response(&mut out, mechanism, client.message());
                         scram = Some(client);
                     }
                     11 => {
@@ -357,6 +380,52 @@ async fn startup(
     }
 }
 
+/// The `tls-server-end-point` channel binding data (RFC 5929): the certificate's hash with
+/// the hash function of its signature algorithm (SHA-256 for MD5 and SHA-1). `None` for
+/// algorithms without one (Ed25519) or a certificate that does not parse.
+fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    /// One DER element: (tag, contents, rest).
+    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (first as usize, b)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+            (len, &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (0x30, certificate, _) = element(cert)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = element(certificate)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = element(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = element(algorithm)? else {
+        return None;
+    };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    let hash = match oid.split_last()? {
+        (4 | 5 | 11, head) if head == RSA => &ring::digest::SHA256,
+        (12, head) if head == RSA => &ring::digest::SHA384,
+        (13, head) if head == RSA => &ring::digest::SHA512,
+        (2, head) if head == ECDSA => &ring::digest::SHA256,
+        (3, head) if head == ECDSA => &ring::digest::SHA384,
+        (4, head) if head == ECDSA => &ring::digest::SHA512,
+        _ => return None,
+    };
+    Some(ring::digest::digest(hash, cert).as_ref().to_vec())
+}
+
 /// Upper bound on the iteration count a server may ask for (PostgreSQL's default is 4096): a
 /// hostile server must not make the agent burn seconds of CPU per connection.
 const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
@@ -382,6 +451,36 @@ fn check_iterations(server_first: &[u8]) -> Result<(), UpstreamError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_binding_hashes_with_the_certificates_signature_hash() {
+        let ecdsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&ecdsa)
+            .unwrap();
+        let der = cert.der().to_vec();
+        let want = ring::digest::digest(&ring::digest::SHA256, &der);
+        assert_eq!(server_end_point(&der).unwrap(), want.as_ref());
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let der = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&p384)
+            .unwrap()
+            .der()
+            .to_vec();
+        let want = ring::digest::digest(&ring::digest::SHA384, &der);
+        assert_eq!(server_end_point(&der).unwrap(), want.as_ref());
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let der = rcgen::CertificateParams::new(vec!["db".into()])
+            .unwrap()
+            .self_signed(&ed)
+            .unwrap()
+            .der()
+            .to_vec();
+        assert!(server_end_point(&der).is_none());
+        assert!(server_end_point(b"\x30\x82garbage").is_none());
+    }
 
     #[test]
     fn absurd_iteration_counts_are_refused_before_pbkdf2() {
