@@ -102,6 +102,33 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Open a loopback port for a TCP resource (`kind = "tcp"`: Redis, an admin port, ...):
+    /// each connection to it is carried through the gateway's tcp door with your credential.
+    /// `gatehouse connect cache` then `redis-cli -p PORT`.
+    Connect {
+        /// The resource name.
+        resource: String,
+        /// The role to connect as (default `read`).
+        #[arg(long)]
+        role: Option<String>,
+        /// The local port on 127.0.0.1 (default: a free one, printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// The gateway's tcp door, HOST:PORT (also from GATEHOUSE_TCP_DOOR).
+        #[arg(long)]
+        door: Option<String>,
+        /// A PEM CA certificate for the gateway (default: the one saved by `gatehouse login`,
+        /// else the system's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// The user the credential names (default: the saved login's, or GATEHOUSE_TOKEN's
+        /// subject).
+        #[arg(long)]
+        user: Option<String>,
+        /// Serve one local connection, then exit (0 when admitted, 1 when refused).
+        #[arg(long)]
+        once: bool,
+    },
     /// Print `export PG...` lines for a resource, for `eval "$(gatehouse env orders-db)"`.
     /// The output contains your credential: do not paste it anywhere.
     Env {
@@ -488,6 +515,30 @@ async fn dispatch(cli: Cli) -> ExitCode {
             init_tracing(false, "warn");
             let target = with_role(&resource, role.as_deref());
             match crate::client::psql(&target, &args) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Connect {
+            resource,
+            role,
+            port,
+            door,
+            ca_file,
+            user,
+            once,
+        } => {
+            init_tracing(false, "warn");
+            let args = crate::client::connect::ConnectArgs {
+                resource,
+                role,
+                port,
+                door,
+                ca_file,
+                user,
+                once,
+            };
+            match crate::client::connect::run(args).await {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }

@@ -1,4 +1,5 @@
-//! The engineer's side of the `gatehouse` command: `login`, `status`, `logout`, `psql`, `env`.
+//! The engineer's side of the `gatehouse` command: `login`, `status`, `logout`, `psql`, `env`,
+//! and `connect` ([`connect`], for `kind = "tcp"` resources).
 //!
 //! `login` opens the gateway's `/login` in a browser with a loopback redirect
 //! (`http://127.0.0.1:PORT/callback`, RFC 8252) and its own `state` and PKCE challenge; the
@@ -20,6 +21,8 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::authn::token::unix_now;
+
+pub mod connect;
 
 /// How long `login` waits for the browser to come back.
 const LOGIN_WAIT: Duration = Duration::from_secs(300);

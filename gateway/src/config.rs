@@ -77,6 +77,8 @@ struct File {
     #[serde(default)]
     access: AccessFile,
     agents: Option<AgentsFile>,
+    #[serde(default)]
+    tcp: TcpFile,
     #[serde(default, rename = "resource")]
     resources: Vec<ResourceFile>,
 }
@@ -97,6 +99,14 @@ struct PostgresFile {
     max_message_bytes: Option<u64>,
     handshake_timeout: Option<String>,
     max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpFile {
+    listen: Option<String>,
+    max_connections: Option<u64>,
+    handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,8 +199,7 @@ struct ResourceFile {
     database: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
-    #[serde(default)]
-    log_parameters: bool,
+    log_parameters: Option<bool>,
     connect_timeout: Option<String>,
     credential: Option<CredentialFile>,
     /// More roles than the default `read`, each with its own brokered credential.
@@ -244,7 +253,19 @@ pub struct Config {
     pub access: AccessConfig,
     /// The listener remote agents connect to; `None` when no `[agents]` section is given.
     pub agents: Option<AgentsConfig>,
+    /// The generic TCP front door (`[tcp]`); off unless `listen` is given.
+    pub tcp: TcpConfig,
     pub resources: Vec<Resource>,
+}
+
+/// The generic TCP front door ([`crate::tcp`]).
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Where it listens; `None` (the default) leaves the door closed.
+    pub listen: Option<SocketAddr>,
+    pub max_connections: usize,
+    /// How long a client has for TLS, its hello and admission.
+    pub handshake_timeout: Duration,
 }
 
 /// Remote agents: where they connect, how long their certificates and join tokens live.
@@ -410,12 +431,15 @@ pub struct RoleCredential {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResourceKind {
     Postgres,
+    /// Any TCP service, relayed as bytes through the TCP front door ([`crate::tcp`]).
+    Tcp,
 }
 
 impl ResourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Postgres => "postgres",
+            ResourceKind::Tcp => "tcp",
         }
     }
 }
@@ -560,6 +584,7 @@ impl Config {
 
         let access = access_config(file.access)?;
         let agents = file.agents.map(agents_config).transpose()?;
+        let tcp = tcp_config(file.tcp)?;
 
         let mut resources: Vec<Resource> = Vec::new();
         for (i, r) in file.resources.into_iter().enumerate() {
@@ -578,13 +603,17 @@ impl Config {
             }
             let kind = match r.kind.as_str() {
                 "postgres" => ResourceKind::Postgres,
+                "tcp" => ResourceKind::Tcp,
                 other => {
                     return Err(invalid(
                         key("kind"),
-                        format!("`{other}` is not a supported kind (`postgres`)"),
+                        format!("`{other}` is not a supported kind (`postgres`, `tcp`)"),
                     ))
                 }
             };
+            if kind == ResourceKind::Tcp {
+                check_tcp_resource(&r, &key)?;
+            }
             if let Some(agent) = &r.agent {
                 if r.address.is_some()
                     || r.credential.is_some()
@@ -677,6 +706,8 @@ impl Config {
                     );
                 }
                 (None, Some(_)) => {}
+                // A TCP resource has no brokered credential: the gateway only relays bytes.
+                (None, None) if kind == ResourceKind::Tcp => {}
                 (None, None) => {
                     return Err(invalid(
                         key("credential"),
@@ -704,7 +735,7 @@ impl Config {
                 env: env_label,
                 data_class,
                 tags: labels,
-                log_parameters: r.log_parameters,
+                log_parameters: r.log_parameters.unwrap_or(false),
                 connect_timeout: duration(
                     &key("connect_timeout"),
                     r.connect_timeout.as_deref(),
@@ -746,6 +777,7 @@ impl Config {
             oidc,
             access,
             agents,
+            tcp,
             resources,
         })
     }
@@ -797,6 +829,60 @@ fn read_secret(
             "give exactly one of `password_env`, `password_file`",
         )),
     }
+}
+
+/// What a `kind = "tcp"` resource may not have: the PostgreSQL-only keys, and (for now) an
+/// agent. The error names the key.
+fn check_tcp_resource(r: &ResourceFile, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if r.agent.is_some() || !r.agent_roles.is_empty() {
+        return Err(invalid(
+            key("agent"),
+            format!(
+                "resource `{}`: a `kind = \"tcp\"` resource is not yet supported behind a remote agent; give its `address` instead",
+                r.name
+            ),
+        ));
+    }
+    let given = [
+        ("credential", r.credential.is_some()),
+        ("database", r.database.is_some()),
+        ("roles", !r.roles.is_empty()),
+        ("tls", r.tls.is_some()),
+        ("ca_file", r.ca_file.is_some()),
+        ("auth_methods", r.auth_methods.is_some()),
+        ("log_parameters", r.log_parameters.is_some()),
+    ];
+    if let Some((k, _)) = given.iter().find(|(_, given)| *given) {
+        return Err(invalid(
+            key(k),
+            format!(
+                "resource `{}`: a `kind = \"tcp\"` resource takes no `{k}` (the gateway relays its bytes and brokers no credential; sessions use the `read` role)",
+                r.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn tcp_config(t: TcpFile) -> Result<TcpConfig, ConfigError> {
+    let listen = t
+        .listen
+        .as_deref()
+        .map(|text| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| invalid("tcp.listen", format!("`{text}` is not an ip:port address")))
+        })
+        .transpose()?;
+    Ok(TcpConfig {
+        listen,
+        max_connections: bounded("tcp.max_connections", t.max_connections, 1024, 1, 100_000)?
+            as usize,
+        handshake_timeout: duration(
+            "tcp.handshake_timeout",
+            t.handshake_timeout.as_deref(),
+            "3s",
+        )?,
+    })
 }
 
 fn access_config(a: AccessFile) -> Result<AccessConfig, ConfigError> {
@@ -1136,5 +1222,76 @@ mod tests {
         assert_eq!(parse_duration("0s"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    const TCP: &str = r#"
+        state_dir = "/tmp/state"
+        [tcp]
+        listen = "127.0.0.1:0"
+        [[resource]]
+        name = "cache"
+        kind = "tcp"
+        address = "127.0.0.1:6379"
+        labels = { env = "dev", data_class = "internal" }
+    "#;
+
+    #[test]
+    fn a_tcp_resource_has_an_address_labels_and_the_read_role_only() {
+        let c = Config::parse(Path::new("g.toml"), TCP, &env(), Secrets::Load).unwrap();
+        let r = c.resource("cache").unwrap();
+        assert_eq!(r.kind, ResourceKind::Tcp);
+        assert_eq!(r.kind.as_str(), "tcp");
+        assert_eq!(r.address, "127.0.0.1:6379");
+        assert_eq!(r.role_names, ["read"]);
+        assert!(r.roles.is_empty());
+        assert_eq!(r.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.tcp.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.tcp.max_connections, 1024);
+        assert_eq!(c.tcp.handshake_timeout, Duration::from_secs(3));
+        // Without `[tcp] listen` the door stays closed.
+        let closed = Config::parse(Path::new("g.toml"), GOOD, &env(), Secrets::Load).unwrap();
+        assert_eq!(closed.tcp.listen, None);
+    }
+
+    #[test]
+    fn a_tcp_resource_refuses_the_postgres_keys_by_name() {
+        let with = |line: &str| TCP.replace("kind = \"tcp\"", &format!("kind = \"tcp\"\n{line}"));
+        let cases = [
+            (
+                with("credential = { username = \"app\", password_env = \"PW\" }"),
+                "resource[0].credential",
+            ),
+            (with("database = \"x\""), "resource[0].database"),
+            (
+                with("roles = { admin = { username = \"a\", password_env = \"PW\" } }"),
+                "resource[0].roles",
+            ),
+            (with("tls = \"require\""), "resource[0].tls"),
+            (with("auth_methods = [\"md5\"]"), "resource[0].auth_methods"),
+            (with("log_parameters = false"), "resource[0].log_parameters"),
+            (
+                TCP.replace("address = \"127.0.0.1:6379\"", ""),
+                "resource[0].address",
+            ),
+            (
+                TCP.replace("listen = \"127.0.0.1:0\"", "listen = \"x\""),
+                "tcp.listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(Path::new("g.toml"), &text, &env(), Secrets::Load)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "error `{err}` should name `{key}`");
+        }
+        let behind = TCP.replace("address = \"127.0.0.1:6379\"", "agent = \"dc1\"");
+        let err = Config::parse(Path::new("g.toml"), &behind, &env(), Secrets::Load)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("resource[0].agent")
+                && err.contains("not yet supported behind a remote agent"),
+            "{err}"
+        );
     }
 }

@@ -24,5 +24,6 @@ pub mod pg;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tcp;
 pub mod tls;
 pub mod web;

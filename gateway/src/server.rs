@@ -103,6 +103,16 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    // The generic TCP door, when `[tcp] listen` is set.
+    let tcp_listener = match config.tcp.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the tcp front door to {addr}"))?,
+        ),
+        None => None,
+    };
+    let tcp_addr = tcp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let agents = match (&config.agents, agents_addr) {
         (Some(a), Some(bound)) => {
             let mut a = a.clone();
@@ -143,6 +153,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         "postgres_listen": pg_addr.to_string(),
         "https_listen": http_addr.to_string(),
         "agents_listen": agents_addr.map(|a| a.to_string()),
+        "tcp_listen": tcp_addr.map(|a| a.to_string()),
         "sso_issuer": config.oidc.as_ref().map(|o| o.issuer.clone()),
         "resources": config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "policies": policies.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
@@ -178,6 +189,15 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         store: store.clone(),
         config: config.clone(),
     };
+    let tcp_door = Arc::new(crate::tcp::TcpDoor {
+        config: config.clone(),
+        tls: tls.clone(),
+        admission: admission.clone(),
+        audit: audit.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        instance: instance.clone(),
+    });
     let door = Arc::new(FrontDoor {
         config: config.clone(),
         tls,
@@ -258,6 +278,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
             "postgres": pg_addr.to_string(),
             "https": http_addr.to_string(),
             "agents": agents_addr.map(|a| a.to_string()),
+            "tcp": tcp_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         let tmp = path.with_extension("tmp");
@@ -266,7 +287,20 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     }
     info!(postgres = %pg_addr, https = %http_addr, sso = rp.is_some(), resources = config.resources.len(), "gatehouse is serving");
 
+    let (stop_tcp, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
+    let tcp_front = tcp_listener.map(|l| {
+        let limits =
+            crate::listener::Limits::new(config.tcp.max_connections, config.tcp.handshake_timeout);
+        tokio::spawn(crate::listener::serve(l, tcp_door, limits, async move {
+            let _ = tcp_stopped.await;
+        }))
+    });
+
     crate::pg::serve(listener, door, shutdown_signal()).await;
+    let _ = stop_tcp.send(());
+    if let Some(t) = tcp_front {
+        let _ = t.await;
+    }
     watcher.abort();
     let _ = stop_http.send(());
     let _ = https.await;

@@ -724,6 +724,18 @@ impl Gateway {
             .with_context(|| format!("ready file: bad https address {addr:?}"))
     }
 
+    /// The generic TCP front door, from the ready file (`"tcp"`; the config must set
+    /// `[tcp] listen`, e.g. `.set("tcp", "listen", "\"127.0.0.1:0\"")`).
+    pub fn tcp_addr(&self) -> anyhow::Result<SocketAddr> {
+        let addr = self
+            .ready
+            .get("tcp")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("ready file has no \"tcp\" address: {}", self.ready))?;
+        addr.parse()
+            .with_context(|| format!("ready file: bad tcp address {addr:?}"))
+    }
+
     /// `https://127.0.0.1:PORT` of the HTTPS listener.
     pub fn https_url(&self) -> anyhow::Result<String> {
         Ok(format!("https://{}", self.https_addr()?))

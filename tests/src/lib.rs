@@ -9,6 +9,8 @@
 //!   [`GatewayConfig`] and [`Resource`], with helpers for tokens, the CLI and the audit log.
 //! - [`clients`]: `psql`, `pgbench`, a `sqlx` client and raw wire-protocol helpers for
 //!   bad-input tests.
+//! - [`RedisServer`] ([`redis`]): a throwaway `redis-server` on loopback, the upstream of the
+//!   generic TCP front door's tests, and [`redis_cli`].
 //! - [`OidcProvider`] ([`oidc`]): a real OpenID provider (the OpenID Certified `oidc-provider`
 //!   npm package under node, `tests/oidc/provider.mjs`) on `http://127.0.0.1:<port>`, configured
 //!   through [`OidcSpec`] (clients, [`OidcUser`]s; [`OidcSpec::default_users`] has `alice`,
@@ -61,6 +63,7 @@ pub mod clients;
 pub mod gateway;
 pub mod oidc;
 pub mod pg;
+pub mod redis;
 pub mod sso;
 pub mod util;
 pub mod webhook;
@@ -75,4 +78,5 @@ pub use clients::{
 pub use gateway::{gatehouse, gatehouse_bin, Gateway, GatewayConfig, Resource};
 pub use oidc::{OidcClient, OidcProvider, OidcSpec, OidcUser};
 pub use pg::PgServer;
+pub use redis::{redis_cli, RedisServer};
 pub use util::{free_port, run_command, send_signal, temp_dir, workspace_root, CmdOutput, TempDir};

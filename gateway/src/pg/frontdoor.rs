@@ -577,6 +577,24 @@ impl FrontDoor {
         role: &str,
         params: &[(String, String)],
     ) -> Result<(String, String, UpstreamConn), (String, Refusal)> {
+        if resource.kind != crate::config::ResourceKind::Postgres {
+            let kind = resource.kind.as_str();
+            return Err((
+                format!(
+                    "resource `{}` is a {kind} resource, not PostgreSQL",
+                    resource.name
+                ),
+                Refusal {
+                    code: "3D000",
+                    message: format!(
+                        "resource \"{}\" is a {kind} resource, not a PostgreSQL database",
+                        resource.name
+                    ),
+                    detail: None,
+                    hint: Some(format!("use `gatehouse connect {}`", resource.name)),
+                },
+            ));
+        }
         let Some(credential) = resource.roles.get(role) else {
             return Err((
                 format!("no credential for role `{role}`"),
