@@ -374,6 +374,47 @@ async fn reload_keys(tokens: Arc<TokenAuthority>, audit: AuditLog) {
 /// How often live sessions are checked against the users table.
 const USER_POLL: Duration = Duration::from_millis(250);
 
+/// Cuts live sessions admitted through a login that was since revoked (logout, or the
+/// provider no longer vouching for the person), as a disable does.
+async fn cut_revoked_logins(store: &Store, registry: &Registry, audit: &AuditLog) {
+    let live = registry.logins();
+    let Some(oldest) = registry.oldest_started() else {
+        return;
+    };
+    if live.is_empty() {
+        return;
+    }
+    // Revocations since a minute before the oldest live session: any earlier one was
+    // refused at admission.
+    let since =
+        time::OffsetDateTime::parse(&oldest, &time::format_description::well_known::Rfc3339)
+            .map(|t| gatehouse_core::clock::format_ts(t - Duration::from_secs(60)))
+            .unwrap_or_default();
+    let revoked = match store.logins_revoked_since(&since).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read revoked logins");
+            return;
+        }
+    };
+    for login in revoked.iter().filter(|l| live.contains(*l)) {
+        for (session, user, resource) in registry.kill_login(
+            login,
+            "access revoked: the sign-in this session came from was revoked (logout)",
+        ) {
+            let mut e = NewEvent::new(EventKind::SessionCut);
+            e.actor = user;
+            e.resource = resource;
+            e.action = "cut".into();
+            e.session_id = session.to_string();
+            e.reason = "login revoked".into();
+            e.detail = serde_json::json!({ "login_id": login });
+            let _ = audit.record(e).await;
+            info!(session.id = %session, "cut a live session whose login was revoked");
+        }
+    }
+}
+
 /// Cuts live sessions that lost their right to run: users an admin disabled, and sessions an
 /// admin killed (on any replica, or through the CLI). Polling the store keeps this correct
 /// across processes; the poll period bounds the delay.
@@ -408,6 +449,7 @@ async fn watch_disabled_users(store: Store, registry: Registry, audit: AuditLog)
             }
             Err(e) => tracing::warn!(error = %e, "cannot read session kill requests"),
         }
+        cut_revoked_logins(&store, &registry, &audit).await;
         let disabled = match store.disabled_users().await {
             Ok(d) => d,
             Err(e) => {

@@ -343,6 +343,7 @@ impl TcpDoor {
         let user = hello.user;
         let resource = admitted.resource;
         let grant = admitted.grant;
+        let login = admitted.claims.sid.clone();
 
         let upstream = match self.open(&resource).await {
             Ok(up) => up,
@@ -360,9 +361,13 @@ impl TcpDoor {
             }
         };
 
+        let owner = crate::registry::Owner {
+            user: user.clone(),
+            resource: resource.name.clone(),
+            login,
+        };
         let (_pid, _secret, kill, _registration) =
-            self.registry
-                .register(session_id, &user, &resource.name, None, grant);
+            self.registry.register(session_id, owner, None, grant);
         let mut start = NewEvent::new(EventKind::SessionStart);
         start.actor = user.clone();
         start.resource = resource.name.clone();

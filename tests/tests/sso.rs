@@ -95,9 +95,28 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
     assert!(!all.contains(gatehouse_tests::oidc::CLIENT_SECRET));
     assert!(!sso.gw.logs().contains(&credential));
 
-    // Logout revokes: the same credential no longer opens a session.
+    // A session of this login is live when alice logs out.
+    let live = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
+        .password(&credential)
+        .spawn("select pg_sleep(30)")?;
+    sso.pg
+        .wait_for_active_query("select pg_sleep(30)", 1, Duration::from_secs(30))?;
+
+    // Logout revokes: the same credential no longer opens a session, and the live one ends.
     let out = sso.cli(home, &["logout"])?.ok()?;
+    let logged_out = Instant::now();
     assert!(out.stdout.contains("revoked"), "{out}");
+    let ended = live.wait_with_output()?;
+    assert!(
+        logged_out.elapsed() < Duration::from_secs(5),
+        "the live session was cut {:?} after logout",
+        logged_out.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(
+        stderr.contains("the sign-in this session came from was revoked"),
+        "{stderr}"
+    );
     assert!(!home.join("credentials.json").exists());
     let refused = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
         .password(&credential)

@@ -66,6 +66,24 @@ pub struct Links {
     opened: Arc<Mutex<HashMap<String, OpenedOn>>>,
 }
 
+/// Cancels through the agent that holds the session's upstream.
+struct RemoteCancel {
+    links: Links,
+    agent: String,
+    session: String,
+}
+
+impl crate::registry::Cancel for RemoteCancel {
+    fn cancel(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.links
+                .cancel(&self.agent, &self.session)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// Whom a session was opened for, on which agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct OpenedOn {
@@ -178,6 +196,15 @@ impl Links {
         let mut io = open_stream(agent, &link.sender, "/cancel", Some(&cancel)).await?;
         let _ = io.shutdown().await;
         Ok(())
+    }
+
+    /// A canceller for a session on `agent`'s link: asks the agent, which holds the upstream.
+    pub fn canceller(&self, agent: &str, session_id: &str) -> crate::registry::Canceller {
+        Arc::new(RemoteCancel {
+            links: self.clone(),
+            agent: agent.to_string(),
+            session: session_id.to_string(),
+        })
     }
 
     /// A receiver that fires once the agent's end-of-session event for `session_id` (and so

@@ -22,7 +22,7 @@ use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, S
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::config::{Config, Resource};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
-use crate::registry::{Canceller, Registry, SessionGrant};
+use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
 use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
 use gatehouse_core::random::random_bytes;
 
@@ -97,6 +97,8 @@ impl Door for FrontDoor {
 /// A connection that passed admission, with its upstream open.
 struct Ready {
     resource: Resource,
+    /// The sign-in whose credential admitted the session (none for issued tokens).
+    login: Option<String>,
     role: String,
     upstream_user: String,
     /// Where the session goes: `host:port` (embedded agent) or what the remote agent reports.
@@ -104,6 +106,10 @@ struct Ready {
     grant: Option<SessionGrant>,
     upstream: UpstreamConn,
 }
+
+/// What the client is handed once established: the canceller, the upstream's parameters and
+/// its startup notices.
+type Established<'a> = (Option<Canceller>, &'a [(String, String)], Vec<&'a [u8]>);
 
 /// An open upstream: a direct connection through the embedded agent, or a session stream to
 /// the remote agent that holds it.
@@ -313,6 +319,7 @@ impl FrontDoor {
         conn.authenticated();
         let Ready {
             resource,
+            login,
             role,
             upstream_user,
             upstream_addr,
@@ -321,9 +328,14 @@ impl FrontDoor {
         } = admitted;
 
         // Established: hand the client the upstream's parameters and our own cancel key.
-        let (canceller, params, notices): (_, &[(String, String)], Vec<&[u8]>) = match &upstream {
+        let cancel_on_cut = match &upstream {
+            UpstreamConn::Local(up) => up.cancel_handle(),
+            UpstreamConn::Remote { .. } => None,
+        };
+        let (canceller, params, notices): Established<'_> = match &upstream {
             UpstreamConn::Local(up) => (
-                up.cancel_handle().map(Canceller::Local),
+                up.cancel_handle()
+                    .map(|h| Arc::new(PgCancel(h)) as Canceller),
                 &up.params,
                 up.notices.iter().map(|n| &n[..]).collect(),
             ),
@@ -333,22 +345,18 @@ impl FrontDoor {
                 notices,
                 ..
             } => (
-                Some(Canceller::Remote {
-                    links: self.links.clone(),
-                    agent: agent.clone(),
-                    session: session_id.to_string(),
-                }),
+                Some(self.links.canceller(agent, &session_id.to_string())),
                 params,
                 notices.iter().map(|n| &n[..]).collect(),
             ),
         };
-        let cancel_on_cut = match &canceller {
-            Some(Canceller::Local(h)) => Some(h.clone()),
-            _ => None,
+        let owner = Owner {
+            user: user.clone(),
+            resource: resource.name.clone(),
+            login,
         };
         let (pid, secret, kill, _registration) =
-            self.registry
-                .register(session_id, &user, &resource.name, canceller, grant);
+            self.registry.register(session_id, owner, canceller, grant);
         let mut out = BytesMut::new();
         pgwire::auth_ok(&mut out);
         for (k, v) in params {
@@ -534,7 +542,10 @@ impl FrontDoor {
             .await
             .map_err(|d| refusal(&d))?;
         let admission::Admitted {
-            resource, grant, ..
+            resource,
+            grant,
+            claims,
+            ..
         } = admitted;
 
         // 3. Upstream through the agent library, with the brokered credential: in this process,
@@ -549,6 +560,7 @@ impl FrontDoor {
         match opened {
             Ok((upstream_user, upstream_addr, upstream)) => Ok(Ready {
                 resource,
+                login: claims.sid.clone(),
                 role: role.to_string(),
                 upstream_user,
                 upstream_addr,
@@ -751,5 +763,14 @@ fn untrusted_refusal(resource: &str, why: &str) -> Refusal {
         message: format!("resource \"{resource}\" failed the gateway's upstream checks: {why}"),
         detail: None,
         hint: Some("the server at the resource's address may not be the real one; tell the resource's admin".into()),
+    }
+}
+
+/// PostgreSQL's own cancel request, to the backend the session runs on.
+struct PgCancel(agent::CancelHandle);
+
+impl Cancel for PgCancel {
+    fn cancel(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.cancel().await.map_err(|e| e.to_string()) })
     }
 }

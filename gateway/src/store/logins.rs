@@ -51,6 +51,16 @@ impl Store {
         row.map(|r| login_from_row(&r)).transpose()
     }
 
+    /// Ids of logins revoked at or after `since` (a log timestamp; they sort as text).
+    pub async fn logins_revoked_since(&self, since: &str) -> Result<Vec<String>, StoreError> {
+        let sql =
+            self.sql("SELECT id FROM logins WHERE revoked_at IS NOT NULL AND revoked_at >= $1");
+        let rows = sqlx::query(&sql).bind(since).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
+    }
+
     /// Revokes a login. Returns false when it was unknown or already revoked.
     pub async fn revoke_login(
         &self,
