@@ -23,6 +23,7 @@ pub mod listener;
 pub mod pg;
 pub mod registry;
 pub mod server;
+pub mod session_record;
 pub mod store;
 pub mod tcp;
 pub mod tls;

@@ -393,57 +393,24 @@ impl TcpDoor {
             // The relay notices at once; the session still gets its end event below.
             info!("the client left before the answer");
         }
-        let row = crate::store::sessions::SessionRow {
-            id: session_id.to_string(),
-            instance: self.instance.clone(),
-            user: user.clone(),
-            resource: resource.name.clone(),
-            client_addr: peer.to_string(),
-            started: crate::audit::event::now_ts(),
-            ended: None,
-            end_reason: None,
-            kill_requested_by: None,
-            role: Some(role.clone()),
-            grant_id: grant.map(|g| g.id),
-        };
-        let listed = {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.session_started(&row).await {
-                    warn!(error = %e, "cannot list the session in the sessions table");
-                }
-            })
-        };
+        let record = crate::session_record::list(
+            &self.store,
+            crate::session_record::Listing {
+                instance: &self.instance,
+                id: session_id,
+                user: &user,
+                resource: &resource.name,
+                client_addr: peer,
+                role: &role,
+                grant,
+                protocol: "tcp",
+            },
+        );
         info!(resource = %resource.name, "tcp session started");
 
         let summary = agent::relay(upstream, stream, kill).await;
 
-        let mut end = NewEvent::new(EventKind::SessionEnd);
-        end.actor = user;
-        end.resource = resource.name.clone();
-        end.action = "disconnect".into();
-        end.session_id = session_id.to_string();
-        end.reason = summary.reason.to_string();
-        end.detail = serde_json::json!({
-            "protocol": "tcp",
-            "bytes_from_client": summary.bytes_from_client,
-            "bytes_to_client": summary.bytes_to_client,
-            "statements": 0,
-            "duration_ms": summary.duration_ms,
-        });
-        let _ = self.audit.record(end).await;
-        let _ = listed.await;
-        if let Err(e) = self
-            .store
-            .session_ended(
-                &session_id.to_string(),
-                &crate::audit::event::now_ts(),
-                &summary.reason.to_string(),
-            )
-            .await
-        {
-            warn!(error = %e, "cannot mark the session ended in the sessions table");
-        }
+        record.end(&self.audit, &summary).await;
         info!(
             reason = %summary.reason,
             bytes_from_client = summary.bytes_from_client,

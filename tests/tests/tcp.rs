@@ -180,6 +180,15 @@ fn redis_through_gatehouse_connect_is_admitted_relayed_and_audited() -> anyhow::
     assert_eq!(out.stdout.trim(), "OK", "{out}");
     let out = redis_cli(port, &["get", "k2"], None)?.ok()?;
     assert_eq!(out.stdout.trim(), "v2", "{out}");
+    // Both of its sessions have ended (the client closed them) before `connect` is stopped,
+    // so that stopping it cannot cut one short.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events_of(&gw.audit_events()?, "session.end", "cache").len() < 3 {
+        if Instant::now() > deadline {
+            bail!("the sessions of the multi-connection run did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(many);
 
     // An engineer's saved login (credential and the gateway's CA) works without flags.
