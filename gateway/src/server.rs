@@ -397,11 +397,13 @@ async fn cut_revoked_logins(store: &Store, registry: &Registry, audit: &AuditLog
             return;
         }
     };
-    for login in revoked.iter().filter(|l| live.contains(*l)) {
-        for (session, user, resource) in registry.kill_login(
-            login,
-            "access revoked: the sign-in this session came from was revoked (logout)",
-        ) {
+    for (login, reason) in revoked.iter().filter(|(l, _)| live.contains(l)) {
+        let why = if reason.is_empty() {
+            "access revoked: the sign-in this session came from was revoked".to_string()
+        } else {
+            format!("access revoked: the sign-in this session came from was revoked: {reason}")
+        };
+        for (session, user, resource) in registry.kill_login(login, &why) {
             let mut e = NewEvent::new(EventKind::SessionCut);
             e.actor = user;
             e.resource = resource;

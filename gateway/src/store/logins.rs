@@ -51,13 +51,21 @@ impl Store {
         row.map(|r| login_from_row(&r)).transpose()
     }
 
-    /// Ids of logins revoked at or after `since` (a log timestamp; they sort as text).
-    pub async fn logins_revoked_since(&self, since: &str) -> Result<Vec<String>, StoreError> {
-        let sql =
-            self.sql("SELECT id FROM logins WHERE revoked_at IS NOT NULL AND revoked_at >= $1");
+    /// Logins revoked at or after `since` (a log timestamp; they sort as text): id and the
+    /// reason given.
+    pub async fn logins_revoked_since(
+        &self,
+        since: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = self.sql(
+            "SELECT id, revoked_reason FROM logins WHERE revoked_at IS NOT NULL AND revoked_at >= $1",
+        );
         let rows = sqlx::query(&sql).bind(since).fetch_all(self.pool()).await?;
         rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .map(|r| {
+                let reason: Option<String> = r.try_get(1)?;
+                Ok((r.try_get::<String, _>(0)?, reason.unwrap_or_default()))
+            })
             .collect()
     }
 
