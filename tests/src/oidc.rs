@@ -42,7 +42,7 @@ use crate::util::{
 };
 
 /// How long to wait for the provider's issuer line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Timeout of one control request to the provider.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -350,7 +350,7 @@ impl std::fmt::Debug for OidcProvider {
 }
 
 impl OidcProvider {
-    /// Starts the provider and waits (at most 30 s) until it listens. Needs at least one client.
+    /// Starts the provider and waits (at most 90 s) until it listens. Needs at least one client.
     pub fn start(spec: OidcSpec) -> anyhow::Result<OidcProvider> {
         sweep_stale_dirs();
         if spec.clients.is_empty() {
