@@ -16,3 +16,17 @@ pub mod remote;
 pub mod spool;
 pub mod tcp;
 pub mod tunnel;
+
+/// Resolves with the reason once the gateway ends a session through its kill switch (the
+/// registry's watch); a dropped sender means the gateway is shutting down. Every connector's
+/// relay selects on it.
+pub async fn killed(kill: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(why) = kill.borrow_and_update().clone() {
+            return why;
+        }
+        if kill.changed().await.is_err() {
+            return "the gateway is shutting down".to_string();
+        }
+    }
+}

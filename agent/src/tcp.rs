@@ -79,16 +79,7 @@ where
                 }
             }
         };
-        let killed = async {
-            loop {
-                if let Some(why) = kill.borrow_and_update().clone() {
-                    return why;
-                }
-                if kill.changed().await.is_err() {
-                    return "the gateway is shutting down".to_string();
-                }
-            }
-        };
+        let killed = crate::killed(&mut kill);
         tokio::select! {
             r = both => r,
             why = killed => EndReason::Killed(why),

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use gatehouse_tests::util::poll;
 use gatehouse_tests::{
     free_port, gatehouse_bin, redis_cli, temp_dir, Gateway, GatewayConfig, RedisServer, Resource,
     TempDir,
@@ -182,13 +183,10 @@ fn redis_through_gatehouse_connect_is_admitted_relayed_and_audited() -> anyhow::
     assert_eq!(out.stdout.trim(), "v2", "{out}");
     // Both of its sessions have ended (the client closed them) before `connect` is stopped,
     // so that stopping it cannot cut one short.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while events_of(&gw.audit_events()?, "session.end", "cache").len() < 3 {
-        if Instant::now() > deadline {
-            bail!("the sessions of the multi-connection run did not end");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        Ok((events_of(&gw.audit_events()?, "session.end", "cache").len() >= 3).then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the sessions of the multi-connection run did not end"))?;
     drop(many);
 
     // An engineer's saved login (credential and the gateway's CA) works without flags.
@@ -199,17 +197,11 @@ fn redis_through_gatehouse_connect_is_admitted_relayed_and_audited() -> anyhow::
     let (status, stderr) = saved.wait(Duration::from_secs(10))?;
     assert!(status.success(), "{status}: {stderr}");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let events = loop {
+    let events = poll(Duration::from_secs(10), Duration::from_millis(100), || {
         let events = gw.audit_events()?;
-        if events_of(&events, "session.end", "cache").len() >= 4 {
-            break events;
-        }
-        if Instant::now() > deadline {
-            bail!("four session.end events for cache expected: {events:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        Ok((events_of(&events, "session.end", "cache").len() >= 4).then_some(events))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("four session.end events for cache expected"))?;
     let decisions = events_of(&events, "access.decision", "cache");
     assert_eq!(decisions.len(), 4, "{decisions:#?}");
     for d in &decisions {

@@ -246,18 +246,7 @@ async fn verify_full_upstream_tls_against_a_test_ca() -> anyhow::Result<()> {
         .password(&token)
         .spawn("select pg_sleep(60)")?;
     let pid = child.id();
-    let running = gatehouse_tests::util::poll(
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let n = pg.exec(
-            "postgres",
-            "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'",
-        )?;
-            Ok((n.trim() == "1").then_some(()))
-        },
-    )?;
-    running.ok_or_else(|| anyhow::anyhow!("the query never started upstream"))?;
+    pg.wait_for_active_query("select pg_sleep(60)", 1, Duration::from_secs(10))?;
     gatehouse_tests::send_signal(pid, "INT")?;
     let out = child.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);

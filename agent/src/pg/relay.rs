@@ -62,17 +62,7 @@ where
             &mut terminated,
         );
         let u2c = upstream_to_client(&mut up_rd, &mut client_wr, &mut down);
-        let killed = async {
-            loop {
-                if let Some(why) = kill.borrow_and_update().clone() {
-                    return why;
-                }
-                if kill.changed().await.is_err() {
-                    // The registry dropped the sender without a reason: treat as shutdown.
-                    return "the gateway is shutting down".to_string();
-                }
-            }
-        };
+        let killed = crate::killed(&mut kill);
         tokio::select! {
             r = c2u => r,
             r = u2c => r,
