@@ -8,9 +8,11 @@
 //! The gateway embeds this library in-process; a remote agent (`gatehouse-agent`, [`remote`])
 //! runs the same code next to the resources and reaches the gateway over an outbound link
 //! ([`tunnel`]), spooling its events on disk ([`spool`]) until the gateway holds them.
-//! [`pg`] is the PostgreSQL connector, [`tcp`] the one for any TCP service.
+//! [`pg`] is the PostgreSQL connector, [`tcp`] the one for any TCP service; [`connector`] is the
+//! seam that dispatches a session to its protocol's connector.
 //! Nothing here knows about policies, tokens or the audit log.
 
+pub mod connector;
 pub mod pg;
 pub mod remote;
 pub mod spool;

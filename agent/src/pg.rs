@@ -8,6 +8,39 @@ mod observer;
 mod relay;
 mod security;
 
+use serde::{Deserialize, Serialize};
+
+/// The options of a PostgreSQL session opened through an agent link
+/// ([`crate::tunnel::OpenSession::options`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PgOpen {
+    /// Startup parameters from the client (the connector forwards only its allow-list).
+    pub params: Vec<(String, String)>,
+    pub max_message_bytes: usize,
+    pub statement_max_bytes: usize,
+    pub log_parameters: bool,
+}
+
+impl PgOpen {
+    pub fn relay_options(&self) -> RelayOptions {
+        RelayOptions {
+            max_message_bytes: self.max_message_bytes,
+            statement_max_bytes: self.statement_max_bytes,
+            log_parameters: self.log_parameters,
+        }
+    }
+}
+
+/// What the agent hands back for the client once the upstream is open
+/// ([`crate::tunnel::Opened::Ok`]'s `options`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PgOpened {
+    /// `ParameterStatus` pairs from the upstream's startup.
+    pub params: Vec<(String, String)>,
+    /// Raw `NoticeResponse` messages from the upstream's startup.
+    pub notices: Vec<Vec<u8>>,
+}
+
 pub use connect::{connect, CancelHandle, PgTarget, Upstream, UpstreamError};
 pub use relay::{relay, RelayOptions};
 pub use security::{

@@ -45,11 +45,30 @@ pub async fn connect(target: &TcpTarget) -> Result<TcpStream, TcpError> {
 pub async fn relay<U, C>(
     upstream: U,
     client: C,
-    mut kill: watch::Receiver<Option<String>>,
+    kill: watch::Receiver<Option<String>>,
 ) -> SessionSummary
 where
     U: AsyncRead + AsyncWrite + Send + Unpin,
     C: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    splice(upstream, client, kill, |_| async {}, Duration::ZERO).await
+}
+
+/// [`relay`], for a far side that ends sessions itself: on a kill, `on_kill` asks it to (a
+/// remote agent tells the client why in the session's protocol and closes), and the bytes keep
+/// flowing for up to `grace` so that its last words reach the client before the cut.
+pub async fn splice<U, C, F, Fut>(
+    upstream: U,
+    client: C,
+    mut kill: watch::Receiver<Option<String>>,
+    on_kill: F,
+    grace: Duration,
+) -> SessionSummary
+where
+    U: AsyncRead + AsyncWrite + Send + Unpin,
+    C: AsyncRead + AsyncWrite + Send + Unpin,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
 {
     let started = Instant::now();
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
@@ -79,10 +98,19 @@ where
                 }
             }
         };
+        tokio::pin!(both);
         let killed = crate::killed(&mut kill);
         tokio::select! {
-            r = both => r,
-            why = killed => EndReason::Killed(why),
+            r = &mut both => r,
+            why = killed => {
+                if !grace.is_zero() {
+                    let last_words = async {
+                        tokio::join!(on_kill(why.clone()), &mut both);
+                    };
+                    let _ = tokio::time::timeout(grace, last_words).await;
+                }
+                EndReason::Killed(why)
+            }
         }
     };
     let _ = client_wr.shutdown().await;
@@ -156,6 +184,60 @@ mod tests {
             summary.reason,
             EndReason::Killed("grant 7 was revoked".into())
         );
+        let mut rest = Vec::new();
+        client_peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_splice_lets_the_far_side_say_its_last_words_after_a_kill() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, mut far_side) = tokio::io::duplex(64);
+        let (kill, kill_rx) = watch::channel(None);
+        let (asked_tx, asked) = tokio::sync::oneshot::channel::<String>();
+        let relay = tokio::spawn(splice(
+            upstream,
+            client,
+            kill_rx,
+            move |why| async move {
+                let _ = asked_tx.send(why);
+            },
+            Duration::from_secs(5),
+        ));
+        kill.send_replace(Some("user bob was disabled".into()));
+        // The far side hears why, writes its goodbye and closes; the client gets all of it.
+        assert_eq!(asked.await.unwrap(), "user bob was disabled");
+        far_side.write_all(b"goodbye: disabled").await.unwrap();
+        far_side.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"goodbye: disabled");
+        let summary = relay.await.unwrap();
+        assert_eq!(
+            summary.reason,
+            EndReason::Killed("user bob was disabled".into())
+        );
+        assert_eq!(summary.bytes_to_client, 17);
+    }
+
+    #[tokio::test]
+    async fn a_far_side_that_ignores_a_kill_is_cut_after_the_grace() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, _far_side) = tokio::io::duplex(64);
+        let (kill, kill_rx) = watch::channel(None);
+        let relay = tokio::spawn(splice(
+            upstream,
+            client,
+            kill_rx,
+            |_| async {},
+            Duration::from_millis(200),
+        ));
+        kill.send_replace(Some("expired".into()));
+        let summary = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.reason, EndReason::Killed("expired".into()));
         let mut rest = Vec::new();
         client_peer.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());

@@ -7,10 +7,13 @@
 //! - `POST /events`: one long stream. The agent writes [`SpooledEvent`] frames in sequence
 //!   order; the gateway writes back 8-byte big-endian sequence numbers, each acknowledging
 //!   every event up to it once those events are durable in the audit log.
-//! - `POST /session`: one per database session. The gateway's first frame is an
-//!   [`OpenSession`]; the agent answers an [`Opened`] frame, then both sides relay raw
-//!   PostgreSQL bytes.
+//! - `POST /session`: one per session, of any [`Protocol`]. The gateway's first frame is an
+//!   [`OpenSession`]; the agent answers an [`Opened`] frame, then both sides relay the
+//!   protocol's raw bytes. The gateway copies them to the client without parsing them: the
+//!   agent's connector observes the stream (and is the one that ends it with a protocol error).
 //! - `POST /cancel`: a [`Cancel`] frame; the agent forwards a cancel request upstream.
+//! - `POST /kill`: a [`Kill`] frame; the agent ends the session, telling the client why in the
+//!   session's own protocol (a PostgreSQL `ErrorResponse`), and closes its stream.
 //!
 //! A frame is a 4-byte big-endian length and that many bytes of JSON, at most
 //! [`MAX_FRAME`]. [`H2Io`] turns an HTTP/2 stream pair into `AsyncRead + AsyncWrite`, with
@@ -50,6 +53,25 @@ pub struct HelloResource {
     pub roles: Vec<String>,
 }
 
+/// Which connector serves a session.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// [`crate::pg`]: options are a [`crate::pg::PgOpen`], answered by a [`crate::pg::PgOpened`].
+    Postgres,
+    /// [`crate::tcp`]: no options.
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Postgres => "postgres",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
 /// The gateway asks the agent to open an authorised session. Carries no credential: the agent
 /// picks the brokered one for `role` itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,11 +80,10 @@ pub struct OpenSession {
     pub user: String,
     pub resource: String,
     pub role: String,
-    /// Startup parameters from the client (the agent forwards only its allow-list).
-    pub params: Vec<(String, String)>,
-    pub max_message_bytes: usize,
-    pub statement_max_bytes: usize,
-    pub log_parameters: bool,
+    pub protocol: Protocol,
+    /// The connector's own options, opaque to the link (see [`Protocol`]).
+    #[serde(default)]
+    pub options: serde_json::Value,
 }
 
 /// The agent's answer to [`OpenSession`].
@@ -70,14 +91,15 @@ pub struct OpenSession {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Opened {
     Ok {
-        /// `ParameterStatus` pairs from the upstream's startup.
-        params: Vec<(String, String)>,
-        /// Raw `NoticeResponse` messages from the upstream's startup.
-        notices: Vec<Vec<u8>>,
-        /// The upstream user the agent logged in as (a name, never a password).
+        /// The upstream user the agent logged in as (a name, never a password; empty where
+        /// the protocol brokers no credential).
         upstream_user: String,
         /// `host:port` the agent connected to.
         upstream: String,
+        /// What the connector hands the gateway for the client, opaque to the link (see
+        /// [`Protocol`]).
+        #[serde(default)]
+        options: serde_json::Value,
     },
     Refused {
         kind: RefusalKind,
@@ -90,7 +112,7 @@ pub enum Opened {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalKind {
-    /// The agent fronts no such resource or role.
+    /// The agent fronts no such resource or role (or not for that protocol).
     UnknownResource,
     /// The upstream refused the brokered credential.
     CredentialRejected,
@@ -111,6 +133,14 @@ pub enum RefusalKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cancel {
     pub session_id: String,
+}
+
+/// Ask the agent to end a session (a kill, a revoked grant, a disabled user, shutdown).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Kill {
+    pub session_id: String,
+    /// Shown to the client, e.g. in PostgreSQL's `terminating connection: ...`.
+    pub reason: String,
 }
 
 /// Certificate renewal (`POST /renew`), in four frames: the gateway asks ([`RenewRequest`]),

@@ -1,10 +1,12 @@
 //! Remote agents, gateway side: the agent CA ([`ca`]), enrollment with one-time join tokens
-//! ([`enroll`]), and the links agents open to the agent listener ([`link`]), through which the
-//! front door routes sessions to resources the gateway cannot reach itself.
+//! ([`enroll`]), the links agents open to the agent listener ([`link`]), through which the
+//! front doors route sessions to resources the gateway cannot reach itself, and such a session
+//! as the gateway relays it ([`session`]).
 
 pub mod ca;
 pub mod enroll;
 pub mod link;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::config::AgentsConfig;
 use crate::store::Store;
 
 pub use link::{LinkError, Links};
+pub use session::RemoteSession;
 
 /// Everything the agent listener and the enrollment endpoint share.
 pub struct AgentService {

@@ -834,11 +834,11 @@ fn read_secret(
 /// What a `kind = "tcp"` resource may not have: the PostgreSQL-only keys, and (for now) an
 /// agent. The error names the key.
 fn check_tcp_resource(r: &ResourceFile, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    if r.agent.is_some() || !r.agent_roles.is_empty() {
+    if !r.agent_roles.is_empty() {
         return Err(invalid(
-            key("agent"),
+            key("agent_roles"),
             format!(
-                "resource `{}`: a `kind = \"tcp\"` resource is not yet supported behind a remote agent; give its `address` instead",
+                "resource `{}`: a `kind = \"tcp\"` resource has only the `read` role",
                 r.name
             ),
         ));
@@ -1284,13 +1284,27 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "error `{err}` should name `{key}`");
         }
-        let behind = TCP.replace("address = \"127.0.0.1:6379\"", "agent = \"dc1\"");
-        let err = Config::parse(Path::new("g.toml"), &behind, &env(), Secrets::Load)
-            .unwrap_err()
-            .to_string();
+        // Behind a remote agent: the agent holds the address; it has only the `read` role.
+        let agents = "[agents]\nlisten = \"127.0.0.1:0\"\n";
+        let behind = format!(
+            "{}{agents}",
+            TCP.replace("address = \"127.0.0.1:6379\"", "agent = \"dc1\"")
+        );
+        let c = Config::parse(Path::new("g.toml"), &behind, &env(), Secrets::Load).unwrap();
+        assert_eq!(c.resources[0].agent.as_deref(), Some("dc1"));
+        let err = Config::parse(
+            Path::new("g.toml"),
+            &behind.replace(
+                "agent = \"dc1\"",
+                "agent = \"dc1\"\nagent_roles = [\"write\"]",
+            ),
+            &env(),
+            Secrets::Load,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.contains("resource[0].agent")
-                && err.contains("not yet supported behind a remote agent"),
+            err.contains("resource[0].agent_roles") && err.contains("only the `read` role"),
             "{err}"
         );
     }

@@ -189,6 +189,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         store: store.clone(),
         config: config.clone(),
     };
+    let links = agents.as_ref().map(|a| a.links.clone()).unwrap_or_default();
     let tcp_door = Arc::new(crate::tcp::TcpDoor {
         config: config.clone(),
         tls: tls.clone(),
@@ -197,6 +198,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         registry: registry.clone(),
         store: store.clone(),
         instance: instance.clone(),
+        links: links.clone(),
     });
     let door = Arc::new(FrontDoor {
         config: config.clone(),
@@ -206,7 +208,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         registry: registry.clone(),
         store: store.clone(),
         instance,
-        links: agents.as_ref().map(|a| a.links.clone()).unwrap_or_default(),
+        links,
     });
     let watcher = tokio::spawn(watch_disabled_users(
         store.clone(),

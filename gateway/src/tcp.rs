@@ -12,7 +12,8 @@
 //!    (`role` may be left out: `read`).
 //! 3. The gateway authenticates, authorises and records the decision durably
 //!    ([`crate::admission`]; the Cedar action is `connect`, the resource's `protocol` is
-//!    `tcp`), dials the resource and answers ONE line of JSON:
+//!    `tcp`), dials the resource (itself, or through the remote agent that fronts it) and
+//!    answers ONE line of JSON:
 //!    - `{"ok":true,"session":"<session id>"}`: from the next byte on, the connection carries
 //!      the service's bytes both ways, unchanged, until either side closes or the gateway ends
 //!      the session (user disabled, `sessions kill`, grant expired or revoked, shutdown);
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_agent::tcp::{self as agent, TcpTarget};
+use gatehouse_agent::tunnel::{OpenSession, Protocol, RefusalKind};
 use gatehouse_core::random::random_bytes;
 use gatehouse_core::session::SessionId;
 use serde::{Deserialize, Serialize};
@@ -222,6 +224,14 @@ pub struct TcpDoor {
     pub store: Store,
     /// This gateway process's id in the sessions table.
     pub instance: String,
+    /// Links to remote agents (resources with `agent = ...` are reached through them).
+    pub links: crate::agents::Links,
+}
+
+/// An open upstream: dialled here, or a session on the remote agent that fronts the resource.
+enum Upstream {
+    Local(TcpStream),
+    Remote(Box<crate::agents::RemoteSession>),
 }
 
 impl Door for TcpDoor {
@@ -345,7 +355,7 @@ impl TcpDoor {
         let grant = admitted.grant;
         let login = admitted.claims.sid.clone();
 
-        let upstream = match self.open(&resource).await {
+        let upstream = match self.open(&resource, &user, session_id).await {
             Ok(up) => up,
             Err((why, answer)) => {
                 let mut e = NewEvent::new(EventKind::SessionFailed);
@@ -354,7 +364,10 @@ impl TcpDoor {
                 e.action = "connect".into();
                 e.session_id = session_id.to_string();
                 e.reason = why;
-                e.detail = serde_json::json!({ "protocol": "tcp", "upstream": resource.address });
+                e.detail = match &resource.agent {
+                    Some(agent) => serde_json::json!({ "protocol": "tcp", "agent": agent }),
+                    None => serde_json::json!({ "protocol": "tcp", "upstream": resource.address }),
+                };
                 let _ = self.audit.record(e).await;
                 refuse(&mut stream, &answer).await;
                 return;
@@ -366,6 +379,10 @@ impl TcpDoor {
             resource: resource.name.clone(),
             login,
         };
+        let upstream_addr = match &upstream {
+            Upstream::Local(_) => resource.address.clone(),
+            Upstream::Remote(s) => format!("{} via agent {}", s.upstream, s.agent()),
+        };
         let (_pid, _secret, kill, _registration) =
             self.registry.register(session_id, owner, None, grant);
         let mut start = NewEvent::new(EventKind::SessionStart);
@@ -375,7 +392,8 @@ impl TcpDoor {
         start.session_id = session_id.to_string();
         start.detail = serde_json::json!({
             "protocol": "tcp",
-            "upstream": resource.address,
+            "upstream": upstream_addr,
+            "agent": resource.agent,
             "role": role,
             "grant_id": grant.map(|g| g.id),
             "client_addr": peer.to_string(),
@@ -408,7 +426,10 @@ impl TcpDoor {
         );
         info!(resource = %resource.name, "tcp session started");
 
-        let summary = agent::relay(upstream, stream, kill).await;
+        let summary = match upstream {
+            Upstream::Local(tcp) => agent::relay(tcp, stream, kill).await,
+            Upstream::Remote(session) => session.relay(stream, kill).await,
+        };
 
         record.end(&self.audit, &summary).await;
         info!(
@@ -419,8 +440,14 @@ impl TcpDoor {
         );
     }
 
-    /// Dials an admitted resource; on failure, the reason for the log and the client's answer.
-    async fn open(&self, resource: &Resource) -> Result<TcpStream, (String, Answer)> {
+    /// Dials an admitted resource, or has its agent dial it; on failure, the reason for the log
+    /// and the client's answer.
+    async fn open(
+        &self,
+        resource: &Resource,
+        user: &str,
+        session_id: SessionId,
+    ) -> Result<Upstream, (String, Answer)> {
         let name = &resource.name;
         if resource.kind != ResourceKind::Tcp {
             return Err((
@@ -434,31 +461,80 @@ impl TcpDoor {
                 ),
             ));
         }
-        if resource.agent.is_some() {
-            // The config loader refuses these; kept so that a change there cannot route a
-            // session to the agent's placeholder address.
-            return Err((
-                "tcp resources are not yet supported behind a remote agent".into(),
-                Answer::refused(
-                    "upstream",
-                    format!("resource \"{name}\" is behind a remote agent, which the tcp door does not support yet"),
-                ),
-            ));
+        if let Some(agent_name) = &resource.agent {
+            return self
+                .open_remote(resource, agent_name, user, session_id)
+                .await
+                .map(|s| Upstream::Remote(Box::new(s)));
         }
         let target = TcpTarget {
             address: resource.address.clone(),
             connect_timeout: resource.connect_timeout,
         };
-        agent::connect(&target).await.map_err(|e| {
-            warn!(upstream = %resource.address, error = %e, "upstream connection failed");
-            (
-                e.to_string(),
-                Answer::refused(
-                    "upstream",
-                    format!("gatehouse could not connect to resource \"{name}\": {e}"),
-                ),
-            )
-        })
+        agent::connect(&target)
+            .await
+            .map(Upstream::Local)
+            .map_err(|e| {
+                warn!(upstream = %resource.address, error = %e, "upstream connection failed");
+                (
+                    e.to_string(),
+                    Answer::refused(
+                        "upstream",
+                        format!("gatehouse could not connect to resource \"{name}\": {e}"),
+                    ),
+                )
+            })
+    }
+
+    async fn open_remote(
+        &self,
+        resource: &Resource,
+        agent_name: &str,
+        user: &str,
+        session_id: SessionId,
+    ) -> Result<crate::agents::RemoteSession, (String, Answer)> {
+        let name = &resource.name;
+        let open = OpenSession {
+            session_id: session_id.to_string(),
+            user: user.to_string(),
+            resource: name.clone(),
+            role: crate::config::DEFAULT_ROLE.to_string(),
+            protocol: Protocol::Tcp,
+            options: serde_json::Value::Null,
+        };
+        match self.links.open_session(agent_name, &open).await {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(refused)) => {
+                warn!(agent = agent_name, reason = %refused.message, "the agent refused the session");
+                let answer = match refused.kind {
+                    RefusalKind::UnknownResource => Answer::refused(
+                        "unknown_resource",
+                        format!("agent \"{agent_name}\" does not front tcp resource \"{name}\""),
+                    ),
+                    RefusalKind::SpoolFull => Answer::refused(
+                        "upstream",
+                        format!("agent \"{agent_name}\" cannot log new sessions right now (its event spool is full); the session is refused rather than unlogged"),
+                    ),
+                    _ => Answer::refused(
+                        "upstream",
+                        format!("agent \"{agent_name}\" could not connect to resource \"{name}\": {}", refused.message),
+                    ),
+                };
+                Err((format!("agent refused: {}", refused.message), answer))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot open a session through the agent");
+                Err((
+                    e.to_string(),
+                    Answer::refused(
+                        "upstream",
+                        format!(
+                            "gatehouse cannot reach resource \"{name}\": {e}; its agent is offline"
+                        ),
+                    ),
+                ))
+            }
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
 #[derive(Debug, Clone)]
 struct AgentResource {
     name: String,
+    /// `postgres` (with the credential below) or `tcp` (address only).
+    kind: &'static str,
     address: String,
     database: String,
     username: String,
@@ -74,11 +76,26 @@ impl AgentSpec {
         );
         self.resources.push(AgentResource {
             name: resource.to_owned(),
+            kind: "postgres",
             address: pg.addr().to_string(),
             database: ORDERS_DB.to_owned(),
             username: ORDERS_USER.to_owned(),
             password_var: var,
             password: ORDERS_PASSWORD.to_owned(),
+        });
+        self
+    }
+
+    /// Any TCP service at `address` as `kind = "tcp"` resource `resource`.
+    pub fn tcp(mut self, resource: &str, address: impl ToString) -> AgentSpec {
+        self.resources.push(AgentResource {
+            name: resource.to_owned(),
+            kind: "tcp",
+            address: address.to_string(),
+            database: String::new(),
+            username: String::new(),
+            password_var: String::new(),
+            password: String::new(),
         });
         self
     }
@@ -95,6 +112,14 @@ impl AgentSpec {
             let _ = writeln!(out, "spool_max_bytes = {n}");
         }
         for r in &self.resources {
+            if r.kind == "tcp" {
+                let _ = writeln!(
+                    out,
+                    "\n[[resource]]\nname = {:?}\nkind = \"tcp\"\naddress = {:?}",
+                    r.name, r.address
+                );
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "\n[[resource]]\nname = {:?}\nkind = \"postgres\"\naddress = {:?}\ndatabase = {:?}\ncredential = {{ username = {:?}, password_env = {:?} }}",
@@ -195,6 +220,7 @@ impl AgentProc {
             .spec
             .resources
             .iter()
+            .filter(|r| r.kind != "tcp")
             .map(|r| (r.password_var.clone().into(), r.password.clone().into()))
             .collect();
         envs.push(("GATEHOUSE_LOG".into(), "info,gatehouse_agent=debug".into()));

@@ -620,8 +620,9 @@ fn cancel_and_cut_reach_the_upstream_behind_the_agent() -> anyhow::Result<()> {
         cut.elapsed()
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The agent, which parses the stream (the gateway only splices it), tells psql why.
     assert!(
-        stderr.contains("disabled") || stderr.contains("terminating connection"),
+        stderr.contains("terminating connection") && stderr.contains("disabled"),
         "{stderr}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -639,6 +640,14 @@ fn cancel_and_cut_reach_the_upstream_behind_the_agent() -> anyhow::Result<()> {
     assert!(events
         .iter()
         .any(|e| e["kind"] == "session.cut" && e["actor"] == "bob"));
+    assert!(
+        events.iter().any(|e| e["kind"] == "session.agent_end"
+            && e["actor"] == "bob"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("ended by the gateway"))),
+        "the agent ended bob's session on the gateway's word"
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use gatehouse_tests::agent::{AgentProc, AgentSpec};
 use gatehouse_tests::util::poll;
 use gatehouse_tests::{
     free_port, gatehouse_bin, redis_cli, temp_dir, Gateway, GatewayConfig, RedisServer, Resource,
@@ -479,6 +480,123 @@ fn a_graceful_stop_ends_live_tcp_sessions() -> anyhow::Result<()> {
     assert!(
         ended < stop,
         "the session's end is recorded before gateway.stop"
+    );
+    Ok(())
+}
+
+/// The subscriber count of channel `ch` on the real server.
+fn subscribers(redis: &RedisServer) -> anyhow::Result<String> {
+    Ok(redis
+        .cli(&["pubsub", "numsub", "ch"])?
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn a_tcp_resource_behind_a_remote_agent_is_reached_audited_and_cut_through_it() -> anyhow::Result<()>
+{
+    let redis = RedisServer::start()?;
+    let agents_port = free_port()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .set("tcp", "listen", "\"127.0.0.1:0\"")
+            .set("agents", "listen", &format!("\"127.0.0.1:{agents_port}\""))
+            .resource(
+                Resource::behind_agent("cache", "dc1")
+                    .kind("tcp")
+                    .labels(&[("env", "dev"), ("data_class", "internal")]),
+            ),
+    )?;
+    let agent = AgentProc::enroll(&gw, AgentSpec::new("dc1").tcp("cache", redis.addr()))?;
+    agent.wait_connected(&gw, Duration::from_secs(30))?;
+    let token = gw.token("alice", &["engineering"], "1h")?;
+
+    let once = Connect::spawn(&gw, "cache", &token, &["--once"])?;
+    let out = redis_cli(once.port, &[], Some(b"set k behind-agent\nget k\n"))?.ok()?;
+    assert_eq!(out.stdout.trim(), "OK\nbehind-agent", "{out}");
+    let (status, stderr) = once.wait(Duration::from_secs(10))?;
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(
+        redis.cli(&["get", "k"])?.ok()?.stdout.trim(),
+        "behind-agent"
+    );
+    // The agent's end of the session (its byte counts) is in the log before the gateway's.
+    let events = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let events = gw.audit_events()?;
+        Ok((!events_of(&events, "session.end", "cache").is_empty()).then_some(events))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the session behind the agent never ended"))?;
+    let start = events_of(&events, "session.start", "cache")[0];
+    assert_eq!(start["detail"]["agent"], "dc1", "{start}");
+    assert_eq!(
+        start["detail"]["upstream"],
+        format!("{} via agent dc1", redis.addr()),
+        "{start}"
+    );
+    let agent_end = events_of(&events, "session.agent_end", "cache");
+    assert_eq!(agent_end.len(), 1, "{events:#?}");
+    assert_eq!(agent_end[0]["session_id"], start["session_id"]);
+    assert!(
+        agent_end[0]["detail"]["bytes_from_client"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{}",
+        agent_end[0]
+    );
+    let seq = |e: &serde_json::Value| e["seq"].as_u64().unwrap_or(0);
+    let end = events_of(&events, "session.end", "cache")[0];
+    assert!(seq(agent_end[0]) < seq(end), "{} / {end}", agent_end[0]);
+
+    // A long session is cut by a disable: the gateway asks the agent, which ends it (its end
+    // event says so) and closes the upstream connection.
+    let c = Connect::spawn(&gw, "cache", &token, &["--once"])?;
+    let mut subscriber = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "subscribe",
+            "ch",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting redis-cli subscribe")?;
+    poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        Ok((subscribers(&redis)? == "1").then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the subscription never reached redis through the agent"))?;
+    gw.cli(&["users", "disable", "alice", "--reason", "left"])?
+        .ok()?;
+    let cut = poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok(subscriber.try_wait()?)
+    })?;
+    if cut.is_none() {
+        let _ = subscriber.kill();
+        bail!("the subscriber behind the agent still runs 5 s after the disable");
+    }
+    let (status, stderr) = c.wait(Duration::from_secs(5))?;
+    assert!(status.success(), "{status}: {stderr}");
+    poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok((subscribers(&redis)? == "0").then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the agent left the upstream subscription open"))?;
+    let events = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let events = gw.audit_events()?;
+        Ok((events_of(&events, "session.agent_end", "cache").len() >= 2).then_some(events))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the agent never reported the cut session's end"))?;
+    let agent_end = events_of(&events, "session.agent_end", "cache")[1];
+    let reason = agent_end["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("ended by the gateway") && reason.contains("alice was disabled"),
+        "the agent ended the session on the gateway's word: {agent_end}"
     );
     Ok(())
 }

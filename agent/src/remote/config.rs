@@ -15,6 +15,11 @@
 //! tls = "verify-full"                # disable | require | verify-full (default with ca_file)
 //! ca_file = "/etc/gatehouse/orders-ca.pem"
 //! auth_methods = ["scram-sha-256"]   # the default; md5, password (verify-full only), trust
+//!
+//! [[resource]]
+//! name = "cache"
+//! kind = "tcp"                       # any TCP service: bytes relayed, nothing brokered
+//! address = "10.0.0.7:6379"
 //! ```
 //!
 //! Without `tls` and `ca_file` the upstream connection is plain TCP, and SCRAM-SHA-256 is still
@@ -28,7 +33,10 @@ use gatehouse_core::clock::parse_duration;
 use gatehouse_core::Secret;
 use serde::Deserialize;
 
+use crate::connector::Target;
 use crate::pg::{PgTarget, SecuritySettings};
+use crate::tcp::TcpTarget;
+use crate::tunnel::Protocol;
 
 /// The role a bare `credential` serves.
 pub const DEFAULT_ROLE: &str = "read";
@@ -70,7 +78,7 @@ struct ResourceFile {
     address: String,
     database: Option<String>,
     connect_timeout: Option<String>,
-    credential: CredentialFile,
+    credential: Option<CredentialFile>,
     #[serde(default)]
     roles: BTreeMap<String, CredentialFile>,
     /// `disable`, `require` or `verify-full` (the default when `ca_file` is given).
@@ -96,11 +104,13 @@ pub struct AgentConfig {
     pub resources: Vec<AgentResource>,
 }
 
-/// A resource this agent fronts: one upstream target per role.
+/// A resource this agent fronts: one upstream target per role (a TCP resource has only
+/// `read`).
 #[derive(Debug, Clone)]
 pub struct AgentResource {
     pub name: String,
-    pub roles: BTreeMap<String, PgTarget>,
+    pub protocol: Protocol,
+    pub roles: BTreeMap<String, Target>,
 }
 
 impl AgentConfig {
@@ -141,12 +151,16 @@ impl AgentConfig {
         let mut resources: Vec<AgentResource> = Vec::new();
         for (i, r) in file.resource.into_iter().enumerate() {
             let key = |k: &str| format!("resource[{i}].{k}");
-            if r.kind != "postgres" {
-                return Err(invalid(
-                    key("kind"),
-                    format!("`{}` is not supported (postgres)", r.kind),
-                ));
-            }
+            let protocol = match r.kind.as_str() {
+                "postgres" => Protocol::Postgres,
+                "tcp" => Protocol::Tcp,
+                other => {
+                    return Err(invalid(
+                        key("kind"),
+                        format!("`{other}` is not supported (postgres, tcp)"),
+                    ))
+                }
+            };
             if r.name.is_empty() || r.name.contains(':') {
                 return Err(invalid(key("name"), "must be non-empty without `:`".into()));
             }
@@ -165,6 +179,39 @@ impl AgentConfig {
                     invalid(key("connect_timeout"), format!("`{t}` is not a duration"))
                 })?,
             };
+            if protocol == Protocol::Tcp {
+                let given = [
+                    ("credential", r.credential.is_some()),
+                    ("roles", !r.roles.is_empty()),
+                    ("database", r.database.is_some()),
+                    ("tls", r.tls.is_some()),
+                    ("ca_file", r.ca_file.is_some()),
+                    ("auth_methods", r.auth_methods.is_some()),
+                ];
+                if let Some((k, _)) = given.iter().find(|(_, given)| *given) {
+                    return Err(invalid(
+                        key(k),
+                        format!("a `kind = \"tcp\"` resource takes no `{k}`: the agent relays its bytes and brokers no credential"),
+                    ));
+                }
+                let target = Target::Tcp(TcpTarget {
+                    address: r.address,
+                    connect_timeout,
+                });
+                resources.push(AgentResource {
+                    name: r.name,
+                    protocol,
+                    roles: BTreeMap::from([(DEFAULT_ROLE.to_string(), target)]),
+                });
+                continue;
+            }
+            let Some(credential) = r.credential else {
+                return Err(invalid(
+                    key("credential"),
+                    "a PostgreSQL resource needs the brokered `credential` of its `read` role"
+                        .into(),
+                ));
+            };
             let security = SecuritySettings {
                 tls: r.tls.as_deref(),
                 ca_file: r.ca_file.as_deref().map(resolve),
@@ -174,7 +221,7 @@ impl AgentConfig {
             .map_err(|e| invalid(key(e.key), e.why))?;
             let database = r.database.unwrap_or_else(|| r.name.clone());
             let mut roles = BTreeMap::new();
-            let mut creds = vec![(DEFAULT_ROLE.to_string(), r.credential, key("credential"))];
+            let mut creds = vec![(DEFAULT_ROLE.to_string(), credential, key("credential"))];
             for (role, c) in r.roles {
                 let k = key(&format!("roles.{role}"));
                 creds.push((role, c, k));
@@ -208,18 +255,19 @@ impl AgentConfig {
                 };
                 roles.insert(
                     role,
-                    PgTarget {
+                    Target::Postgres(PgTarget {
                         address: r.address.clone(),
                         database: database.clone(),
                         username: c.username,
                         password: Secret::new(password),
                         connect_timeout,
                         security: security.clone(),
-                    },
+                    }),
                 );
             }
             resources.push(AgentResource {
                 name: r.name,
+                protocol,
                 roles,
             });
         }
@@ -242,7 +290,7 @@ impl AgentConfig {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -260,8 +308,12 @@ mod tests {
         let c = AgentConfig::load(&example(), &env).unwrap();
         let r = c.resource("orders-db").unwrap();
         assert_eq!(r.roles.keys().collect::<Vec<_>>(), vec!["read", "write"]);
-        assert_eq!(r.roles["write"].password.expose(), "rw-secret");
-        assert_eq!(r.roles["read"].username, "orders_ro");
+        let pg = |role: &str| match &r.roles[role] {
+            Target::Postgres(t) => t.clone(),
+            other => panic!("{role}: {other:?}"),
+        };
+        assert_eq!(pg("write").password.expose(), "rw-secret");
+        assert_eq!(pg("read").username, "orders_ro");
         // Debug output never shows a password.
         assert!(!format!("{c:?}").contains("secret"));
     }
@@ -294,12 +346,16 @@ mod tests {
             .unwrap();
             AgentConfig::load(&path, &env)
         };
+        let security = |c: &AgentConfig| match &c.resource("db").unwrap().roles["read"] {
+            Target::Postgres(t) => t.security.clone(),
+            other => panic!("{other:?}"),
+        };
         let c = load("").unwrap();
-        let t = &c.resource("db").unwrap().roles["read"].security;
+        let t = security(&c);
         assert_eq!(t.tls.mode(), "disable");
         assert_eq!(t.auth_methods, vec![crate::pg::AuthMethod::ScramSha256]);
         let c = load("tls = \"require\"\nauth_methods = [\"scram-sha-256\", \"md5\"]").unwrap();
-        let t = &c.resource("db").unwrap().roles["read"].security;
+        let t = security(&c);
         assert_eq!(t.tls.mode(), "require");
         assert!(t.allows(crate::pg::AuthMethod::Md5));
         for (extra, key) in [
@@ -310,6 +366,33 @@ mod tests {
             let err = load(extra).unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");
         }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_tcp_resource_takes_an_address_and_nothing_brokered() {
+        let dir = std::env::temp_dir().join(format!("gh-agent-tcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        let env = |_: &str| Some("pw".to_string());
+        let load = |extra: &str| {
+            std::fs::write(
+                &path,
+                format!("[[resource]]\nname = \"cache\"\nkind = \"tcp\"\naddress = \"cache.internal:6379\"\n{extra}"),
+            )
+            .unwrap();
+            AgentConfig::load(&path, &env)
+        };
+        let c = load("").unwrap();
+        let r = c.resource("cache").unwrap();
+        assert_eq!(r.protocol, Protocol::Tcp);
+        assert_eq!(r.roles.keys().collect::<Vec<_>>(), vec!["read"]);
+        assert_eq!(r.roles["read"].address(), "cache.internal:6379");
+        let err = load("credential = { username = \"u\", password_env = \"P\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("resource[0].credential"), "{err}");
+        assert!(err.contains("brokers no credential"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,8 +1,8 @@
 //! The agent's side of the link: dial the gateway with mutual TLS, serve HTTP/2 on that
 //! connection (the gateway opens the streams, see [`crate::tunnel`]), reconnect with backoff.
 //!
-//! Sessions run the same relay and observer as the embedded agent; their statements go to the
-//! [`Spool`] and from there, in order, over the `/events` stream.
+//! Sessions run the same connectors ([`crate::connector`]) as the embedded agent; their
+//! statements go to the [`Spool`] and from there, in order, over the `/events` stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,10 +17,11 @@ use tracing::{info, warn, Instrument};
 
 use super::config::AgentConfig;
 use super::identity::{self, Identity};
-use crate::pg::{self, CancelHandle, RelayOptions, UpstreamError};
+use crate::connector::Refusal;
+use crate::pg::CancelHandle;
 use crate::spool::Spool;
 use crate::tunnel::{
-    self, Cancel, EventBody, H2Io, Hello, HelloResource, OpenSession, Opened, RefusalKind,
+    self, Cancel, EventBody, H2Io, Hello, HelloResource, Kill, OpenSession, Opened, RefusalKind,
     RenewCert, RenewDone, RenewKey, RenewRequest,
 };
 
@@ -34,13 +35,20 @@ const EVENT_BATCH: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// A session this agent relays.
+struct LiveSession {
+    cancel: Option<CancelHandle>,
+    kill: watch::Sender<Option<String>>,
+}
+
 /// A running remote agent.
 pub struct Agent {
     pub config: AgentConfig,
     /// Replaced after a certificate renewal; each link uses the one current when it starts.
     identity: Mutex<Identity>,
     pub spool: Spool,
-    cancels: Mutex<HashMap<String, CancelHandle>>,
+    /// Sessions being relayed: how to cancel their query and how to end them.
+    live: Mutex<HashMap<String, LiveSession>>,
     /// Ends the current link so that the next one uses a renewed certificate.
     relink: tokio::sync::Notify,
 }
@@ -51,7 +59,7 @@ impl Agent {
             config,
             identity: Mutex::new(identity),
             spool,
-            cancels: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             relink: tokio::sync::Notify::new(),
         })
     }
@@ -208,6 +216,7 @@ impl Agent {
             "/events" => self.events(io).await,
             "/session" => self.session(io).await,
             "/cancel" => self.cancel(io).await,
+            "/kill" => self.kill(io).await,
             "/renew" => {
                 if let Err(e) = self.renew(io).await {
                     warn!(error = %e, "certificate renewal failed; the current certificate stays");
@@ -280,10 +289,10 @@ impl Agent {
     }
 
     async fn session_inner(&self, mut io: H2Io, open: OpenSession) {
-        let refuse = |kind: RefusalKind, message: String, code: Option<String>| Opened::Refused {
+        let refuse = |kind: RefusalKind, message: String| Refusal {
             kind,
             message,
-            code,
+            code: None,
         };
         let target = self
             .config
@@ -298,7 +307,6 @@ impl Agent {
                     open.resource,
                     open.role
                 ),
-                None,
             )),
             Some(_) if !self.spool.accepts_sessions() => {
                 let (n, bytes) = self.spool.backlog();
@@ -313,25 +321,30 @@ impl Agent {
                          {n} spooled events",
                         self.name()
                     ),
-                    None,
                 ))
             }
-            Some(t) => pg::connect(t, &open.params)
+            Some(t) => t
+                .open(open.protocol, &open.options)
                 .await
-                .map_err(|e| upstream_refusal(&t.address, &e))
-                .map(|up| (t.username.clone(), t.address.clone(), up)),
+                .map(|up| (t.upstream_user().to_string(), t.address().to_string(), up)),
         };
         let (upstream, opened) = match answer {
-            Ok((user, address, up)) => {
+            Ok((upstream_user, address, up)) => {
                 let opened = Opened::Ok {
-                    params: up.params.clone(),
-                    notices: up.notices.iter().map(|n| n.to_vec()).collect(),
-                    upstream_user: user,
+                    upstream_user,
                     upstream: address,
+                    options: up.opened(),
                 };
                 (Some(up), opened)
             }
-            Err(refused) => (None, refused),
+            Err(r) => (
+                None,
+                Opened::Refused {
+                    kind: r.kind,
+                    message: r.message,
+                    code: r.code,
+                },
+            ),
         };
         if let Err(e) = tunnel::write_frame(&mut io, &opened).await {
             warn!(error = %e, "cannot answer the gateway's session request");
@@ -344,26 +357,27 @@ impl Agent {
             let _ = io.shutdown().await;
             return;
         };
-        if let Some(h) = upstream.cancel_handle() {
-            lock(&self.cancels).insert(open.session_id.clone(), h);
-        }
-        info!("session started");
-        let opts = RelayOptions {
-            max_message_bytes: open.max_message_bytes,
-            statement_max_bytes: open.statement_max_bytes,
-            log_parameters: open.log_parameters,
-        };
+        // The gateway ends a session with `/kill` (the relay tells the client why); closing
+        // the stream ends it too, without the words.
+        let (kill_tx, kill) = watch::channel(None);
+        let cancel = upstream.cancel_handle();
+        lock(&self.live).insert(
+            open.session_id.clone(),
+            LiveSession {
+                cancel: cancel.clone(),
+                kill: kill_tx,
+            },
+        );
+        info!(protocol = open.protocol.as_str(), "session started");
         let sink = SpoolSink {
             spool: &self.spool,
             session_id: &open.session_id,
             user: &open.user,
             resource: &open.resource,
         };
-        // The gateway ends sessions by closing the stream; nothing here kills them.
-        let (_never, kill) = watch::channel(None);
-        let summary = pg::relay(upstream.into_stream(), io, &opts, &sink, kill).await;
-        let handle = lock(&self.cancels).remove(&open.session_id);
-        if let (true, Some(h)) = (summary.may_leave_a_query_running(), handle) {
+        let summary = upstream.relay(io, &sink, kill).await;
+        lock(&self.live).remove(&open.session_id);
+        if let (true, Some(h)) = (summary.may_leave_a_query_running(), cancel) {
             // The gateway cut the session (or the link dropped): stop what runs upstream.
             if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), h.cancel()).await {
                 warn!(error = %e, "cannot cancel the query of a session that was cut");
@@ -423,7 +437,9 @@ impl Agent {
         let Ok(Some(c)) = tunnel::read_frame::<_, Cancel>(&mut io).await else {
             return;
         };
-        let handle = lock(&self.cancels).get(&c.session_id).cloned();
+        let handle = lock(&self.live)
+            .get(&c.session_id)
+            .and_then(|l| l.cancel.clone());
         if let Some(h) = handle {
             if let Err(e) = h.cancel().await {
                 warn!(error = %e, session.id = %c.session_id, "cancel request failed");
@@ -431,34 +447,25 @@ impl Agent {
         }
         let _ = io.shutdown().await;
     }
+
+    /// Ends a session at the gateway's word; its relay tells the client why.
+    async fn kill(&self, mut io: H2Io) {
+        let Ok(Some(k)) = tunnel::read_frame::<_, Kill>(&mut io).await else {
+            return;
+        };
+        match lock(&self.live).get(&k.session_id) {
+            Some(live) => {
+                info!(session.id = %k.session_id, reason = %k.reason, "the gateway ends the session");
+                live.kill.send_replace(Some(k.reason));
+            }
+            None => info!(session.id = %k.session_id, "kill for a session that is not live"),
+        }
+        let _ = io.shutdown().await;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn upstream_refusal(address: &str, e: &UpstreamError) -> Opened {
-    let (kind, code) = match e {
-        UpstreamError::CredentialRejected(_) | UpstreamError::Scram(_) => {
-            (RefusalKind::CredentialRejected, None)
-        }
-        UpstreamError::AuthMethodRefused(_) | UpstreamError::TlsRefused | UpstreamError::Tls(_) => {
-            (RefusalKind::Untrusted, None)
-        }
-        UpstreamError::Refused(f) => (RefusalKind::UpstreamRefused, Some(f.code.clone())),
-        UpstreamError::Unreachable(_) | UpstreamError::Timeout => (RefusalKind::Unreachable, None),
-        _ => (RefusalKind::Other, None),
-    };
-    let message = match e {
-        UpstreamError::Refused(f) => f.message.clone(),
-        other => other.to_string(),
-    };
-    warn!(upstream = address, error = %e, "upstream connection failed");
-    Opened::Refused {
-        kind,
-        message,
-        code,
-    }
 }
 
 /// Statements into the spool (waits while it is full; never drops).
@@ -491,8 +498,9 @@ impl EventSink for SpoolSink<'_> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::pg::PgOpen;
     use crate::remote::identity::LinkInfo;
-    use crate::tunnel::frame;
+    use crate::tunnel::{frame, Protocol};
 
     fn agent(dir: &std::path::Path, spool_max: usize) -> Arc<Agent> {
         let toml = format!(
@@ -556,10 +564,14 @@ mod tests {
             user: "alice".into(),
             resource: resource.into(),
             role: "read".into(),
-            params: vec![],
-            max_message_bytes: 1 << 20,
-            statement_max_bytes: 4096,
-            log_parameters: false,
+            protocol: Protocol::Postgres,
+            options: serde_json::to_value(PgOpen {
+                params: vec![],
+                max_message_bytes: 1 << 20,
+                statement_max_bytes: 4096,
+                log_parameters: false,
+            })
+            .unwrap(),
         })
         .unwrap()
     }

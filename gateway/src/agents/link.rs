@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gatehouse_agent::connector::Refusal;
 use gatehouse_agent::tunnel::{
-    self, Cancel, EventBody, H2Io, Hello, OpenSession, Opened, RenewCert, RenewDone, RenewKey,
-    RenewRequest, SpooledEvent,
+    self, Cancel, EventBody, H2Io, Hello, Kill, OpenSession, Opened, RenewCert, RenewDone,
+    RenewKey, RenewRequest, SpooledEvent,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use super::ca::sha256_hex;
+use super::session::RemoteSession;
 use super::AgentService;
 use crate::audit::{AuditError, EventKind, NewEvent};
 use crate::listener::{self, Conn, Door, Limits, Serving};
@@ -59,8 +61,9 @@ struct Link {
 pub struct Links {
     inner: Arc<Mutex<HashMap<String, Arc<Link>>>>,
     generations: Arc<AtomicU64>,
-    /// Sessions whose front door waits for the agent's end-of-session event to be durable.
-    ends: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// Sessions whose front door waits for the agent's end-of-session event to be durable
+    /// (it learns the agent's statement count).
+    ends: Arc<Mutex<HashMap<String, oneshot::Sender<u64>>>>,
     /// Sessions opened on a link and not yet forgotten: which agent, user and resource each
     /// was opened for. An agent's events are accepted only for its own sessions.
     opened: Arc<Mutex<HashMap<String, OpenedOn>>>,
@@ -138,17 +141,17 @@ impl Links {
         lock(&self.inner).get(agent).cloned()
     }
 
-    /// Asks `agent` to open a session; returns its answer and, when it opened, the stream that
-    /// now carries the session's bytes.
+    /// Asks `agent` to open a session: the open session, or the agent's refusal.
     pub async fn open_session(
         &self,
         agent: &str,
         open: &OpenSession,
-    ) -> Result<(Opened, H2Io), LinkError> {
+    ) -> Result<Result<RemoteSession, Refusal>, LinkError> {
         let link = self
             .get(agent)
             .ok_or_else(|| LinkError::NotConnected(agent.to_string()))?;
-        // Known before the agent hears of it, so its first event finds the session.
+        // Known before the agent hears of it, so its first event finds the session, and its
+        // end (which may come before the front door is done) finds the waiter.
         lock(&self.opened).insert(
             open.session_id.clone(),
             OpenedOn {
@@ -157,11 +160,42 @@ impl Links {
                 resource: open.resource.clone(),
             },
         );
-        let answer = self.open_on(agent, &link, open).await;
-        if !matches!(answer, Ok((Opened::Ok { .. }, _))) {
-            lock(&self.opened).remove(&open.session_id);
-        }
-        answer
+        let (end_tx, end) = oneshot::channel();
+        lock(&self.ends).insert(open.session_id.clone(), end_tx);
+        let mut session = RemoteSession {
+            upstream_user: String::new(),
+            upstream: String::new(),
+            options: serde_json::Value::Null,
+            links: self.clone(),
+            agent: agent.to_string(),
+            session_id: open.session_id.clone(),
+            io: None,
+            end: Some(end),
+        };
+        // From here on, dropping `session` forgets the session.
+        let (opened, io) = self.open_on(agent, &link, open).await?;
+        Ok(match opened {
+            Opened::Ok {
+                upstream_user,
+                upstream,
+                options,
+            } => {
+                session.upstream_user = upstream_user;
+                session.upstream = upstream;
+                session.options = options;
+                session.io = Some(io);
+                Ok(session)
+            }
+            Opened::Refused {
+                kind,
+                message,
+                code,
+            } => Err(Refusal {
+                kind,
+                message,
+                code,
+            }),
+        })
     }
 
     async fn open_on(
@@ -198,6 +232,20 @@ impl Links {
         Ok(())
     }
 
+    /// Asks `agent` to end `session_id`, telling its client `reason`.
+    pub async fn kill(&self, agent: &str, session_id: &str, reason: &str) -> Result<(), LinkError> {
+        let link = self
+            .get(agent)
+            .ok_or_else(|| LinkError::NotConnected(agent.to_string()))?;
+        let kill = Kill {
+            session_id: session_id.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut io = open_stream(agent, &link.sender, "/kill", Some(&kill)).await?;
+        let _ = io.shutdown().await;
+        Ok(())
+    }
+
     /// A canceller for a session on `agent`'s link: asks the agent, which holds the upstream.
     pub fn canceller(&self, agent: &str, session_id: &str) -> crate::registry::Canceller {
         Arc::new(RemoteCancel {
@@ -205,14 +253,6 @@ impl Links {
             agent: agent.to_string(),
             session: session_id.to_string(),
         })
-    }
-
-    /// A receiver that fires once the agent's end-of-session event for `session_id` (and so
-    /// every statement before it) is in the audit log.
-    pub fn expect_end(&self, session_id: &str) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.ends).insert(session_id.to_string(), tx);
-        rx
     }
 
     /// Stops waiting for `session_id`'s end (it arrived, or the front door gave up). Events
@@ -226,9 +266,9 @@ impl Links {
         lock(&self.opened).get(session_id).cloned()
     }
 
-    fn ended(&self, session_id: &str) {
+    fn ended(&self, session_id: &str, statements: u64) {
         if let Some(tx) = lock(&self.ends).remove(session_id) {
-            let _ = tx.send(());
+            let _ = tx.send(statements);
         }
     }
 
@@ -678,7 +718,7 @@ async fn events(
     let (mut rd, mut wr) = tokio::io::split(io);
     type Confirm = oneshot::Receiver<Result<u64, AuditError>>;
     // (agent seq, commit confirmation, the session it ends if it is an end-of-session event)
-    let (tx, mut rx) = mpsc::channel::<(u64, Confirm, Option<String>)>(IN_FLIGHT);
+    let (tx, mut rx) = mpsc::channel::<(u64, Confirm, Option<(String, u64)>)>(IN_FLIGHT);
     let read = async {
         let mut last = 0u64;
         // Sessions of this agent already checked against the store (after a restart).
@@ -699,8 +739,12 @@ async fn events(
             let seq = event.seq;
             let (audit_event, ends) = match attributable(svc, agent, &event, &mut known).await {
                 Attribution::Own => {
-                    let ends = matches!(event.body, EventBody::SessionEnd { .. })
-                        .then(|| event.session_id.clone());
+                    let ends = match event.body {
+                        EventBody::SessionEnd { statements, .. } => {
+                            Some((event.session_id.clone(), statements))
+                        }
+                        _ => None,
+                    };
                     (agent_event(agent, event), ends)
                 }
                 Attribution::Foreign(why) => {
@@ -723,16 +767,16 @@ async fn events(
             if !matches!(confirm.await, Ok(Ok(_))) {
                 return "the audit log could not commit the agent's events".to_string();
             }
-            if let Some(session) = ends {
-                svc.links.ended(&session);
+            if let Some((session, statements)) = ends {
+                svc.links.ended(&session, statements);
             }
             // Acknowledge everything already committed in one go.
             while let Ok((next, confirm, ends)) = rx.try_recv() {
                 if !matches!(confirm.await, Ok(Ok(_))) {
                     return "the audit log could not commit the agent's events".to_string();
                 }
-                if let Some(session) = ends {
-                    svc.links.ended(&session);
+                if let Some((session, statements)) = ends {
+                    svc.links.ended(&session, statements);
                 }
                 seq = next;
             }

@@ -17,17 +17,15 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use super::handshake::{self, refuse, send_error, ClientStream, Opening};
-use super::sink::{DiscardSink, SessionSink};
+use super::sink::SessionSink;
 use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::config::{Config, Resource};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
-use gatehouse_agent::tunnel::{H2Io, OpenSession, Opened, RefusalKind};
+use gatehouse_agent::pg::{PgOpen, PgOpened};
+use gatehouse_agent::tunnel::{OpenSession, Protocol, RefusalKind};
 use gatehouse_core::random::random_bytes;
-
-/// How long a remote session's end waits for the agent's end-of-session event.
-const AGENT_END_WAIT: Duration = Duration::from_secs(3);
 
 /// Largest password message (the gateway token) accepted.
 const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
@@ -116,10 +114,8 @@ type Established<'a> = (Option<Canceller>, &'a [(String, String)], Vec<&'a [u8]>
 enum UpstreamConn {
     Local(agent::Upstream),
     Remote {
-        agent: String,
-        io: H2Io,
-        params: Vec<(String, String)>,
-        notices: Vec<Vec<u8>>,
+        session: crate::agents::RemoteSession,
+        opened: PgOpened,
     },
 }
 
@@ -339,15 +335,10 @@ impl FrontDoor {
                 &up.params,
                 up.notices.iter().map(|n| &n[..]).collect(),
             ),
-            UpstreamConn::Remote {
-                agent,
-                params,
-                notices,
-                ..
-            } => (
-                Some(self.links.canceller(agent, &session_id.to_string())),
-                params,
-                notices.iter().map(|n| &n[..]).collect(),
+            UpstreamConn::Remote { session, opened } => (
+                Some(session.canceller()),
+                &opened.params,
+                opened.notices.iter().map(|n| &n[..]).collect(),
             ),
         };
         let owner = Owner {
@@ -429,22 +420,9 @@ impl FrontDoor {
                 }
                 summary
             }
-            // The remote agent observes the statements and sends them over its event stream,
-            // ending with its own end-of-session event. The gateway's session.end waits (a
-            // little) for that, so the log shows the session's statements before its end.
-            UpstreamConn::Remote { io, .. } => {
-                let id = session_id.to_string();
-                let agent_done = self.links.expect_end(&id);
-                let summary = agent::relay(io, stream, &opts, &DiscardSink, kill).await;
-                if tokio::time::timeout(AGENT_END_WAIT, agent_done)
-                    .await
-                    .is_err()
-                {
-                    info!("the agent's end of the session is not in the log yet; recording the gateway's end now");
-                }
-                self.links.forget_end(&id);
-                summary
-            }
+            // The remote agent parses, observes and logs the session (and tells the client
+            // why when it is cut); the gateway splices the bytes.
+            UpstreamConn::Remote { session, .. } => session.relay(stream, kill).await,
         };
 
         record.end(&self.audit, &summary).await;
@@ -614,44 +592,48 @@ impl FrontDoor {
         session_id: SessionId,
         params: &[(String, String)],
     ) -> Result<(String, String, UpstreamConn), (String, Refusal)> {
-        let open = OpenSession {
-            session_id: session_id.to_string(),
-            user: user.to_string(),
-            resource: resource.name.clone(),
-            role: role.to_string(),
+        let options = PgOpen {
             params: params.to_vec(),
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
             log_parameters: resource.log_parameters,
         };
+        let open = OpenSession {
+            session_id: session_id.to_string(),
+            user: user.to_string(),
+            resource: resource.name.clone(),
+            role: role.to_string(),
+            protocol: Protocol::Postgres,
+            options: serde_json::to_value(options).unwrap_or_default(),
+        };
         let name = &resource.name;
         match self.links.open_session(agent_name, &open).await {
-            Ok((
-                Opened::Ok {
-                    params,
-                    notices,
-                    upstream_user,
-                    upstream,
-                },
-                io,
-            )) => Ok((
-                upstream_user,
-                format!("{upstream} via agent {agent_name}"),
-                UpstreamConn::Remote {
-                    agent: agent_name.to_string(),
-                    io,
-                    params,
-                    notices,
-                },
-            )),
-            Ok((
-                Opened::Refused {
-                    kind,
-                    message,
-                    code,
-                },
-                _,
-            )) => {
+            Ok(Ok(session)) => {
+                let opened: PgOpened = match serde_json::from_value(session.options.clone()) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let why = format!("agent `{agent_name}` answered a malformed session: {e}");
+                        warn!(reason = %why, "cannot use the agent's session");
+                        return Err((
+                            why,
+                            Refusal::new(
+                                "08001",
+                                format!("agent \"{agent_name}\" answered the session request with something this gateway cannot use"),
+                            ),
+                        ));
+                    }
+                };
+                Ok((
+                    session.upstream_user.clone(),
+                    format!("{} via agent {agent_name}", session.upstream),
+                    UpstreamConn::Remote { session, opened },
+                ))
+            }
+            Ok(Err(gatehouse_agent::connector::Refusal {
+                kind,
+                message,
+                code,
+            })) => {
                 warn!(agent = agent_name, reason = %message, "the agent refused the session");
                 let refusal = match kind {
                     RefusalKind::UnknownResource => Refusal::new("3D000", format!("agent \"{agent_name}\" does not front resource \"{name}\" with role \"{role}\"")),

@@ -63,16 +63,3 @@ impl EventSink for SessionSink {
         async move { self.audit.record(e).await.map_err(|_| SinkClosedError) }
     }
 }
-
-/// For a session relayed to a remote agent: the agent observes and reports the statements,
-/// so the gateway's relay only frames and bounds them.
-pub struct DiscardSink;
-
-impl EventSink for DiscardSink {
-    fn statement(
-        &self,
-        _: Statement,
-    ) -> impl std::future::Future<Output = Result<(), SinkClosedError>> + Send {
-        std::future::ready(Ok(()))
-    }
-}
