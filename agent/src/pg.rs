@@ -19,6 +19,9 @@ pub struct PgOpen {
     pub max_message_bytes: usize,
     pub statement_max_bytes: usize,
     pub log_parameters: bool,
+    /// Whether fast-path function calls pass (logged); refused when absent.
+    #[serde(default)]
+    pub function_calls: bool,
 }
 
 impl PgOpen {
@@ -27,6 +30,7 @@ impl PgOpen {
             max_message_bytes: self.max_message_bytes,
             statement_max_bytes: self.statement_max_bytes,
             log_parameters: self.log_parameters,
+            function_calls: self.function_calls,
         }
     }
 }

@@ -341,6 +341,7 @@ mod tests {
             kind: "query".into(),
             text: text.into(),
             truncated_from: None,
+            sha256: None,
             name: None,
             params: None,
         }

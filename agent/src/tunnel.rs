@@ -200,6 +200,9 @@ pub enum EventBody {
         kind: String,
         text: String,
         truncated_from: Option<usize>,
+        /// SHA-256 of the full text when it was cut.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
         name: Option<String>,
         params: Option<Vec<Option<String>>>,
     },
@@ -220,6 +223,7 @@ impl EventBody {
             kind: s.kind.as_str().to_string(),
             text: s.text,
             truncated_from: s.truncated_from,
+            sha256: s.sha256,
             name: s.name,
             params: s.params,
         }
@@ -435,6 +439,7 @@ mod tests {
                 kind: "query".into(),
                 text: "select 1".into(),
                 truncated_from: None,
+                sha256: None,
                 name: None,
                 params: None,
             },

@@ -36,6 +36,9 @@ pub enum StatementKind {
     Prepare,
     /// An extended-protocol `Execute` of a bound portal.
     Execute,
+    /// A fast-path `FunctionCall` (a function by OID, outside SQL), where the resource allows
+    /// them; the text names the OID and the argument sizes.
+    FunctionCall,
 }
 
 impl StatementKind {
@@ -44,6 +47,7 @@ impl StatementKind {
             StatementKind::Query => "query",
             StatementKind::Prepare => "prepare",
             StatementKind::Execute => "execute",
+            StatementKind::FunctionCall => "function_call",
         }
     }
 }
@@ -52,10 +56,14 @@ impl StatementKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statement {
     pub kind: StatementKind,
-    /// Statement text, cut at the configured bound on a character boundary.
+    /// Statement text. Over the configured bound, its head and its tail (each half the bound,
+    /// on character boundaries) around a line that says how much was left out, so that a long
+    /// comment in front cannot push the statement itself out of the log.
     pub text: String,
     /// Length in bytes of the full text when it was cut.
     pub truncated_from: Option<usize>,
+    /// SHA-256 (hex) of the full text when it was cut.
+    pub sha256: Option<String>,
     /// Prepared statement name, when not the unnamed one.
     pub name: Option<String>,
     /// Bind parameters rendered as text, only when the resource allows it.

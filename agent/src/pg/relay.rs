@@ -7,6 +7,7 @@
 //! come; only message boundaries are tracked, so that a kill can send a clean `ErrorResponse`
 //! instead of cutting a message in half.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -28,6 +29,8 @@ pub struct RelayOptions {
     pub statement_max_bytes: usize,
     /// Whether bind parameter values are reported.
     pub log_parameters: bool,
+    /// Whether fast-path `FunctionCall` messages pass (each logged); refused by default.
+    pub function_calls: bool,
 }
 
 /// Relays between `upstream` (an authenticated [`super::Upstream`]'s stream, or an agent
@@ -51,17 +54,24 @@ where
     let mut up_count = Counter::default();
     let mut terminated = false;
     let mut down = Downstream::default();
+    // Both directions feed it: the client's messages, and the server's answers that settle
+    // which prepared statements exist. Locked briefly, never across an await.
+    let observer = Mutex::new(
+        Observer::new(opts.statement_max_bytes, opts.log_parameters)
+            .allow_function_calls(opts.function_calls),
+    );
 
     let reason = {
         let c2u = client_to_upstream(
             &mut client_rd,
             &mut up_wr,
             opts,
+            &observer,
             sink,
             &mut up_count,
             &mut terminated,
         );
-        let u2c = upstream_to_client(&mut up_rd, &mut client_wr, &mut down);
+        let u2c = upstream_to_client(&mut up_rd, &mut client_wr, &mut down, &observer);
         let killed = crate::killed(&mut kill);
         tokio::select! {
             r = c2u => r,
@@ -100,6 +110,10 @@ where
     }
 }
 
+fn lock(m: &Mutex<Observer>) -> std::sync::MutexGuard<'_, Observer> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Default)]
 struct Counter {
     bytes: u64,
@@ -110,6 +124,7 @@ async fn client_to_upstream<R, W, S>(
     rd: &mut R,
     wr: &mut W,
     opts: &RelayOptions,
+    observer: &Mutex<Observer>,
     sink: &S,
     count: &mut Counter,
     terminated: &mut bool,
@@ -119,7 +134,6 @@ where
     W: AsyncWrite + Unpin,
     S: EventSink,
 {
-    let mut observer = Observer::new(opts.statement_max_bytes, opts.log_parameters);
     let mut buf = BytesMut::with_capacity(READ_BUF);
     // Bytes of the current message still to pass through unobserved.
     let mut skip: usize = 0;
@@ -161,6 +175,13 @@ where
                 ));
                 break;
             }
+            if !Observer::allowed(tag) {
+                violation = Some(format!(
+                    "message type `{}` is not allowed in an established session",
+                    (tag as char).escape_default()
+                ));
+                break;
+            }
             if tag == b'X' {
                 *terminated = true;
             }
@@ -170,9 +191,18 @@ where
                     buf.reserve(end - buf.len());
                     break;
                 }
-                if let Some(stmt) = observer.observe(tag, &buf[pos + 5..end]) {
-                    count.statements += 1;
-                    observed.push(stmt);
+                let seen = lock(observer).observe(tag, &buf[pos + 5..end]);
+                match seen {
+                    Ok(Some(stmt)) => {
+                        count.statements += 1;
+                        observed.push(stmt);
+                    }
+                    Ok(None) => {}
+                    // Not forwarded: the session ends here, and the client is told why.
+                    Err(v) => {
+                        violation = Some(v.0);
+                        break;
+                    }
                 }
                 pos = end;
             } else {
@@ -218,7 +248,8 @@ impl Downstream {
         self.remaining == 0 && self.partial.is_empty()
     }
 
-    fn track(&mut self, mut data: &[u8]) {
+    /// Follows the message boundaries in `data`; hands each message's tag to `on_tag`.
+    fn track(&mut self, mut data: &[u8], mut on_tag: impl FnMut(u8)) {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let take = self.remaining.min(data.len());
@@ -238,13 +269,19 @@ impl Downstream {
                     self.partial[4],
                 ]);
                 self.remaining = (len as usize).saturating_sub(4);
+                on_tag(self.partial[0]);
                 self.partial.clear();
             }
         }
     }
 }
 
-async fn upstream_to_client<R, W>(rd: &mut R, wr: &mut W, down: &mut Downstream) -> EndReason
+async fn upstream_to_client<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    down: &mut Downstream,
+    observer: &Mutex<Observer>,
+) -> EndReason
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -256,7 +293,11 @@ where
             Ok(n) => n,
             Err(e) => return EndReason::IoError(format!("upstream: {e}")),
         };
-        down.track(&buf[..n]);
+        down.track(&buf[..n], |tag| {
+            if matches!(tag, b'1' | b'3' | b'Z') {
+                lock(observer).server_message(tag);
+            }
+        });
         if let Err(e) = wr.write_all(&buf[..n]).await {
             return EndReason::IoError(format!("client: {e}"));
         }
@@ -277,11 +318,13 @@ mod tests {
         let mut msg = BytesMut::new();
         pgwire::ready_for_query(&mut msg, b'I');
         pgwire::parameter_status(&mut msg, "a", "b");
+        let mut tags = Vec::new();
         for chunk in msg.chunks(3) {
-            d.track(chunk);
+            d.track(chunk, |t| tags.push(t));
         }
         assert!(d.at_boundary());
-        d.track(&msg[..7]);
+        assert_eq!(tags, b"ZS");
+        d.track(&msg[..7], |_| {});
         assert!(!d.at_boundary());
     }
 }

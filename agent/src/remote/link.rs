@@ -570,6 +570,7 @@ mod tests {
                 max_message_bytes: 1 << 20,
                 statement_max_bytes: 4096,
                 log_parameters: false,
+                function_calls: false,
             })
             .unwrap(),
         })

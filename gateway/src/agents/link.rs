@@ -901,6 +901,7 @@ fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
             kind,
             text,
             truncated_from,
+            sha256,
             name,
             params,
         } => crate::pg::sink::statement_event(
@@ -910,6 +911,7 @@ fn agent_event(agent: &str, e: SpooledEvent) -> NewEvent {
             &kind,
             text,
             truncated_from,
+            sha256,
             name,
             params,
         ),

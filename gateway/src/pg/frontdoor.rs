@@ -399,6 +399,8 @@ impl FrontDoor {
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
             log_parameters: resource.log_parameters,
+            // Fast-path calls run functions outside SQL: refused (a protocol error naming them).
+            function_calls: false,
         };
         let sink = SessionSink {
             audit: self.audit.clone(),
@@ -597,6 +599,8 @@ impl FrontDoor {
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
             log_parameters: resource.log_parameters,
+            // Fast-path calls run functions outside SQL: refused (a protocol error naming them).
+            function_calls: false,
         };
         let open = OpenSession {
             session_id: session_id.to_string(),

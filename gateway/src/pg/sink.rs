@@ -23,6 +23,7 @@ pub fn statement_event(
     kind: &str,
     text: String,
     truncated_from: Option<usize>,
+    sha256: Option<String>,
     name: Option<String>,
     params: Option<Vec<Option<String>>>,
 ) -> NewEvent {
@@ -34,6 +35,9 @@ pub fn statement_event(
     let mut detail = serde_json::json!({ "statement": text });
     if let Some(n) = truncated_from {
         detail["truncated_from_bytes"] = n.into();
+    }
+    if let Some(h) = sha256 {
+        detail["statement_sha256"] = h.into();
     }
     if let Some(name) = name {
         detail["prepared_name"] = name.into();
@@ -57,6 +61,7 @@ impl EventSink for SessionSink {
             s.kind.as_str(),
             s.text,
             s.truncated_from,
+            s.sha256,
             s.name,
             s.params,
         );
