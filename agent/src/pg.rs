@@ -7,6 +7,7 @@ mod connect;
 mod observer;
 mod relay;
 mod security;
+pub mod startup;
 
 use serde::{Deserialize, Serialize};
 

@@ -55,8 +55,16 @@ impl From<std::io::Error> for WireError {
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: u32, secret: u32 },
-    Startup { params: Vec<(String, String)> },
+    Cancel {
+        pid: u32,
+        secret: u32,
+    },
+    /// A startup message of protocol 3.`minor` (a minor version above 0 is answered with
+    /// [`negotiate_protocol_version`]: the gateway speaks 3.0).
+    Startup {
+        params: Vec<(String, String)>,
+        minor: u16,
+    },
 }
 
 /// Reads and parses one startup-phase packet. Reads exactly the packet's bytes and no more, so
@@ -86,7 +94,8 @@ pub fn parse_startup(body: &[u8]) -> Result<StartupPacket, WireError> {
             Ok(StartupPacket::Cancel { pid, secret })
         }
         SSL_REQUEST | GSSENC_REQUEST => Err(WireError::Malformed("encryption request")),
-        PROTOCOL_3_0 => {
+        v if v >> 16 == 3 => {
+            let minor = (v & 0xffff) as u16;
             let mut params = Vec::new();
             let mut rest = rest;
             loop {
@@ -103,7 +112,7 @@ pub fn parse_startup(body: &[u8]) -> Result<StartupPacket, WireError> {
                 params.push((key.to_string(), value.to_string()));
                 rest = after;
             }
-            Ok(StartupPacket::Startup { params })
+            Ok(StartupPacket::Startup { params, minor })
         }
         other => Err(WireError::UnsupportedVersion {
             major: (other >> 16) as u16,
@@ -203,6 +212,18 @@ pub fn auth_ok(out: &mut BytesMut) {
 /// `AuthenticationCleartextPassword`.
 pub fn auth_cleartext(out: &mut BytesMut) {
     put_message(out, b'R', |b| b.put_u32(3));
+}
+
+/// `NegotiateProtocolVersion`: the newest minor version of protocol 3 the gateway speaks, and
+/// the `_pq_.*` options of the startup message it does not support.
+pub fn negotiate_protocol_version(out: &mut BytesMut, newest_minor: u32, unsupported: &[String]) {
+    put_message(out, b'v', |b| {
+        b.put_u32(newest_minor);
+        b.put_u32(unsupported.len() as u32);
+        for o in unsupported {
+            put_cstr(b, o);
+        }
+    });
 }
 
 /// `ParameterStatus`.
@@ -356,7 +377,18 @@ mod tests {
                 params: vec![
                     ("user".into(), "alice".into()),
                     ("database".into(), "orders-db".into())
-                ]
+                ],
+                minor: 0,
+            }
+        );
+        // Protocol 3.2 (libpq 18 with max_protocol_version=latest): read, minor version kept.
+        let mut body = (PROTOCOL_3_0 + 2).to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0alice\0\0");
+        assert_eq!(
+            parse_startup(&body).unwrap(),
+            StartupPacket::Startup {
+                params: vec![("user".into(), "alice".into())],
+                minor: 2
             }
         );
     }

@@ -6,7 +6,7 @@ use gatehouse_core::pgwire::{parse_startup, StartupPacket};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(StartupPacket::Startup { params }) = parse_startup(data) {
+    if let Ok(StartupPacket::Startup { params, .. }) = parse_startup(data) {
         for (k, v) in params {
             assert!(!k.contains('\0') && !v.contains('\0'));
         }

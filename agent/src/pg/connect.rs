@@ -17,18 +17,6 @@ use super::security::{server_name, AuthMethod, UpstreamSecurity, UpstreamStream,
 /// Largest message accepted from the upstream before the session is established.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 
-/// Startup parameters a client may pass through to the upstream. Everything else (notably
-/// `options`, which can set arbitrary GUCs) is dropped.
-const FORWARDED_PARAMS: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "extra_float_digits",
-    "IntervalStyle",
-    "search_path",
-];
-
 /// Where and as whom to connect upstream.
 #[derive(Clone, Debug)]
 pub struct PgTarget {
@@ -212,7 +200,8 @@ async fn startup(
     let mut params: Vec<(&str, &str)> =
         vec![("user", &target.username), ("database", &target.database)];
     for (k, v) in client_params {
-        if FORWARDED_PARAMS.contains(&k.as_str()) {
+        // Vetted by the front door (`super::startup::vet`); checked again here.
+        if super::startup::forwardable(k) {
             params.push((k, v));
         }
     }

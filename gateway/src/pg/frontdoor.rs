@@ -23,7 +23,7 @@ use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::config::{Config, Resource};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
-use gatehouse_agent::pg::{PgOpen, PgOpened};
+use gatehouse_agent::pg::{startup, PgOpen, PgOpened};
 use gatehouse_agent::tunnel::{OpenSession, Protocol, RefusalKind};
 use gatehouse_core::random::random_bytes;
 
@@ -221,12 +221,20 @@ impl FrontDoor {
             Ok(Ok(o)) => o,
         };
         match opening {
-            Opening::Cancel { pid, secret } => self.cancel(pid, secret).await,
+            Opening::Cancel {
+                pid,
+                secret,
+                mut stream,
+            } => {
+                self.cancel(pid, secret).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            }
             Opening::Session {
                 stream,
                 tls,
                 params,
-            } => self.session(stream, tls, params, peer, conn).await,
+                minor,
+            } => self.session(stream, tls, params, minor, peer, conn).await,
         }
     }
 
@@ -253,6 +261,7 @@ impl FrontDoor {
         mut stream: ClientStream,
         tls: bool,
         params: Vec<(String, String)>,
+        minor: u16,
         peer: SocketAddr,
         conn: &mut Conn,
     ) {
@@ -289,6 +298,7 @@ impl FrontDoor {
                 peer,
                 session_id,
                 &params,
+                minor,
             ),
         )
         .await;
@@ -443,9 +453,19 @@ impl FrontDoor {
         peer: SocketAddr,
         session_id: SessionId,
         params: &[(String, String)],
+        minor: u16,
     ) -> Result<Ready, Refusal> {
-        // 1. The cleartext password exchange: the password is a gateway token.
+        // 1. The cleartext password exchange: the password is a gateway token. Before it, as
+        // PostgreSQL does, the protocol version and options the gateway does not speak.
         let mut out = BytesMut::new();
+        let protocol_options: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if minor > 0 || !protocol_options.is_empty() {
+            pgwire::negotiate_protocol_version(&mut out, 0, &protocol_options);
+        }
         pgwire::auth_cleartext(&mut out);
         stream
             .write_all(&out)
@@ -496,12 +516,29 @@ impl FrontDoor {
             ..
         } = admitted;
 
-        // 3. Upstream through the agent library, with the brokered credential: in this process,
+        // 3. What the startup packet asks of the upstream session: forwarded, or refused by
+        // name (never silently dropped). Refused after authentication, so the refusal is
+        // attributed in the log.
+        let settings = match startup::vet(params) {
+            Ok(v) => Ok(v.settings),
+            Err(r) => Err((
+                r.to_string(),
+                Refusal {
+                    code: "0A000",
+                    message: r.to_string(),
+                    detail: None,
+                    hint: Some("connect without it (e.g. unset PGOPTIONS)".into()),
+                },
+            )),
+        };
+
+        // 4. Upstream through the agent library, with the brokered credential: in this process,
         // or in the remote agent that fronts the resource.
-        let opened = match &resource.agent {
-            None => self.open_local(&resource, role, params).await,
-            Some(agent_name) => {
-                self.open_remote(&resource, agent_name, role, user, session_id, params)
+        let opened = match (settings, &resource.agent) {
+            (Err(refused), _) => Err(refused),
+            (Ok(settings), None) => self.open_local(&resource, role, &settings).await,
+            (Ok(settings), Some(agent_name)) => {
+                self.open_remote(&resource, agent_name, role, user, session_id, &settings)
                     .await
             }
         };

@@ -18,14 +18,21 @@ pub type ClientStream = Box<dyn ClientIo>;
 
 /// What the first packets of a connection asked for.
 pub enum Opening {
-    /// A session to authenticate: the stream, whether it is TLS, and the startup parameters.
+    /// A session to authenticate: the stream, whether it is TLS, the startup parameters and
+    /// the protocol's minor version the client asked for.
     Session {
         stream: ClientStream,
         tls: bool,
         params: Vec<(String, String)>,
+        minor: u16,
     },
-    /// A cancel request (answered by closing the connection).
-    Cancel { pid: u32, secret: u32 },
+    /// A cancel request, answered by closing `stream` (cleanly: over TLS, with close_notify,
+    /// or libpq 17+ reports the cancel as failed).
+    Cancel {
+        pid: u32,
+        secret: u32,
+        stream: ClientStream,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +76,17 @@ pub async fn open(
                 write_byte(&mut tcp, b'S').await?;
                 let mut stream = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
                 return match pgwire::read_startup(&mut stream).await {
-                    Ok(StartupPacket::Startup { params }) => Ok(Opening::Session {
+                    Ok(StartupPacket::Startup { params, minor }) => Ok(Opening::Session {
                         stream: Box::new(stream),
                         tls: true,
                         params,
+                        minor,
                     }),
-                    Ok(StartupPacket::Cancel { pid, secret }) => {
-                        Ok(Opening::Cancel { pid, secret })
-                    }
+                    Ok(StartupPacket::Cancel { pid, secret }) => Ok(Opening::Cancel {
+                        pid,
+                        secret,
+                        stream: Box::new(stream),
+                    }),
                     Ok(_) => {
                         refuse(
                             &mut stream,
@@ -99,8 +109,14 @@ pub async fn open(
                     }
                 };
             }
-            StartupPacket::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
-            StartupPacket::Startup { params } => {
+            StartupPacket::Cancel { pid, secret } => {
+                return Ok(Opening::Cancel {
+                    pid,
+                    secret,
+                    stream: Box::new(tcp),
+                })
+            }
+            StartupPacket::Startup { params, minor } => {
                 if !allow_plaintext {
                     refuse_with_hint(
                         &mut tcp,
@@ -115,6 +131,7 @@ pub async fn open(
                     stream: Box::new(tcp),
                     tls: false,
                     params,
+                    minor,
                 });
             }
         }
