@@ -13,6 +13,7 @@
 //! Nothing here knows about policies, tokens or the audit log.
 
 pub mod connector;
+pub mod logging;
 pub mod pg;
 pub mod remote;
 pub mod spool;

@@ -401,18 +401,8 @@ fn load_config_with(path: &Path, secrets: Secrets) -> Result<Config, ExitCode> {
 }
 
 fn init_tracing(json: bool, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    gatehouse_agent::logging::init(json, default, std::io::stderr().is_terminal());
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
