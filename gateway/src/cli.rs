@@ -360,6 +360,11 @@ enum AuditCommand {
         /// unless the config's state directory is at hand.
         #[arg(long)]
         public_key: Option<String>,
+        /// Verify the store without the anchor file (`state_dir/audit-anchor.json`, the newest
+        /// checkpoint kept outside the store). Without it, a log cut back together with its
+        /// newest checkpoints cannot be told from an intact one; the report says so.
+        #[arg(long)]
+        without_anchor: bool,
     },
     /// Print the audit public key (base64) that verifies checkpoints and exports.
     PublicKey {
@@ -716,6 +721,7 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             config,
             file,
             public_key,
+            without_anchor,
         } => {
             let key = match public_key {
                 Some(k) => {
@@ -748,15 +754,22 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         Err(code) => return Ok(code),
                     };
                     let store = Store::open(&config.store_url).await?;
-                    verify_store_anchored(
-                        &store,
-                        &key,
-                        Some(&crate::server::audit_anchor_path(&config)),
-                    )
-                    .await?
+                    let anchor = crate::server::audit_anchor_path(&config);
+                    let anchored = if without_anchor {
+                        Anchor::Skipped
+                    } else {
+                        Anchor::Required(&anchor)
+                    };
+                    verify_store_anchored(&store, &key, anchored).await?
                 }
             };
             let mut out = std::io::stdout().lock();
+            if without_anchor && file.is_none() {
+                writeln!(
+                    out,
+                    "not checked: the anchor file (--without-anchor); a log cut back together with its newest checkpoints would pass"
+                )?;
+            }
             match result {
                 Ok(report) => {
                     writeln!(out, "audit log intact: {report}")?;
@@ -980,24 +993,50 @@ pub async fn verify_store(
     store: &Store,
     key: &PublicKey,
 ) -> anyhow::Result<Result<crate::audit::verify::VerifyReport, VerifyError>> {
-    verify_store_anchored(store, key, None).await
+    verify_store_anchored(store, key, Anchor::Skipped).await
 }
 
-/// Verifies the whole log in the store and, when the anchor file exists, that the log still
-/// reaches the checkpoint it holds (a log cut back together with its newest checkpoints fails).
+/// Whether `audit verify` checks the log against the anchor file.
+#[derive(Debug, Clone, Copy)]
+pub enum Anchor<'a> {
+    /// The file must be there (once the store holds a checkpoint) and the log must reach it.
+    Required(&'a Path),
+    /// Not checked (the caller says so to the person reading the result).
+    Skipped,
+}
+
+/// Verifies the whole log in the store and that it still reaches the checkpoint the anchor
+/// file holds (a log cut back together with its newest checkpoints fails). A missing anchor
+/// fails verification once the store holds any checkpoint (the gateway writes the anchor with
+/// each one); an unreadable or malformed one always does.
 pub async fn verify_store_anchored(
     store: &Store,
     key: &PublicKey,
-    anchor: Option<&Path>,
+    anchor: Anchor<'_>,
 ) -> anyhow::Result<Result<crate::audit::verify::VerifyReport, VerifyError>> {
     let mut checkpoints = store.audit_checkpoints().await?;
-    if let Some(text) = anchor.and_then(|p| std::fs::read_to_string(p).ok()) {
-        match serde_json::from_str::<crate::audit::Checkpoint>(&text) {
-            Ok(cp) => checkpoints.push(cp),
+    if let Anchor::Required(path) = anchor {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match serde_json::from_str::<crate::audit::Checkpoint>(&text) {
+                Ok(cp) => checkpoints.push(cp),
+                Err(e) => {
+                    return Ok(Err(VerifyError {
+                        seq: 0,
+                        problem: format!(
+                            "the audit anchor file `{}` is not a checkpoint: {e}",
+                            path.display()
+                        ),
+                    }));
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && checkpoints.is_empty() => {}
             Err(e) => {
                 return Ok(Err(VerifyError {
                     seq: 0,
-                    problem: format!("the audit anchor file is not a checkpoint: {e}"),
+                    problem: format!(
+                        "cannot read the audit anchor file `{}` ({e}): without it a log cut back together with its newest checkpoints cannot be told from an intact one; restore it, or verify with --without-anchor",
+                        path.display()
+                    ),
                 }));
             }
         }

@@ -105,17 +105,37 @@ async fn tampering_with_the_store_is_detected_at_the_right_seq() -> anyhow::Resu
         .execute(&mut db)
         .await?;
     assert_fails_at(&gw, (n - 2) as u64, "truncated log and checkpoints")?;
+    // Without the anchor the cut cannot be seen in the store alone, so verification fails
+    // rather than pass it, unless the auditor says the anchor is not to be checked (and the
+    // report says what that leaves out).
     std::fs::remove_file(gw.state_dir().join("audit-anchor.json"))?;
+    let out = gw.audit_verify()?;
     assert!(
-        gw.audit_verify()?.success(),
-        "without the anchor this cut is undetectable in the store alone (a known limit)"
+        !out.success() && out.stdout.contains("cannot read the audit anchor file"),
+        "{out}"
     );
+    let cfg = gw.config_path().to_string_lossy().into_owned();
+    let out = gw
+        .cli(&["audit", "verify", "--config", &cfg, "--without-anchor"])?
+        .ok()?;
+    assert!(
+        out.stdout.contains("not checked: the anchor file") && out.stdout.contains("intact"),
+        "{out}"
+    );
+    // A damaged anchor (an empty file, as a failed write would leave) fails too.
+    std::fs::write(gw.state_dir().join("audit-anchor.json"), b"")?;
+    let out = gw.audit_verify()?;
+    assert!(
+        !out.success() && out.stdout.contains("is not a checkpoint"),
+        "{out}"
+    );
+    std::fs::remove_file(gw.state_dir().join("audit-anchor.json"))?;
 
     // A rewritten chain (every hash recomputed by the attacker) still contradicts the signed
     // checkpoint; a forged checkpoint does not verify.
     db.execute("update audit_checkpoints set hash = 'ab' || substr(hash, 3)")
         .await?;
-    let out = gw.audit_verify()?;
+    let out = gw.cli(&["audit", "verify", "--config", &cfg, "--without-anchor"])?;
     assert!(
         !out.success() && out.stdout.contains("checkpoint signature does not verify"),
         "{out}"

@@ -169,12 +169,27 @@ async fn write_anchor(path: &std::path::Path, cp: &Checkpoint) -> std::io::Resul
             }
         }
     }
+    // The new anchor is whole and on disk before it replaces the old one: a failed write
+    // (a full disk) leaves the good anchor in place.
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_string(cp).map_err(std::io::Error::other)?;
-    let mut f = tokio::fs::File::create(&tmp).await?;
-    tokio::io::AsyncWriteExt::write_all(&mut f, text.as_bytes()).await?;
-    f.sync_all().await?;
-    tokio::fs::rename(&tmp, path).await
+    let written = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, text.as_bytes()).await?;
+        f.sync_all().await
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, path).await?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = tokio::fs::File::open(dir).await {
+            let _ = d.sync_all().await;
+        }
+    }
+    Ok(())
 }
 
 /// Moves what is queued (up to [`MAX_BATCH`] messages in all) into `queued`.
