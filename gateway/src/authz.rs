@@ -93,7 +93,7 @@ pub fn connect_request(
         action: Action::Connect,
         resource: ResourceAttrs {
             name: resource.name.clone(),
-            protocol: resource.kind.as_str().to_string(),
+            protocol: resource.kind().as_str().to_string(),
             env: resource.env.clone(),
             data_class: resource.data_class.clone(),
             tags: resource.tags.clone(),

@@ -1,6 +1,7 @@
 //! The gateway's TOML configuration: parsed strictly (unknown keys are errors), then validated
 //! into a [`Config`] before any port is bound. Secrets are read from env vars or files during
-//! validation and kept in [`Secret`]s.
+//! validation and kept in [`Secret`]s. `[[resource]]` tables are validated in `config::resource`
+//! (the keys every resource has) and its per-kind modules.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +10,13 @@ use std::time::Duration;
 
 use gatehouse_core::Secret;
 use serde::Deserialize;
+
+mod resource;
+
+pub use resource::{
+    PostgresDirect, PostgresResource, Reach, Resource, ResourceKind, ResourceSpec, RoleCredential,
+    TcpResource, DEFAULT_ROLE,
+};
 
 /// Reads the environment. Tests pass a map instead of mutating the process environment.
 pub trait Env {
@@ -79,8 +87,9 @@ struct File {
     agents: Option<AgentsFile>,
     #[serde(default)]
     tcp: TcpFile,
+    /// Read key by key in [`resource`]: the common keys, then the kind's own.
     #[serde(default, rename = "resource")]
-    resources: Vec<ResourceFile>,
+    resources: Vec<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,41 +199,6 @@ struct AccessFile {
     webhook_timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResourceFile {
-    name: String,
-    kind: String,
-    address: Option<String>,
-    database: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    log_parameters: Option<bool>,
-    connect_timeout: Option<String>,
-    credential: Option<CredentialFile>,
-    /// More roles than the default `read`, each with its own brokered credential.
-    #[serde(default)]
-    roles: BTreeMap<String, CredentialFile>,
-    /// The remote agent that fronts this resource (it holds the address and credentials).
-    agent: Option<String>,
-    /// Roles beyond `read` that the agent serves (for a resource behind an agent).
-    #[serde(default)]
-    agent_roles: Vec<String>,
-    /// Upstream TLS: `disable`, `require` or `verify-full` (the default when `ca_file` is given).
-    tls: Option<String>,
-    ca_file: Option<PathBuf>,
-    /// The authentication methods the upstream may ask for; default `["scram-sha-256"]`.
-    auth_methods: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CredentialFile {
-    username: String,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
-}
-
 /// Whether brokered secrets are read. Only `serve` needs them; admin and auditor commands
 /// run where the secrets may not be (and should not need to be) available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,9 +270,6 @@ pub struct AccessConfig {
     pub webhook_url: Option<String>,
     pub webhook_timeout: Duration,
 }
-
-/// The role every resource has: its `credential`.
-pub const DEFAULT_ROLE: &str = "read";
 
 /// The HTTPS listener: login pages, the JSON API, the JWKS.
 #[derive(Debug, Clone)]
@@ -388,60 +359,6 @@ pub struct TokensConfig {
     pub issuer: String,
     pub audience: String,
     pub max_ttl: Duration,
-}
-
-/// A resource the gateway fronts.
-#[derive(Debug, Clone)]
-pub struct Resource {
-    pub name: String,
-    pub kind: ResourceKind,
-    pub address: String,
-    pub database: String,
-    pub env: String,
-    pub data_class: String,
-    /// Labels other than `env` and `data_class`.
-    pub tags: BTreeMap<String, String>,
-    pub log_parameters: bool,
-    pub connect_timeout: Duration,
-    /// Every role (including `read`) with its brokered credential; empty for a resource
-    /// behind a remote agent, which holds them.
-    pub roles: BTreeMap<String, RoleCredential>,
-    /// The remote agent that fronts the resource, when not the embedded one.
-    pub agent: Option<String>,
-    /// The role names (including `read`) sessions may ask for.
-    pub role_names: Vec<String>,
-    /// How far the upstream is trusted (TLS, authentication methods); for a resource behind a
-    /// remote agent, the agent's config decides.
-    pub upstream: gatehouse_agent::pg::UpstreamSecurity,
-}
-
-impl Resource {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.role_names.iter().any(|r| r == role)
-    }
-}
-
-/// The brokered credential a role connects upstream with.
-#[derive(Debug, Clone)]
-pub struct RoleCredential {
-    pub username: String,
-    pub password: Secret<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceKind {
-    Postgres,
-    /// Any TCP service, relayed as bytes through the TCP front door ([`crate::tcp`]).
-    Tcp,
-}
-
-impl ResourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResourceKind::Postgres => "postgres",
-            ResourceKind::Tcp => "tcp",
-        }
-    }
 }
 
 impl Config {
@@ -586,183 +503,7 @@ impl Config {
         let agents = file.agents.map(agents_config).transpose()?;
         let tcp = tcp_config(file.tcp)?;
 
-        let mut resources: Vec<Resource> = Vec::new();
-        for (i, r) in file.resources.into_iter().enumerate() {
-            let key = |k: &str| format!("resource[{i}].{k}");
-            if !valid_name(&r.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}` must be 1-63 characters of a-z, 0-9, `-`, `_`", r.name),
-                ));
-            }
-            if resources.iter().any(|x| x.name == r.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}` is defined twice", r.name),
-                ));
-            }
-            let kind = match r.kind.as_str() {
-                "postgres" => ResourceKind::Postgres,
-                "tcp" => ResourceKind::Tcp,
-                other => {
-                    return Err(invalid(
-                        key("kind"),
-                        format!("`{other}` is not a supported kind (`postgres`, `tcp`)"),
-                    ))
-                }
-            };
-            if kind == ResourceKind::Tcp {
-                check_tcp_resource(&r, &key)?;
-            }
-            if let Some(agent) = &r.agent {
-                if r.address.is_some()
-                    || r.credential.is_some()
-                    || !r.roles.is_empty()
-                    || r.database.is_some()
-                    || r.tls.is_some()
-                    || r.ca_file.is_some()
-                    || r.auth_methods.is_some()
-                {
-                    return Err(invalid(
-                        key("agent"),
-                        format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential`, `roles`, `tls`, `ca_file` or `auth_methods`: they stay in the agent's agent.toml"),
-                    ));
-                }
-                if !valid_name(agent) {
-                    return Err(invalid(
-                        key("agent"),
-                        format!("`{agent}` must be 1-63 characters of a-z, 0-9, `-`, `_`"),
-                    ));
-                }
-            } else if !r.agent_roles.is_empty() {
-                return Err(invalid(key("agent_roles"), "only a resource behind an `agent` takes `agent_roles`; give `roles` with credentials"));
-            }
-            let address = match (&r.agent, r.address) {
-                (Some(agent), _) => format!("agent:{agent}"),
-                (None, Some(a)) if a.contains(':') => a,
-                (None, Some(a)) => {
-                    return Err(invalid(key("address"), format!("`{a}` must be host:port")))
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        key("address"),
-                        "give the resource's host:port (or the `agent` that fronts it)",
-                    ))
-                }
-            };
-            let upstream = gatehouse_agent::pg::SecuritySettings {
-                tls: r.tls.as_deref(),
-                ca_file: r.ca_file.as_deref().map(&resolve),
-                auth_methods: r.auth_methods.as_deref(),
-            }
-            .build()
-            .map_err(|e| invalid(key(e.key), e.why))?;
-            let mut labels = r.labels;
-            let env_label = labels
-                .remove("env")
-                .ok_or_else(|| invalid(key("labels.env"), "every resource needs an `env` label"))?;
-            let data_class = labels.remove("data_class").ok_or_else(|| {
-                invalid(
-                    key("labels.data_class"),
-                    "every resource needs a `data_class` label",
-                )
-            })?;
-            let mut roles = BTreeMap::new();
-            let mut role_names = vec![DEFAULT_ROLE.to_string()];
-            let check_role = |role: &str, k: String| -> Result<(), ConfigError> {
-                if role.is_empty()
-                    || role.len() > 32
-                    || !role
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c == '_' || c == '-')
-                {
-                    return Err(invalid(
-                        k,
-                        "role names are 1-32 characters of a-z, `-`, `_`",
-                    ));
-                }
-                if role == DEFAULT_ROLE {
-                    return Err(invalid(
-                        k,
-                        "`read` is the resource's `credential`; do not repeat it under roles",
-                    ));
-                }
-                Ok(())
-            };
-            for role in &r.agent_roles {
-                check_role(role, key("agent_roles"))?;
-                role_names.push(role.clone());
-            }
-            // The `read` role's credential; a resource behind an agent has none here.
-            match (&r.credential, &r.agent) {
-                (Some(c), _) => {
-                    let password = read_secret(&key("credential"), c, env, secrets, &resolve)?;
-                    roles.insert(
-                        DEFAULT_ROLE.to_string(),
-                        RoleCredential {
-                            username: c.username.clone(),
-                            password: Secret::new(password),
-                        },
-                    );
-                }
-                (None, Some(_)) => {}
-                // A TCP resource has no brokered credential: the gateway only relays bytes.
-                (None, None) if kind == ResourceKind::Tcp => {}
-                (None, None) => {
-                    return Err(invalid(
-                        key("credential"),
-                        "give the brokered `credential` (or the `agent` that holds it)",
-                    ))
-                }
-            }
-            for (role, cred) in &r.roles {
-                check_role(role, key(&format!("roles.{role}")))?;
-                let pw = read_secret(&key(&format!("roles.{role}")), cred, env, secrets, &resolve)?;
-                roles.insert(
-                    role.clone(),
-                    RoleCredential {
-                        username: cred.username.clone(),
-                        password: Secret::new(pw),
-                    },
-                );
-                role_names.push(role.clone());
-            }
-            resources.push(Resource {
-                database: r.database.unwrap_or_else(|| r.name.clone()),
-                name: r.name,
-                kind,
-                address,
-                env: env_label,
-                data_class,
-                tags: labels,
-                log_parameters: r.log_parameters.unwrap_or(false),
-                connect_timeout: duration(
-                    &key("connect_timeout"),
-                    r.connect_timeout.as_deref(),
-                    "5s",
-                )?,
-                roles,
-                agent: r.agent,
-                role_names,
-                upstream,
-            });
-        }
-
-        if agents.is_none() {
-            if let Some((i, r)) = resources
-                .iter()
-                .enumerate()
-                .find(|(_, r)| r.agent.is_some())
-            {
-                return Err(invalid(
-                    format!("resource[{i}].agent"),
-                    format!(
-                        "resource `{}` is behind an agent, but there is no `[agents]` section for agents to connect to",
-                        r.name
-                    ),
-                ));
-            }
-        }
+        let resources = resource::parse(file.resources, agents.is_some(), env, secrets, &resolve)?;
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -794,74 +535,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// Reads a brokered password from its env var or file (or nothing, for admin commands).
-fn read_secret(
-    key: &str,
-    c: &CredentialFile,
-    env: &dyn Env,
-    secrets: Secrets,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<String, ConfigError> {
-    match (&c.password_env, &c.password_file) {
-        (Some(_), None) | (None, Some(_)) if secrets == Secrets::Skip => Ok(String::new()),
-        (Some(var), None) => env.var(var).ok_or_else(|| {
-            invalid(
-                format!("{key}.password_env"),
-                format!("environment variable `{var}` is not set"),
-            )
-        }),
-        (None, Some(file)) => {
-            let file = resolve(file);
-            Ok(std::fs::read_to_string(&file)
-                .map_err(|e| {
-                    invalid(
-                        format!("{key}.password_file"),
-                        format!("cannot read `{}`: {e}", file.display()),
-                    )
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_string())
-        }
-        _ => Err(invalid(
-            key,
-            "give exactly one of `password_env`, `password_file`",
-        )),
-    }
-}
-
-/// What a `kind = "tcp"` resource may not have: the PostgreSQL-only keys, and (for now) an
-/// agent. The error names the key.
-fn check_tcp_resource(r: &ResourceFile, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    if !r.agent_roles.is_empty() {
-        return Err(invalid(
-            key("agent_roles"),
-            format!(
-                "resource `{}`: a `kind = \"tcp\"` resource has only the `read` role",
-                r.name
-            ),
-        ));
-    }
-    let given = [
-        ("credential", r.credential.is_some()),
-        ("database", r.database.is_some()),
-        ("roles", !r.roles.is_empty()),
-        ("tls", r.tls.is_some()),
-        ("ca_file", r.ca_file.is_some()),
-        ("auth_methods", r.auth_methods.is_some()),
-        ("log_parameters", r.log_parameters.is_some()),
-    ];
-    if let Some((k, _)) = given.iter().find(|(_, given)| *given) {
-        return Err(invalid(
-            key(k),
-            format!(
-                "resource `{}`: a `kind = \"tcp\"` resource takes no `{k}` (the gateway relays its bytes and brokers no credential; sessions use the `read` role)",
-                r.name
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn tcp_config(t: TcpFile) -> Result<TcpConfig, ConfigError> {
@@ -1169,7 +842,8 @@ mod tests {
             ("prod", "confidential")
         );
         assert_eq!(r.tags.get("owner").map(String::as_str), Some("payments"));
-        assert_eq!(r.roles["read"].password.expose(), "s3cret-value");
+        let direct = r.postgres().unwrap().reach.direct().unwrap();
+        assert_eq!(direct.roles["read"].password.expose(), "s3cret-value");
         assert!(!format!("{c:?}").contains("s3cret-value"));
         assert_eq!(c.policies_dir, Path::new("/etc/gh/policies"));
         assert!(c.store_url.starts_with("sqlite:///tmp/state/"));
@@ -1213,6 +887,9 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "error `{err}` should name `{key}`");
         }
+        // Without `[tcp] listen` the door stays closed.
+        let closed = Config::parse(Path::new("g.toml"), GOOD, &env(), Secrets::Load).unwrap();
+        assert_eq!(closed.tcp.listen, None);
     }
 
     #[test]
@@ -1222,90 +899,5 @@ mod tests {
         assert_eq!(parse_duration("0s"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
-    }
-
-    const TCP: &str = r#"
-        state_dir = "/tmp/state"
-        [tcp]
-        listen = "127.0.0.1:0"
-        [[resource]]
-        name = "cache"
-        kind = "tcp"
-        address = "127.0.0.1:6379"
-        labels = { env = "dev", data_class = "internal" }
-    "#;
-
-    #[test]
-    fn a_tcp_resource_has_an_address_labels_and_the_read_role_only() {
-        let c = Config::parse(Path::new("g.toml"), TCP, &env(), Secrets::Load).unwrap();
-        let r = c.resource("cache").unwrap();
-        assert_eq!(r.kind, ResourceKind::Tcp);
-        assert_eq!(r.kind.as_str(), "tcp");
-        assert_eq!(r.address, "127.0.0.1:6379");
-        assert_eq!(r.role_names, ["read"]);
-        assert!(r.roles.is_empty());
-        assert_eq!(r.connect_timeout, Duration::from_secs(5));
-        assert_eq!(c.tcp.listen, Some("127.0.0.1:0".parse().unwrap()));
-        assert_eq!(c.tcp.max_connections, 1024);
-        assert_eq!(c.tcp.handshake_timeout, Duration::from_secs(3));
-        // Without `[tcp] listen` the door stays closed.
-        let closed = Config::parse(Path::new("g.toml"), GOOD, &env(), Secrets::Load).unwrap();
-        assert_eq!(closed.tcp.listen, None);
-    }
-
-    #[test]
-    fn a_tcp_resource_refuses_the_postgres_keys_by_name() {
-        let with = |line: &str| TCP.replace("kind = \"tcp\"", &format!("kind = \"tcp\"\n{line}"));
-        let cases = [
-            (
-                with("credential = { username = \"app\", password_env = \"PW\" }"),
-                "resource[0].credential",
-            ),
-            (with("database = \"x\""), "resource[0].database"),
-            (
-                with("roles = { admin = { username = \"a\", password_env = \"PW\" } }"),
-                "resource[0].roles",
-            ),
-            (with("tls = \"require\""), "resource[0].tls"),
-            (with("auth_methods = [\"md5\"]"), "resource[0].auth_methods"),
-            (with("log_parameters = false"), "resource[0].log_parameters"),
-            (
-                TCP.replace("address = \"127.0.0.1:6379\"", ""),
-                "resource[0].address",
-            ),
-            (
-                TCP.replace("listen = \"127.0.0.1:0\"", "listen = \"x\""),
-                "tcp.listen",
-            ),
-        ];
-        for (text, key) in cases {
-            let err = Config::parse(Path::new("g.toml"), &text, &env(), Secrets::Load)
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "error `{err}` should name `{key}`");
-        }
-        // Behind a remote agent: the agent holds the address; it has only the `read` role.
-        let agents = "[agents]\nlisten = \"127.0.0.1:0\"\n";
-        let behind = format!(
-            "{}{agents}",
-            TCP.replace("address = \"127.0.0.1:6379\"", "agent = \"dc1\"")
-        );
-        let c = Config::parse(Path::new("g.toml"), &behind, &env(), Secrets::Load).unwrap();
-        assert_eq!(c.resources[0].agent.as_deref(), Some("dc1"));
-        let err = Config::parse(
-            Path::new("g.toml"),
-            &behind.replace(
-                "agent = \"dc1\"",
-                "agent = \"dc1\"\nagent_roles = [\"write\"]",
-            ),
-            &env(),
-            Secrets::Load,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("resource[0].agent_roles") && err.contains("only the `read` role"),
-            "{err}"
-        );
     }
 }

@@ -123,7 +123,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
             let behind: Vec<(String, String)> = config
                 .resources
                 .iter()
-                .filter_map(|r| r.agent.clone().map(|agent| (r.name.clone(), agent)))
+                .filter_map(|r| r.agent().map(|agent| (r.name.clone(), agent.to_string())))
                 .collect();
             Some(
                 crate::agents::AgentService::new(

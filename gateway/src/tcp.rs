@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_agent::tcp::{self as agent, TcpTarget};
+use gatehouse_agent::tcp as agent;
 use gatehouse_agent::tunnel::{OpenSession, Protocol, RefusalKind};
 use gatehouse_core::random::random_bytes;
 use gatehouse_core::session::SessionId;
@@ -48,7 +48,7 @@ use tracing::{info, warn};
 
 use crate::admission::{Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::config::{Config, Resource, ResourceKind};
+use crate::config::{Config, Reach, Resource};
 use crate::listener::{Conn, Door, Refused, Serving};
 use crate::registry::Registry;
 use crate::store::Store;
@@ -230,7 +230,11 @@ pub struct TcpDoor {
 
 /// An open upstream: dialled here, or a session on the remote agent that fronts the resource.
 enum Upstream {
-    Local(TcpStream),
+    /// Dialled here; `address` is the resource's `host:port`.
+    Local {
+        tcp: TcpStream,
+        address: String,
+    },
     Remote(Box<crate::agents::RemoteSession>),
 }
 
@@ -364,9 +368,11 @@ impl TcpDoor {
                 e.action = "connect".into();
                 e.session_id = session_id.to_string();
                 e.reason = why;
-                e.detail = match &resource.agent {
+                e.detail = match resource.agent() {
                     Some(agent) => serde_json::json!({ "protocol": "tcp", "agent": agent }),
-                    None => serde_json::json!({ "protocol": "tcp", "upstream": resource.address }),
+                    None => {
+                        serde_json::json!({ "protocol": "tcp", "upstream": resource.address() })
+                    }
                 };
                 let _ = self.audit.record(e).await;
                 refuse(&mut stream, &answer).await;
@@ -380,7 +386,7 @@ impl TcpDoor {
             login,
         };
         let upstream_addr = match &upstream {
-            Upstream::Local(_) => resource.address.clone(),
+            Upstream::Local { address, .. } => address.clone(),
             Upstream::Remote(s) => format!("{} via agent {}", s.upstream, s.agent()),
         };
         let (_pid, _secret, kill, _registration) =
@@ -393,7 +399,7 @@ impl TcpDoor {
         start.detail = serde_json::json!({
             "protocol": "tcp",
             "upstream": upstream_addr,
-            "agent": resource.agent,
+            "agent": resource.agent(),
             "role": role,
             "grant_id": grant.map(|g| g.id),
             "client_addr": peer.to_string(),
@@ -427,7 +433,7 @@ impl TcpDoor {
         info!(resource = %resource.name, "tcp session started");
 
         let summary = match upstream {
-            Upstream::Local(tcp) => agent::relay(tcp, stream, kill).await,
+            Upstream::Local { tcp, .. } => agent::relay(tcp, stream, kill).await,
             Upstream::Remote(session) => session.relay(stream, kill).await,
         };
 
@@ -449,33 +455,35 @@ impl TcpDoor {
         session_id: SessionId,
     ) -> Result<Upstream, (String, Answer)> {
         let name = &resource.name;
-        if resource.kind != ResourceKind::Tcp {
+        let Some(tcp) = resource.tcp() else {
+            let kind = resource.kind().as_str();
             return Err((
-                format!("resource is of kind `{}`, not `tcp`", resource.kind.as_str()),
+                format!("resource is of kind `{kind}`, not `tcp`"),
                 Answer::refused(
                     "unknown_resource",
                     format!(
-                        "resource \"{name}\" is a {} resource, not a tcp one; use its own front door",
-                        resource.kind.as_str()
+                        "resource \"{name}\" is a {kind} resource, not a tcp one; use its own front door"
                     ),
                 ),
             ));
-        }
-        if let Some(agent_name) = &resource.agent {
-            return self
-                .open_remote(resource, agent_name, user, session_id)
-                .await
-                .map(|s| Upstream::Remote(Box::new(s)));
-        }
-        let target = TcpTarget {
-            address: resource.address.clone(),
-            connect_timeout: resource.connect_timeout,
         };
-        agent::connect(&target)
+        let target = match &tcp.reach {
+            Reach::Direct(target) => target,
+            Reach::Agent(agent_name) => {
+                return self
+                    .open_remote(resource, agent_name, user, session_id)
+                    .await
+                    .map(|s| Upstream::Remote(Box::new(s)))
+            }
+        };
+        agent::connect(target)
             .await
-            .map(Upstream::Local)
+            .map(|tcp| Upstream::Local {
+                tcp,
+                address: target.address.clone(),
+            })
             .map_err(|e| {
-                warn!(upstream = %resource.address, error = %e, "upstream connection failed");
+                warn!(upstream = %target.address, error = %e, "upstream connection failed");
                 (
                     e.to_string(),
                     Answer::refused(

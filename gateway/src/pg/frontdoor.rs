@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use gatehouse_agent::pg::{self as agent, PgTarget, RelayOptions, UpstreamError};
+use gatehouse_agent::pg::{self as agent, RelayOptions, UpstreamError};
 use gatehouse_core::pgwire;
 use gatehouse_core::session::SessionId;
 use tokio::io::AsyncWriteExt;
@@ -20,7 +20,7 @@ use super::handshake::{self, refuse, send_error, ClientStream, Opening};
 use super::sink::SessionSink;
 use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::config::{Config, Resource};
+use crate::config::{Config, PostgresDirect, Reach, Resource};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
 use gatehouse_agent::pg::{startup, PgOpen, PgOpened};
@@ -380,7 +380,7 @@ impl FrontDoor {
         start.detail = serde_json::json!({
             "upstream": upstream_addr,
             "upstream_user": upstream_user,
-            "agent": resource.agent,
+            "agent": resource.agent(),
             "role": role,
             "grant_id": grant.map(|g| g.id),
             "client_addr": peer.to_string(),
@@ -408,7 +408,7 @@ impl FrontDoor {
         let opts = RelayOptions {
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
-            log_parameters: resource.log_parameters,
+            log_parameters: resource.postgres().is_some_and(|pg| pg.log_parameters),
             // Fast-path calls run functions outside SQL: refused (a protocol error naming them).
             function_calls: false,
         };
@@ -534,10 +534,14 @@ impl FrontDoor {
 
         // 4. Upstream through the agent library, with the brokered credential: in this process,
         // or in the remote agent that fronts the resource.
-        let opened = match (settings, &resource.agent) {
+        let opened = match (settings, resource.postgres().map(|pg| &pg.reach)) {
             (Err(refused), _) => Err(refused),
-            (Ok(settings), None) => self.open_local(&resource, role, &settings).await,
-            (Ok(settings), Some(agent_name)) => {
+            (Ok(_), None) => Err(not_postgres(&resource)),
+            (Ok(settings), Some(Reach::Direct(direct))) => {
+                self.open_local(&resource.name, direct, role, &settings)
+                    .await
+            }
+            (Ok(settings), Some(Reach::Agent(agent_name))) => {
                 self.open_remote(&resource, agent_name, role, user, session_id, &settings)
                     .await
             }
@@ -559,7 +563,7 @@ impl FrontDoor {
                 e.action = "connect".into();
                 e.session_id = session_id.to_string();
                 e.reason = why;
-                if let Some(agent) = &resource.agent {
+                if let Some(agent) = resource.agent() {
                     e.detail = serde_json::json!({ "agent": agent });
                 }
                 let _ = self.audit.record(e).await;
@@ -568,56 +572,28 @@ impl FrontDoor {
         }
     }
 
+    /// Connects to PostgreSQL resource `name` from this process, as `role`.
     async fn open_local(
         &self,
-        resource: &Resource,
+        name: &str,
+        direct: &PostgresDirect,
         role: &str,
         params: &[(String, String)],
     ) -> Result<(String, String, UpstreamConn), (String, Refusal)> {
-        if resource.kind != crate::config::ResourceKind::Postgres {
-            let kind = resource.kind.as_str();
-            return Err((
-                format!(
-                    "resource `{}` is a {kind} resource, not PostgreSQL",
-                    resource.name
-                ),
-                Refusal {
-                    code: "3D000",
-                    message: format!(
-                        "resource \"{}\" is a {kind} resource, not a PostgreSQL database",
-                        resource.name
-                    ),
-                    detail: None,
-                    hint: Some(format!("use `gatehouse connect {}`", resource.name)),
-                },
-            ));
-        }
-        let Some(credential) = resource.roles.get(role) else {
+        let Some(target) = direct.target(role) else {
             return Err((
                 format!("no credential for role `{role}`"),
                 Refusal::new(
                     "3D000",
-                    format!("resource \"{}\" has no role \"{role}\"", resource.name),
+                    format!("resource \"{name}\" has no role \"{role}\""),
                 ),
             ));
         };
-        let target = PgTarget {
-            address: resource.address.clone(),
-            database: resource.database.clone(),
-            username: credential.username.clone(),
-            password: credential.password.clone(),
-            connect_timeout: resource.connect_timeout,
-            security: resource.upstream.clone(),
-        };
         match agent::connect(&target, params).await {
-            Ok(up) => Ok((
-                credential.username.clone(),
-                resource.address.clone(),
-                UpstreamConn::Local(up),
-            )),
+            Ok(up) => Ok((target.username, target.address, UpstreamConn::Local(up))),
             Err(err) => {
-                warn!(upstream = %resource.address, error = %err, "upstream connection failed");
-                Err((err.to_string(), upstream_refusal(&resource.name, &err)))
+                warn!(upstream = %target.address, error = %err, "upstream connection failed");
+                Err((err.to_string(), upstream_refusal(name, &err)))
             }
         }
     }
@@ -635,7 +611,7 @@ impl FrontDoor {
             params: params.to_vec(),
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
-            log_parameters: resource.log_parameters,
+            log_parameters: resource.postgres().is_some_and(|pg| pg.log_parameters),
             // Fast-path calls run functions outside SQL: refused (a protocol error naming them).
             function_calls: false,
         };
@@ -718,6 +694,20 @@ impl FrontDoor {
             }
         }
     }
+}
+
+/// A resource of another kind, asked for at the PostgreSQL front door.
+fn not_postgres(resource: &Resource) -> (String, Refusal) {
+    let (name, kind) = (&resource.name, resource.kind().as_str());
+    (
+        format!("resource `{name}` is a {kind} resource, not PostgreSQL"),
+        Refusal {
+            code: "3D000",
+            message: format!("resource \"{name}\" is a {kind} resource, not a PostgreSQL database"),
+            detail: None,
+            hint: Some(format!("use `gatehouse connect {name}`")),
+        },
+    )
 }
 
 fn upstream_refusal(resource: &str, err: &UpstreamError) -> Refusal {

@@ -1,0 +1,360 @@
+//! `kind = "postgres"` resources: the keys they take (address, database, brokered credentials
+//! per role, upstream TLS and authentication methods, `log_parameters`, `agent_roles` behind an
+//! agent), their validation, and the validated [`PostgresResource`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_agent::pg::{PgTarget, SecuritySettings, UpstreamSecurity};
+use serde::Deserialize;
+
+use super::{
+    check_role, Context, CredentialFile, Reach, ResourceKind, RoleCredential, DEFAULT_ROLE,
+};
+use crate::config::{duration, invalid, ConfigError};
+
+/// A PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresResource {
+    /// Whether bind parameters are written to the audit log with their statements.
+    pub log_parameters: bool,
+    pub reach: Reach<PostgresDirect>,
+}
+
+/// What the embedded agent needs to reach a PostgreSQL resource itself.
+#[derive(Debug, Clone)]
+pub struct PostgresDirect {
+    /// `host:port`.
+    pub address: String,
+    pub database: String,
+    pub connect_timeout: Duration,
+    /// Every role (including `read`) with its brokered credential.
+    pub roles: BTreeMap<String, RoleCredential>,
+    /// How far the upstream is trusted (TLS, authentication methods).
+    pub upstream: UpstreamSecurity,
+}
+
+impl PostgresDirect {
+    /// Where and as whom a session in `role` connects; `None` when the resource has no such
+    /// role.
+    pub fn target(&self, role: &str) -> Option<PgTarget> {
+        let credential = self.roles.get(role)?;
+        Some(PgTarget {
+            address: self.address.clone(),
+            database: self.database.clone(),
+            username: credential.username.clone(),
+            password: credential.password.clone(),
+            connect_timeout: self.connect_timeout,
+            security: self.upstream.clone(),
+        })
+    }
+}
+
+/// The keys a `kind = "postgres"` resource takes besides the common ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresResourceFile {
+    address: Option<String>,
+    database: Option<String>,
+    log_parameters: Option<bool>,
+    connect_timeout: Option<String>,
+    credential: Option<CredentialFile>,
+    /// More roles than the default `read`, each with its own brokered credential.
+    #[serde(default)]
+    roles: BTreeMap<String, CredentialFile>,
+    /// Roles beyond `read` that the agent serves (for a resource behind an agent).
+    #[serde(default)]
+    agent_roles: Vec<String>,
+    /// Upstream TLS: `disable`, `require` or `verify-full` (the default when `ca_file` is given).
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
+    /// The authentication methods the upstream may ask for; default `["scram-sha-256"]`.
+    auth_methods: Option<Vec<String>>,
+}
+
+/// Validates the PostgreSQL keys of a resource; returns it with its role names beyond `read`.
+pub(super) fn parse(
+    rest: toml::Table,
+    cx: &Context<'_>,
+) -> Result<(PostgresResource, Vec<String>), ConfigError> {
+    let r: PostgresResourceFile = cx.kind_file(rest, ResourceKind::Postgres, "")?;
+    let connect_timeout = duration(
+        &cx.key("connect_timeout"),
+        r.connect_timeout.as_deref(),
+        "5s",
+    )?;
+    let log_parameters = r.log_parameters.unwrap_or(false);
+
+    if let Some(agent) = cx.agent {
+        if r.address.is_some()
+            || r.credential.is_some()
+            || !r.roles.is_empty()
+            || r.database.is_some()
+            || r.tls.is_some()
+            || r.ca_file.is_some()
+            || r.auth_methods.is_some()
+        {
+            return Err(invalid(
+                cx.key("agent"),
+                format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential`, `roles`, `tls`, `ca_file` or `auth_methods`: they stay in the agent's agent.toml"),
+            ));
+        }
+        // The agent holds the credentials; these are the roles it serves.
+        for role in &r.agent_roles {
+            check_role(role, cx.key("agent_roles"))?;
+        }
+        let pg = PostgresResource {
+            log_parameters,
+            reach: Reach::Agent(agent.to_string()),
+        };
+        return Ok((pg, r.agent_roles));
+    }
+
+    if !r.agent_roles.is_empty() {
+        return Err(invalid(
+            cx.key("agent_roles"),
+            "only a resource behind an `agent` takes `agent_roles`; give `roles` with credentials",
+        ));
+    }
+    let address = match r.address {
+        Some(a) if a.contains(':') => a,
+        Some(a) => {
+            return Err(invalid(
+                cx.key("address"),
+                format!("`{a}` must be host:port"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                cx.key("address"),
+                "give the resource's host:port (or the `agent` that fronts it)",
+            ))
+        }
+    };
+    let upstream = SecuritySettings {
+        tls: r.tls.as_deref(),
+        ca_file: r.ca_file.as_deref().map(cx.resolve),
+        auth_methods: r.auth_methods.as_deref(),
+    }
+    .build()
+    .map_err(|e| invalid(cx.key(e.key), e.why))?;
+
+    let Some(credential) = &r.credential else {
+        return Err(invalid(
+            cx.key("credential"),
+            "give the brokered `credential` (or the `agent` that holds it)",
+        ));
+    };
+    let mut roles = BTreeMap::new();
+    roles.insert(
+        DEFAULT_ROLE.to_string(),
+        cx.credential(&cx.key("credential"), credential)?,
+    );
+    let mut more = Vec::new();
+    for (role, cred) in &r.roles {
+        let key = cx.key(&format!("roles.{role}"));
+        check_role(role, key.clone())?;
+        roles.insert(role.clone(), cx.credential(&key, cred)?);
+        more.push(role.clone());
+    }
+    let direct = PostgresDirect {
+        address,
+        database: r.database.unwrap_or_else(|| cx.name.to_string()),
+        connect_timeout,
+        roles,
+        upstream,
+    };
+    let pg = PostgresResource {
+        log_parameters,
+        reach: Reach::Direct(direct),
+    };
+    Ok((pg, more))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Config, Secrets};
+
+    fn env() -> BTreeMap<String, String> {
+        [("PW".to_string(), "s3cret-value".to_string())].into()
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("g.toml"), text, &env(), Secrets::Load).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+        state_dir = "/tmp/state"
+        [[resource]]
+        name = "orders-db"
+        kind = "postgres"
+        address = "127.0.0.1:5432"
+        database = "orders"
+        labels = { env = "prod", data_class = "confidential", owner = "payments" }
+        credential = { username = "app", password_env = "PW" }
+    "#;
+
+    const AGENTS: &str = "\n[agents]\nlisten = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn a_postgres_resource_has_its_address_database_and_credentials() {
+        let with_roles = GOOD.replace(
+            "credential = {",
+            "roles = { write = { username = \"rw\", password_env = \"PW\" } }\ncredential = {",
+        );
+        let c = parse(&with_roles).unwrap();
+        let r = c.resource("orders-db").unwrap();
+        assert_eq!(r.kind(), ResourceKind::Postgres);
+        assert_eq!(r.role_names, ["read", "write"]);
+        assert!(r.has_role("write") && !r.has_role("admin"));
+        assert_eq!(r.agent(), None);
+        assert_eq!(r.address(), Some("127.0.0.1:5432"));
+        let pg = r.postgres().unwrap();
+        assert!(!pg.log_parameters);
+        let direct = pg.reach.direct().unwrap();
+        assert_eq!(direct.database, "orders");
+        assert_eq!(direct.connect_timeout, Duration::from_secs(5));
+        assert_eq!(direct.upstream.tls.mode(), "disable");
+        let target = direct.target("write").unwrap();
+        assert_eq!(
+            (target.address.as_str(), target.database.as_str()),
+            ("127.0.0.1:5432", "orders")
+        );
+        assert_eq!(target.username, "rw");
+        assert_eq!(target.password.expose(), "s3cret-value");
+        assert!(direct.target("admin").is_none());
+        assert!(!format!("{r:?}").contains("s3cret-value"));
+        // `database` defaults to the resource's name.
+        let c = parse(&GOOD.replace("database = \"orders\"", "")).unwrap();
+        let direct = c.resources[0].postgres().unwrap().reach.direct().unwrap();
+        assert_eq!(direct.database, "orders-db");
+    }
+
+    #[test]
+    fn postgres_errors_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("password_env = \"PW\"", "password_env = \"MISSING\""),
+                "resource[0].credential.password_env",
+            ),
+            (
+                GOOD.replace(
+                    "credential = { username = \"app\", password_env = \"PW\" }",
+                    "",
+                ),
+                "resource[0].credential",
+            ),
+            (
+                GOOD.replace("address = \"127.0.0.1:5432\"", ""),
+                "resource[0].address",
+            ),
+            (
+                GOOD.replace("127.0.0.1:5432", "localhost"),
+                "resource[0].address",
+            ),
+            (
+                GOOD.replace("database = \"orders\"", "database = 5"),
+                "resource[0].database",
+            ),
+            (
+                GOOD.replace("database = \"orders\"", "connect_timeout = \"soon\""),
+                "resource[0].connect_timeout",
+            ),
+            (
+                GOOD.replace("database = \"orders\"", "tls = \"sometimes\""),
+                "resource[0].tls",
+            ),
+            (
+                GOOD.replace(
+                    "database = \"orders\"",
+                    "ca_file = \"ca.pem\"\ntls = \"require\"",
+                ),
+                "resource[0].ca_file",
+            ),
+            (
+                GOOD.replace("database = \"orders\"", "agent_roles = [\"write\"]"),
+                "resource[0].agent_roles",
+            ),
+            (
+                GOOD.replace(
+                    "database = \"orders\"",
+                    "roles = { Admin = { username = \"a\", password_env = \"PW\" } }",
+                ),
+                "resource[0].roles.Admin",
+            ),
+            (
+                GOOD.replace(
+                    "database = \"orders\"",
+                    "roles = { read = { username = \"a\", password_env = \"PW\" } }",
+                ),
+                "resource[0].roles.read",
+            ),
+            (
+                GOOD.replace(
+                    "database = \"orders\"",
+                    "roles = { write = { username = \"a\" } }",
+                ),
+                "resource[0].roles.write",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(key), "error `{err}` should name `{key}`");
+        }
+    }
+
+    #[test]
+    fn a_key_postgres_does_not_take_is_refused_by_name_with_the_keys_it_takes() {
+        let err = parse(&GOOD.replace("database = \"orders\"", "listen_port = 1")).unwrap_err();
+        assert!(
+            err.contains("resource[0].listen_port")
+                && err.contains("`kind = \"postgres\"` resource takes no `listen_port`")
+                && err.contains("`address`, `database`, `log_parameters`")
+                && err.contains("`agent_roles`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn behind_an_agent_a_postgres_resource_names_its_roles_only() {
+        let behind = format!(
+            "{}{AGENTS}",
+            GOOD.replace("address = \"127.0.0.1:5432\"", "agent = \"dc1\"")
+                .replace("database = \"orders\"", "agent_roles = [\"write\"]")
+                .replace(
+                    "credential = { username = \"app\", password_env = \"PW\" }",
+                    "log_parameters = true"
+                )
+        );
+        let c = parse(&behind).unwrap();
+        let r = c.resource("orders-db").unwrap();
+        assert_eq!(r.agent(), Some("dc1"));
+        assert_eq!(r.role_names, ["read", "write"]);
+        let pg = r.postgres().unwrap();
+        assert!(pg.log_parameters);
+        assert!(pg.reach.direct().is_none());
+        for given in [
+            "address = \"10.0.0.1:5432\"",
+            "database = \"orders\"",
+            "credential = { username = \"app\", password_env = \"PW\" }",
+            "roles = { admin = { username = \"a\", password_env = \"PW\" } }",
+            "tls = \"require\"",
+            "ca_file = \"ca.pem\"",
+            "auth_methods = [\"md5\"]",
+        ] {
+            let err = parse(&behind.replace("log_parameters = true", given)).unwrap_err();
+            assert!(
+                err.contains("resource[0].agent") && err.contains("agent.toml"),
+                "`{given}`: {err}"
+            );
+        }
+        let err = parse(&behind.replace("[\"write\"]", "[\"read\"]")).unwrap_err();
+        assert!(err.contains("resource[0].agent_roles"), "{err}");
+    }
+}
