@@ -156,7 +156,7 @@ impl Access {
             action,
             resource: ResourceAttrs {
                 name: resource.name.clone(),
-                protocol: resource.kind.as_str().to_string(),
+                protocol: resource.kind().as_str().to_string(),
                 env: resource.env.clone(),
                 data_class: resource.data_class.clone(),
                 tags: resource.tags.clone(),
@@ -649,6 +649,12 @@ impl Access {
             ));
             return Err(self.refuse(caller, "grant", resource, e, detail).await);
         }
+        if let Err(e) = self
+            .direct_grant_within_policy(caller, user, &r, role, duration)
+            .await
+        {
+            return Err(self.refuse(caller, "grant", resource, e, detail).await);
+        }
         let now = unix_now() as i64;
         let ts = crate::audit::event::now_ts();
         let expires_unix = now + duration.as_secs() as i64;
@@ -681,6 +687,80 @@ impl Access {
             json!({ "grant_id": g.id, "user": user, "resource": r.name, "role": role }),
         );
         Ok(json!({ "grant": grant_json(&g) }))
+    }
+
+    /// A direct grant gives no more than the request it stands in for could: the request
+    /// policy, evaluated for the grantee (with the groups of their last sign-in), must allow
+    /// the role with at most one approval and for at least `duration`. And two people cannot
+    /// grant each other: a grant to someone who holds a live direct grant from the grantee on
+    /// the same resource needs a third person.
+    async fn direct_grant_within_policy(
+        &self,
+        caller: &Caller,
+        grantee: &str,
+        r: &Resource,
+        role: &str,
+        duration: Duration,
+    ) -> Result<(), AccessError> {
+        let groups = self
+            .store
+            .user(grantee)
+            .await?
+            .map(|u| u.last_groups)
+            .unwrap_or_default();
+        // What the request policy asks of approvals and duration; the grantee's own sign-in
+        // (MFA, source) is checked by `connect` when they use the grant.
+        let as_grantee = Caller {
+            user: grantee.to_string(),
+            groups,
+            mfa: true,
+            auth_method: "oidc".into(),
+            ip: caller.ip,
+        };
+        let request = self.cedar(
+            &as_grantee,
+            Action::Request,
+            r,
+            role,
+            duration.as_secs(),
+            "",
+        );
+        if !request.allowed {
+            return Err(AccessError::Forbidden(format!(
+                "{grantee} could not request `{role}` on `{}` ({}); a direct grant gives no more than a request",
+                r.name, request.reason
+            )));
+        }
+        if request.approvals_required > 1 {
+            return Err(AccessError::Forbidden(format!(
+                "`{role}` on `{}` needs {} approvals; {grantee} should `gatehouse request` it and approvers approve",
+                r.name, request.approvals_required
+            )));
+        }
+        if let Some(max) = request.max_duration_secs {
+            if duration.as_secs() > max {
+                return Err(AccessError::BadRequest(format!(
+                    "policy allows at most {} for `{role}` on `{}` (asked {})",
+                    human_duration(max),
+                    r.name,
+                    human_duration(duration.as_secs())
+                )));
+            }
+        }
+        let now = unix_now() as i64;
+        let reciprocal = self.store.grants(Some(now)).await?.into_iter().find(|g| {
+            g.source == "direct"
+                && g.grantee == caller.user
+                && g.granted_by == grantee
+                && g.resource == r.name
+        });
+        if let Some(g) = reciprocal {
+            return Err(AccessError::Forbidden(format!(
+                "{grantee} granted {} access to `{}` (grant {}); granting back needs a third person",
+                caller.user, r.name, g.id
+            )));
+        }
+        Ok(())
     }
 
     /// Revokes grant `id`: its live sessions end within a second.
@@ -848,7 +928,7 @@ impl Access {
             }
             out.push(json!({
                 "name": r.name,
-                "kind": r.kind.as_str(),
+                "kind": r.kind().as_str(),
                 "env": r.env,
                 "data_class": r.data_class,
                 "roles": roles,

@@ -318,6 +318,8 @@ fn revoke_cuts_a_live_session_within_a_second() -> anyhow::Result<()> {
     let gw = gateway(&pg, None, &[])?;
     let bob = gw.engineer("bob", &["engineering"])?;
     let dana = gw.engineer("dana", &["dba"])?;
+    // bob has signed in before (a direct grant is for someone the gateway knows the groups of).
+    psql(&gw, &bob, "orders-db", "read", "select 1")?.ok()?;
     let out = gw
         .as_user(
             &dana,
@@ -826,5 +828,60 @@ fn requests_grants_revocation_and_reviews_on_a_postgres_store() -> anyhow::Resul
     assert!(out.stdout.contains("OPEN"), "{out}");
     let out = gw.audit_verify()?;
     assert!(out.success(), "{out}");
+    Ok(())
+}
+
+#[test]
+fn a_direct_grant_gives_no_more_than_a_request_and_two_people_cannot_grant_each_other(
+) -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway(&pg, None, &[])?;
+    let alice = gw.engineer("alice", &["engineering"])?;
+    let dana = gw.engineer("dana", &["dba", "engineering"])?;
+    let erin = gw.engineer("erin", &["dba", "engineering"])?;
+    for home in [&alice, &dana, &erin] {
+        psql(&gw, home, "orders-db", "read", "select 1")?.ok()?;
+    }
+    let grant = |by: &TempDir, user: &str, resource: &str, ttl: &str| {
+        gw.as_user(
+            by,
+            &[
+                "grant", user, resource, "--role", "write", "--for", ttl, "--reason", "CHG-9",
+            ],
+        )
+    };
+    // Production write needs two approvals (engineering-request-prod): one DBA cannot grant it.
+    let out = grant(&dana, "alice", "ledger-db", "1h")?;
+    assert!(
+        !out.success() && out.stderr.contains("needs 2 approvals"),
+        "{out}"
+    );
+    // Nor for longer than policy allows (the approve policy's 8 h bound answers first).
+    let out = grant(&dana, "alice", "orders-db", "9h")?;
+    assert!(
+        !out.success() && out.stderr.contains("policy does not let dana grant"),
+        "{out}"
+    );
+    // Someone the gateway has never seen sign in has no groups a request could be judged by.
+    let out = grant(&dana, "nobody-yet", "orders-db", "1h")?;
+    assert!(
+        !out.success() && out.stderr.contains("nobody-yet could not request"),
+        "{out}"
+    );
+    // Within policy: granted.
+    grant(&dana, "alice", "orders-db", "1h")?.ok()?;
+    // Two DBAs granting each other: the second needs a third person.
+    grant(&dana, "erin", "orders-db", "1h")?.ok()?;
+    let out = grant(&erin, "dana", "orders-db", "1h")?;
+    assert!(
+        !out.success() && out.stderr.contains("needs a third person"),
+        "{out}"
+    );
+    let refused = events(&gw, "request.refused")?;
+    assert!(
+        refused.iter().filter(|e| e["action"] == "grant").count() >= 4,
+        "each refusal is in the log: {refused:#?}"
+    );
+    assert_eq!(events(&gw, "grant.start")?.len(), 2);
     Ok(())
 }
