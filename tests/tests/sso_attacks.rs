@@ -550,3 +550,62 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     assert!(verify.success(), "{verify}");
     Ok(())
 }
+
+/// A client of the gateway's HTTPS listener from `source` (any 127/8 address is loopback),
+/// trusting its certificate, following no redirects.
+fn client_from(sso: &Sso, source: &str) -> anyhow::Result<reqwest::blocking::Client> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(sso.gw.tls_cert())?)?;
+    Ok(reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(source.parse::<std::net::IpAddr>()?)
+        .timeout(std::time::Duration::from_secs(20))
+        .build()?)
+}
+
+#[test]
+fn a_flood_of_sign_ins_from_one_address_locks_nobody_else_out() -> anyhow::Result<()> {
+    let sso = Sso::start()?;
+    let flood = client_from(&sso, "127.0.0.1")?;
+    let person = client_from(&sso, "127.0.0.2")?;
+    let login = format!("{}/login", sso.base);
+    let device = format!("{}/api/v1/device", sso.base);
+    // One address starts far more sign-ins and device logins than it could finish.
+    let (mut started, mut refused) = (0, 0);
+    for _ in 0..150 {
+        match flood.get(&login).send()?.status().as_u16() {
+            302 | 303 | 307 => started += 1,
+            429 => refused += 1,
+            other => anyhow::bail!("GET /login answered {other} to the flood"),
+        }
+    }
+    assert_eq!(
+        (started, refused),
+        (64, 86),
+        "one address holds at most 64 sign-ins in progress"
+    );
+    let (mut started, mut refused) = (0, 0);
+    for _ in 0..100 {
+        match flood.post(&device).send()?.status().as_u16() {
+            200 => started += 1,
+            429 => refused += 1,
+            other => anyhow::bail!("POST /api/v1/device answered {other} to the flood"),
+        }
+    }
+    assert_eq!((started, refused), (64, 36));
+    // Someone else still gets to the provider at once.
+    let resp = person.get(&login).send()?;
+    assert!(
+        resp.status().is_redirection(),
+        "a person from another address was refused: {}",
+        resp.status()
+    );
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(location.starts_with(sso.op.issuer()), "{location}");
+    assert_eq!(person.post(&device).send()?.status().as_u16(), 200);
+    Ok(())
+}

@@ -3,24 +3,38 @@
 //!
 //! Held in memory, bounded in count and age. Keys are random 256-bit strings handed to exactly
 //! one party; the map stores only their SHA-256, so a memory dump does not yield usable codes.
+//!
+//! A flood cannot lock others out: each source address holds at most [`PER_SOURCE`] entries
+//! (more are refused, before any work is done for them), and when the map is full the oldest
+//! entry makes room rather than the new one being refused.
 //! A gateway restart forgets logins in progress (the person starts again); with several
 //! replicas the load balancer must keep a login on one replica (sticky by cookie or source).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 
-/// The map is full: too many logins in progress (a flood); the request is refused.
+/// Live entries one source address may hold in one map.
+pub const PER_SOURCE: usize = 64;
+
+/// The source holds [`PER_SOURCE`] logins in progress already; this one is refused.
 #[derive(Debug, thiserror::Error)]
-#[error("too many logins in progress; try again shortly")]
+#[error("too many logins in progress from this address; finish or wait for one to expire")]
 pub struct Full;
+
+struct Entry<V> {
+    at: Instant,
+    source: IpAddr,
+    value: V,
+}
 
 /// A bounded map from secret keys to values that expire after `ttl`.
 pub struct Pending<V> {
-    entries: Mutex<HashMap<[u8; 32], (Instant, V)>>,
+    entries: Mutex<HashMap<[u8; 32], Entry<V>>>,
     ttl: Duration,
     capacity: usize,
 }
@@ -50,43 +64,71 @@ impl<V> Pending<V> {
         self.ttl
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Instant, V)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry<V>>> {
         match self.entries.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Stores `value` under `key`.
-    pub fn insert(&self, key: &str, value: V) -> Result<(), Full> {
+    /// Whether `source` may start another one (ask before doing work for it).
+    pub fn has_room_for(&self, source: IpAddr) -> bool {
+        let ttl = self.ttl;
+        self.lock()
+            .values()
+            .filter(|e| e.source == source && e.at.elapsed() < ttl)
+            .count()
+            < PER_SOURCE
+    }
+
+    /// Stores `value` under `key` for `source`. Refused when `source` holds [`PER_SOURCE`]
+    /// live entries; when the map is full, expired entries go, then the oldest.
+    pub fn insert(&self, key: &str, value: V, source: IpAddr) -> Result<(), Full> {
         let mut map = self.lock();
+        let ttl = self.ttl;
+        let mine = map
+            .values()
+            .filter(|e| e.source == source && e.at.elapsed() < ttl)
+            .count();
+        if mine >= PER_SOURCE {
+            return Err(Full);
+        }
         if map.len() >= self.capacity {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
-            if map.len() >= self.capacity {
-                return Err(Full);
+            map.retain(|_, e| e.at.elapsed() < ttl);
+        }
+        if map.len() >= self.capacity {
+            let oldest = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                map.remove(&k);
             }
         }
-        map.insert(digest(key), (Instant::now(), value));
+        map.insert(
+            digest(key),
+            Entry {
+                at: Instant::now(),
+                source,
+                value,
+            },
+        );
         Ok(())
     }
 
     /// Removes and returns the value under `key` if it has not expired: single use.
     pub fn take(&self, key: &str) -> Option<V> {
-        let (at, v) = self.lock().remove(&digest(key))?;
-        (at.elapsed() < self.ttl).then_some(v)
+        let e = self.lock().remove(&digest(key))?;
+        (e.at.elapsed() < self.ttl).then_some(e.value)
     }
 
     /// Runs `f` on the live value under `key`; `f` returns whether to keep it.
     pub fn update<R>(&self, key: &str, f: impl FnOnce(&mut V) -> (bool, R)) -> Option<R> {
         let mut map = self.lock();
         let k = digest(key);
-        let (at, v) = map.get_mut(&k)?;
-        if at.elapsed() >= self.ttl {
+        let e = map.get_mut(&k)?;
+        if e.at.elapsed() >= self.ttl {
             map.remove(&k);
             return None;
         }
-        let (keep, r) = f(v);
+        let (keep, r) = f(&mut e.value);
         if !keep {
             map.remove(&k);
         }
@@ -102,8 +144,8 @@ impl<V> Pending<V> {
         let mut map = self.lock();
         let ttl = self.ttl;
         map.values_mut()
-            .find(|(at, v)| at.elapsed() < ttl && pred(v))
-            .map(|(_, v)| f(v))
+            .find(|e| e.at.elapsed() < ttl && pred(&e.value))
+            .map(|e| f(&mut e.value))
     }
 
     pub fn len(&self) -> usize {
@@ -122,19 +164,38 @@ mod tests {
 
     #[test]
     fn single_use_bounded_and_expiring() {
+        let src: IpAddr = "10.0.0.1".parse().unwrap();
         let p = Pending::new(Duration::from_millis(200), 2);
         let (a, b, c) = (random_key(), random_key(), random_key());
         assert_eq!(a.len(), 43);
-        p.insert(&a, 1).unwrap();
-        p.insert(&b, 2).unwrap();
-        assert!(p.insert(&c, 3).is_err(), "full");
-        assert_eq!(p.take(&a), Some(1));
-        assert_eq!(p.take(&a), None, "single use");
+        p.insert(&a, 1, src).unwrap();
+        p.insert(&b, 2, src).unwrap();
+        // Full: the oldest makes room.
+        p.insert(&c, 3, src).unwrap();
+        assert_eq!(p.take(&a), None, "evicted");
+        assert_eq!(p.take(&b), Some(2));
+        assert_eq!(p.take(&b), None, "single use");
         std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(p.take(&b), None, "expired");
-        p.insert(&c, 3).unwrap();
+        assert_eq!(p.take(&c), None, "expired");
+        p.insert(&c, 3, src).unwrap();
         assert_eq!(p.update(&c, |v| (true, *v)), Some(3));
         assert_eq!(p.update(&c, |v| (false, *v)), Some(3));
         assert_eq!(p.take(&c), None);
+    }
+
+    #[test]
+    fn one_source_cannot_take_the_map_from_others() {
+        let flood: IpAddr = "10.0.0.66".parse().unwrap();
+        let person: IpAddr = "10.0.0.7".parse().unwrap();
+        let p = Pending::new(Duration::from_secs(600), 1000);
+        for _ in 0..PER_SOURCE {
+            p.insert(&random_key(), (), flood).unwrap();
+        }
+        assert!(!p.has_room_for(flood));
+        assert!(p.insert(&random_key(), (), flood).is_err());
+        assert!(p.has_room_for(person));
+        let k = random_key();
+        p.insert(&k, (), person).unwrap();
+        assert_eq!(p.take(&k), Some(()));
     }
 }

@@ -148,6 +148,14 @@ pub async fn device_start(
             "single sign-on is not configured",
         );
     };
+    // Checked before the provider is asked for a device authorisation.
+    if !web.devices.has_room_for(peer.ip()) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "too many device logins in progress from your address",
+        );
+    }
     let handle = random_key();
     let use_provider = rp.config().device_flow == DeviceFlow::Auto
         && rp.provider_device_flow().await.unwrap_or(false);
@@ -209,11 +217,11 @@ pub async fn device_start(
             }),
         )
     };
-    if web.devices.insert(&handle, tx).is_err() {
+    if web.devices.insert(&handle, tx, peer.ip()).is_err() {
         return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::TOO_MANY_REQUESTS,
             "busy",
-            "too many device logins in progress",
+            "too many device logins in progress from your address",
         );
     }
     Json(body).into_response()

@@ -205,6 +205,12 @@ pub async fn start(
             .await
         }
     };
+    if !web.logins.has_room_for(peer.ip()) {
+        return login_failed(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins in progress from your address; finish one or wait a few minutes",
+        );
+    }
     let auth = match rp.authorize().await {
         Ok(a) => a,
         Err(e) => {
@@ -230,10 +236,10 @@ pub async fn start(
         binding: sha256(&binding),
         ret,
     };
-    if web.logins.insert(&auth.state, tx).is_err() {
+    if web.logins.insert(&auth.state, tx, peer.ip()).is_err() {
         return login_failed(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many sign-ins in progress; try again shortly",
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins in progress from your address; finish one or wait a few minutes",
         );
     }
     let mut resp = Redirect::to(&auth.url).into_response();
@@ -364,6 +370,7 @@ pub async fn callback(
                         credential,
                         challenge,
                     },
+                    peer.ip(),
                 )
                 .is_err()
             {
