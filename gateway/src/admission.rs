@@ -26,6 +26,24 @@ use crate::config::{Config, Resource};
 use crate::registry::SessionGrant;
 use crate::store::Store;
 
+/// The longest resource name a client may give (a 63-character name, `:`, a 32-character
+/// role, with room to spare).
+pub const MAX_RESOURCE_NAME: usize = 128;
+
+/// Checks the names a client gives before it authenticates: a user name gatehouse could have
+/// issued a credential to (1-64 of `a-z A-Z 0-9 . _ @ -`) and a bounded resource name without
+/// control characters. Refusals here write no audit event (nothing was authenticated and the
+/// text is the client's); they are answered and logged.
+pub fn check_names(user: &str, resource: &str) -> Result<(), &'static str> {
+    if !crate::authn::oidc::valid_username(user) {
+        return Err("the user name is not one gatehouse issues credentials to (1-64 characters of a-z, A-Z, 0-9, `.`, `_`, `@`, `-`)");
+    }
+    if resource.len() > MAX_RESOURCE_NAME || resource.chars().any(char::is_control) {
+        return Err("the resource name is too long or has control characters");
+    }
+    Ok(())
+}
+
 /// How long a check waits for the store (the user's status, the login's revocation, grants).
 pub const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -155,6 +155,7 @@ pub fn parse_hello(line: &[u8]) -> Result<Hello, String> {
     if hello.user.is_empty() || hello.resource.is_empty() {
         return Err("the hello names no user or no resource".into());
     }
+    crate::admission::check_names(&hello.user, &hello.resource).map_err(String::from)?;
     Ok(hello)
 }
 

@@ -231,3 +231,36 @@ async fn gssenc_is_declined_and_silent_clients_time_out() -> anyhow::Result<()> 
     still_serves(&gw)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_names_are_refused_before_anything_is_stored() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .allow_plaintext(true)
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
+    let before = gw.audit_events()?.len();
+    let long = "u".repeat(4900);
+    for (user, database) in [(long.as_str(), "orders-db"), ("alice", long.as_str())] {
+        let mut s = raw_connect(gw.pg_addr()).await?;
+        s.write_all(&startup_packet(user, database, &[])).await?;
+        let msg = read_backend_message(&mut s).await?;
+        assert_eq!(
+            msg.sqlstate().as_deref(),
+            Some("28000"),
+            "{:?}",
+            msg.message()
+        );
+        let _ = read_to_close(&mut s).await?;
+    }
+    still_serves(&gw)?;
+    // Only the legitimate session's events were stored: no event carries the long names.
+    let events = gw.audit_events()?;
+    assert!(events.len() > before);
+    assert!(
+        events.iter().all(|e| !e.to_string().contains(&long[..100])),
+        "a refused name reached the audit log"
+    );
+    Ok(())
+}

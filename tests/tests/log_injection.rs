@@ -1,5 +1,6 @@
 //! Log injection: what a client controls (its user name, a token's header) cannot forge or
-//! hide a line in the gateway's text log. A hand-written wire client sends the hostile values;
+//! hide a line in the gateway's text log (a user name with control characters is refused
+//! before it is logged at all). A hand-written wire client sends the hostile values;
 //! the real gateway binary writes its log.
 
 use std::time::Duration;
@@ -29,9 +30,20 @@ async fn client_controlled_values_cannot_forge_log_lines() -> anyhow::Result<()>
         b64(br#"{"sub":"mallory"}"#),
         b64(&[0u8; 64])
     );
+    // A user name with CR LF is refused before authentication (never logged as given).
     let user = format!("mallory\r\n{FORGED}\u{1b}[1A");
     let mut s = raw_connect(gw.pg_addr()).await?;
     s.write_all(&startup_packet(&user, "orders-db", &[]))
+        .await?;
+    let refused = read_backend_message(&mut s).await?;
+    assert_eq!(refused.sqlstate().as_deref(), Some("28000"));
+    assert!(refused
+        .message()
+        .unwrap_or_default()
+        .contains("not one gatehouse issues credentials to"));
+    // A token whose key id carries a forged line.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&startup_packet("mallory", "orders-db", &[]))
         .await?;
     let auth = read_backend_message(&mut s).await?;
     assert_eq!(auth.auth_code(), Some(3));

@@ -283,6 +283,13 @@ impl FrontDoor {
         let resource_name = param("database")
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| user.clone());
+        // Bounded and checked before anything is authenticated or stored: a failed login
+        // must not be a way to write kilobytes of chosen text into the audit log.
+        if let Err(why) = crate::admission::check_names(&user, &resource_name) {
+            info!(reason = why, "startup refused before authentication");
+            refuse(&mut stream, "28000", why).await;
+            return;
+        }
         tracing::Span::current().record("user", user.as_str());
         let session_id = SessionId(random_bytes::<16>());
         tracing::Span::current().record("session.id", tracing::field::display(session_id));
