@@ -5,7 +5,9 @@
 
 pub mod ca;
 pub mod enroll;
+mod events;
 pub mod link;
+pub mod links;
 pub mod session;
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use crate::audit::AuditLog;
 use crate::config::AgentsConfig;
 use crate::store::Store;
 
-pub use link::{LinkError, Links};
+pub use links::{LinkError, Links};
 pub use session::RemoteSession;
 
 /// Everything the agent listener and the enrollment endpoint share.

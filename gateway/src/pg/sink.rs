@@ -1,6 +1,6 @@
 //! Turns the statements an agent observes into audit events for one session: in-process for
 //! the embedded agent ([`SessionSink`]), or from a remote agent's event stream
-//! ([`statement_event`], used by `agents::link`).
+//! ([`statement_event`], used by `agents::events`).
 
 use gatehouse_core::session::{EventSink, SinkClosedError, Statement};
 
