@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use gatehouse_tests::agent::{join_token, AgentProc, AgentSpec};
 use gatehouse_tests::pg::ORDERS_PASSWORD;
 use gatehouse_tests::{free_port, Gateway, GatewayConfig, PgServer, Pgbench, Psql, Resource};
@@ -233,23 +235,35 @@ fn gateway_killed_under_20_sessions_every_query_event_arrives_once() -> anyhow::
             .stderr(std::process::Stdio::piped());
         children.push(cmd.spawn()?);
     }
-    // Let them run, then kill the gateway under them.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: usize = pg
-            .exec(
-                "postgres",
-                "select count(*) from pg_stat_activity where query like '%kq-%'",
-            )?
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        if n >= 20 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Let them run, then kill the gateway under them: once all 20 sessions are upstream and
+    // each is at least at its 6th query (5 completed, so events are flowing and some are
+    // still unacknowledged), with plenty of the 400 still to go.
+    const MIN_DONE: u32 = 5;
+    let mut progress = String::new();
+    gatehouse_tests::util::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        // Per session (`kq-<i>-`), the number of its latest query (`kq-<i>-<j>`) upstream.
+        progress = pg.exec(
+            "postgres",
+            "select count(*), coalesce(min(j), -1) from (\
+               select substring(query from 'kq-([0-9]+)-') as i, \
+                      max(substring(query from 'kq-[0-9]+-([0-9]+)')::int) as j \
+               from pg_stat_activity \
+               where pid <> pg_backend_pid() and query like 'select ''kq-%' \
+               group by 1) as s",
+        )?;
+        let (sessions, least) = progress.trim().split_once('|').unwrap_or(("0", "-1"));
+        let sessions: usize = sessions.parse().unwrap_or(0);
+        let least: i64 = least.parse().unwrap_or(-1);
+        Ok((sessions >= 20 && least >= i64::from(MIN_DONE)).then_some(()))
+    })?
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "the 20 sessions did not all get {MIN_DONE} queries done upstream within 30 s \
+             (sessions|least query number: {})\n{}",
+            progress.trim(),
+            gw.logs()
+        )
+    })?;
     gw.kill9()?;
     let mut printed = String::new();
     for c in children {
@@ -324,24 +338,13 @@ fn agent_killed_with_unacknowledged_events_delivers_them_once_after_restart() ->
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let session = cmd.spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
+    // The session is admitted and its first query runs upstream before the store dies.
+    pg.wait_for_active_query("select pg_sleep(2)", 1, Duration::from_secs(30))
+        .context("the session's first query never reached the upstream")?;
     store.stop()?;
     // Wait until the ten statements ran upstream (the session is in its last sleep).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pg
-        .exec(
-            "postgres",
-            "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
-        )?
-        .trim()
-        .eq("1")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the session did not reach its last query"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pg.wait_for_active_query("select pg_sleep(30)", 1, Duration::from_secs(30))
+        .context("the session did not reach its last query")?;
     let spool = std::fs::read(agent.state_dir().join("spool/events.log"))?;
     assert!(
         contains(&spool, b"spooled-9"),
@@ -399,6 +402,7 @@ fn forged_revoked_and_replayed_agent_credentials_are_refused_and_audited() -> an
 
     // An expired token.
     let short = join_token(&gw, "dc2", &["--ttl", "1s"])?;
+    // A sleep on purpose: the token must expire, which takes letting its 1 s TTL pass.
     std::thread::sleep(Duration::from_millis(2100));
     let out = other.try_enroll(&gw, &short)?;
     assert!(
@@ -575,7 +579,9 @@ fn cancel_and_cut_reach_the_upstream_behind_the_agent() -> anyhow::Result<()> {
     let child = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
         .spawn("select pg_sleep(60)")?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ctrl-C only once the query is running upstream, so there is something to cancel.
+    pg.wait_for_active_query("select pg_sleep(60)", 1, Duration::from_secs(20))
+        .context("alice's query never reached the upstream")?;
     let started = Instant::now();
     gatehouse_tests::send_signal(child.id(), "INT")?;
     let out = child.wait_with_output()?;
