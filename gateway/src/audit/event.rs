@@ -87,6 +87,9 @@ pub enum EventKind {
     /// (or for another user or resource than it was opened for): kept as evidence, not as the
     /// session's activity.
     AgentEventRefused,
+    /// Rows in the audit log that no gateway's commit seal covers: written into the store
+    /// directly (or by something without the audit key).
+    AuditForeignRows,
 }
 
 impl EventKind {
@@ -131,6 +134,7 @@ impl EventKind {
             EventKind::AgentSessionEnd => "session.agent_end",
             EventKind::AgentRenewed => "agent.renewed",
             EventKind::AgentEventRefused => "agent.event_refused",
+            EventKind::AuditForeignRows => "audit.foreign_rows",
         }
     }
 
@@ -191,6 +195,7 @@ impl EventKind {
             EventKind::AgentRenewed => &["5.17", "8.20", "8.24"],
             // Logging (the log keeps only what it can attribute); networks security.
             EventKind::AgentEventRefused => &["8.15", "8.20"],
+            EventKind::AuditForeignRows => &["8.15", "5.28"],
         }
     }
 }
@@ -262,6 +267,7 @@ impl NewEvent {
             detail,
             prev_hash,
             hash: String::new(),
+            seal: None,
         };
         e.hash = e.compute_hash();
         e
@@ -292,6 +298,44 @@ pub struct AuditEvent {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+    /// On a commit's last event: the writer's [`Seal`] over the commit (not part of the hash).
+    pub seal: Option<String>,
+}
+
+/// A writer's signature over one commit: the events `from..=to` (the row that carries it),
+/// with the last one's hash. Every commit of a writer that holds the audit key ends with one,
+/// so a row written into the store some other way is covered by none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    pub from: u64,
+    pub key_id: String,
+    /// Ed25519 over [`Seal::message`], base64.
+    pub signature: String,
+}
+
+impl Seal {
+    pub fn message(from: u64, to: u64, hash: &str) -> Vec<u8> {
+        let mut m = b"gatehouse-audit-seal/1\0".to_vec();
+        m.extend_from_slice(&from.to_be_bytes());
+        m.extend_from_slice(&to.to_be_bytes());
+        m.extend_from_slice(hash.as_bytes());
+        m
+    }
+
+    /// `FROM:KEY_ID:SIGNATURE`, as stored in the `seal` column and exported.
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.from, self.key_id, self.signature)
+    }
+
+    pub fn decode(text: &str) -> Option<Seal> {
+        let (from, rest) = text.split_once(':')?;
+        let (key_id, signature) = rest.rsplit_once(':')?;
+        Some(Seal {
+            from: from.parse().ok()?,
+            key_id: key_id.to_string(),
+            signature: signature.to_string(),
+        })
+    }
 }
 
 impl AuditEvent {

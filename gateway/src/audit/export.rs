@@ -135,7 +135,7 @@ pub async fn export(
 fn event_line(e: &AuditEvent) -> Value {
     let detail: Value =
         serde_json::from_str(&e.detail).unwrap_or_else(|_| Value::String(e.detail.clone()));
-    json!({
+    let mut line = json!({
         "type": "event",
         "seq": e.seq,
         "ts": e.ts,
@@ -151,7 +151,11 @@ fn event_line(e: &AuditEvent) -> Value {
         "detail": detail,
         "prev_hash": e.prev_hash,
         "hash": e.hash,
-    })
+    });
+    if let Some(seal) = &e.seal {
+        line["seal"] = json!(seal);
+    }
+    line
 }
 
 fn csv_line(e: &AuditEvent) -> String {
@@ -256,7 +260,10 @@ pub fn verify_export(input: impl BufRead, key: &PublicKey) -> Result<VerifyRepor
     } else {
         manifest.first_prev_hash.clone()
     };
-    let mut chain = ChainVerifier::new(key, checkpoints, manifest.first_seq.max(1), first_prev)?;
+    // An export is a slice: it may start and end inside a commit, so its last rows need not
+    // carry a seal (the signed manifest covers them).
+    let mut chain = ChainVerifier::new(key, checkpoints, manifest.first_seq.max(1), first_prev)?
+        .tail_may_be_unsealed();
     for e in &events {
         chain.push(e)?;
     }
@@ -301,6 +308,7 @@ fn event_from_line(v: &Value) -> Option<AuditEvent> {
         },
         prev_hash: s("prev_hash")?,
         hash: s("hash")?,
+        seal: s("seal"),
     })
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::event::{AuditEvent, Checkpoint};
+use super::event::{AuditEvent, Checkpoint, Seal};
 use crate::keys::PublicKey;
 
 /// The first thing wrong with a log, with the sequence number where it was found.
@@ -34,6 +34,8 @@ pub struct VerifyReport {
     pub last_seq: u64,
     pub checkpoints: usize,
     pub last_checkpoint: u64,
+    /// Events before the first commit seal (written before sealing began).
+    pub before_seals: u64,
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -53,16 +55,29 @@ impl std::fmt::Display for VerifyReport {
                 "; {unsigned} newest events are chained but not yet covered by a checkpoint"
             )?;
         }
+        if self.before_seals > 0 {
+            write!(
+                f,
+                "; {} events from before commit seals began",
+                self.before_seals
+            )?;
+        }
         Ok(())
     }
 }
 
 /// Checks events one by one against the chain and the checkpoints given up front.
 pub struct ChainVerifier {
+    key: PublicKey,
     checkpoints: BTreeMap<u64, Checkpoint>,
     expected_seq: u64,
     prev_hash: String,
     report: VerifyReport,
+    /// The last event covered by a commit seal, once one was seen.
+    sealed_to: Option<u64>,
+    /// Whether events after the last seal are an error (the whole log) or not (an export,
+    /// which may end inside a commit).
+    strict_tail: bool,
 }
 
 impl ChainVerifier {
@@ -88,6 +103,7 @@ impl ChainVerifier {
             map.insert(c.seq, c);
         }
         Ok(ChainVerifier {
+            key: key.clone(),
             checkpoints: map,
             expected_seq: first_seq,
             prev_hash,
@@ -95,7 +111,61 @@ impl ChainVerifier {
                 first_seq,
                 ..Default::default()
             },
+            sealed_to: None,
+            strict_tail: true,
         })
+    }
+
+    /// For a slice of the log (an export): its newest events need not be sealed yet.
+    pub fn tail_may_be_unsealed(mut self) -> Self {
+        self.strict_tail = false;
+        self
+    }
+
+    /// Every event after the first seal must be covered by a seal, and seals must follow each
+    /// other without a gap: rows a writer without the audit key added are named.
+    fn check_seal(&mut self, e: &AuditEvent) -> Result<(), VerifyError> {
+        let Some(text) = &e.seal else {
+            if self.sealed_to.is_none() {
+                self.report.before_seals += 1;
+            }
+            return Ok(());
+        };
+        let seal = Seal::decode(text).ok_or_else(|| fail(e.seq, "malformed commit seal"))?;
+        let sig = B64.decode(&seal.signature).unwrap_or_default();
+        if seal.from > e.seq
+            || !self
+                .key
+                .verify(&Seal::message(seal.from, e.seq, &e.hash), &sig)
+        {
+            return Err(fail(
+                e.seq,
+                format!(
+                    "commit seal does not verify with key {} (seal forged or event rewritten)",
+                    self.key.key_id
+                ),
+            ));
+        }
+        match self.sealed_to {
+            Some(to) if seal.from != to + 1 => {
+                return Err(fail(
+                    to + 1,
+                    format!(
+                        "events {}..={} are covered by no gateway's commit seal (written into the store directly)",
+                        to + 1,
+                        seal.from.saturating_sub(1).max(to + 1)
+                    ),
+                ));
+            }
+            Some(_) => {}
+            // The first seal: events before it in this commit were counted as before seals.
+            None => {
+                let in_commit = e.seq + 1 - seal.from.max(self.report.first_seq);
+                self.report.before_seals = self.report.before_seals.saturating_sub(in_commit - 1);
+            }
+        }
+        self.sealed_to = Some(e.seq);
+        Ok(())
     }
 
     pub fn push(&mut self, e: &AuditEvent) -> Result<(), VerifyError> {
@@ -137,6 +207,7 @@ impl ChainVerifier {
             self.report.checkpoints += 1;
             self.report.last_checkpoint = e.seq;
         }
+        self.check_seal(e)?;
         self.prev_hash = e.hash.clone();
         self.expected_seq += 1;
         self.report.events += 1;
@@ -144,7 +215,8 @@ impl ChainVerifier {
         Ok(())
     }
 
-    /// Ends verification: a checkpoint beyond the last event means the log was truncated.
+    /// Ends verification: a checkpoint beyond the last event means the log was truncated, and
+    /// (for the whole log) events after the last commit seal were written by no gateway.
     pub fn finish(self) -> Result<VerifyReport, VerifyError> {
         if let Some((&seq, _)) = self.checkpoints.range(self.expected_seq..).next() {
             return Err(fail(
@@ -154,6 +226,18 @@ impl ChainVerifier {
                     self.expected_seq.saturating_sub(1)
                 ),
             ));
+        }
+        if let (true, Some(to)) = (self.strict_tail, self.sealed_to) {
+            if self.report.last_seq > to {
+                return Err(fail(
+                    to + 1,
+                    format!(
+                        "events {}..={} are covered by no gateway's commit seal: written into the store directly, or the log was cut inside a commit",
+                        to + 1,
+                        self.report.last_seq
+                    ),
+                ));
+            }
         }
         Ok(self.report)
     }
@@ -167,7 +251,7 @@ impl ChainVerifier {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::audit::event::{EventKind, NewEvent};
+    use crate::audit::event::{EventKind, NewEvent, Seal};
     use crate::audit::GENESIS_HASH;
     use crate::keys::SigningKey;
 
@@ -255,5 +339,71 @@ mod tests {
         let mut forged = cps.clone();
         forged[0].hash = events[4].hash.clone();
         assert_eq!(verify(&k, &events, forged).unwrap_err().seq, 6);
+    }
+
+    /// Seals `events[from-1..to]` as one commit (the seal on the event at `to`).
+    fn seal(k: &SigningKey, events: &mut [AuditEvent], from: u64, to: u64) {
+        let last = &mut events[to as usize - 1];
+        let sig = B64.encode(k.sign(&Seal::message(from, to, &last.hash)));
+        last.seal = Some(
+            Seal {
+                from,
+                key_id: k.key_id.clone(),
+                signature: sig,
+            }
+            .encode(),
+        );
+    }
+
+    #[test]
+    fn rows_outside_every_commit_seal_are_named() {
+        let k = key();
+        let mut events = chain(7);
+        // Events 1-2 from before sealing began; commits 3-4 and 5-5; 6-7 appended by SQL.
+        seal(&k, &mut events, 3, 4);
+        seal(&k, &mut events, 5, 5);
+        let r = verify(&k, &events[..5], vec![]).unwrap();
+        assert_eq!(r.before_seals, 2);
+        let err = verify(&k, &events, vec![]).unwrap_err();
+        assert_eq!(err.seq, 6, "{err}");
+        assert!(
+            err.problem
+                .contains("6..=7 are covered by no gateway's commit seal"),
+            "{err}"
+        );
+        // A writer with the key sealed its own commit on top of them: still named.
+        let mut on_top = events.clone();
+        seal(&k, &mut on_top, 7, 7);
+        let err = verify(&k, &on_top, vec![]).unwrap_err();
+        assert_eq!(err.seq, 6, "{err}");
+        // A seal made without the key does not verify.
+        let other = SigningKey::load_or_create(
+            &std::env::temp_dir()
+                .join(format!("gh-verify-other-{}", std::process::id()))
+                .join("audit.pem"),
+        )
+        .unwrap();
+        let mut forged = events.clone();
+        seal(&other, &mut forged, 6, 7);
+        let err = verify(&k, &forged, vec![]).unwrap_err();
+        assert_eq!(err.seq, 7, "{err}");
+        assert!(err.problem.contains("commit seal does not verify"), "{err}");
+        // An export slice may end inside a commit.
+        let public = k.public_key();
+        let mut v = ChainVerifier::new(&public, vec![], 1, GENESIS_HASH.into())
+            .unwrap()
+            .tail_may_be_unsealed();
+        for e in &events[..4] {
+            v.push(e).unwrap();
+        }
+        let mut partial = events[..4].to_vec();
+        partial[3].seal = None;
+        let mut v2 = ChainVerifier::new(&public, vec![], 1, GENESIS_HASH.into())
+            .unwrap()
+            .tail_may_be_unsealed();
+        for e in &partial {
+            v2.push(e).unwrap();
+        }
+        assert!(v.finish().is_ok() && v2.finish().is_ok());
     }
 }

@@ -16,7 +16,7 @@ use base64::Engine;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::event::{now_ts, AuditEvent, Checkpoint, NewEvent};
+use super::event::{now_ts, AuditEvent, Checkpoint, EventKind, NewEvent, Seal};
 use super::GENESIS_HASH;
 use crate::keys::SigningKey;
 use crate::store::{Store, StoreError};
@@ -88,6 +88,8 @@ impl AuditLog {
             checkpoint_every,
             last_checkpoint: None,
             head_seq: 0,
+            alarmed_until: 0,
+            last_written: None,
             anchor,
         };
         let task = tokio::spawn(writer.run(rx));
@@ -210,9 +212,34 @@ struct Writer {
     last_checkpoint: Option<u64>,
     head_seq: u64,
     anchor: Option<std::path::PathBuf>,
+    /// Foreign rows up to this seq have been reported already.
+    alarmed_until: u64,
+    /// The (seq, hash) of the last row this writer committed and sealed.
+    last_written: Option<(u64, String)>,
 }
 
 impl Writer {
+    /// Whether `seal` is a valid commit seal by the audit key for the event at `seq`.
+    fn sealed_by_us(&self, seal: &Option<String>, seq: u64, hash: &str) -> bool {
+        // The head this writer committed last needs no signature check.
+        if self
+            .last_written
+            .as_ref()
+            .is_some_and(|(s, h)| *s == seq && h == hash)
+        {
+            return true;
+        }
+        let Some(seal) = seal.as_deref().and_then(Seal::decode) else {
+            return false;
+        };
+        let sig = B64.decode(&seal.signature).unwrap_or_default();
+        seal.from <= seq
+            && self
+                .key
+                .public_key()
+                .verify(&Seal::message(seal.from, seq, hash), &sig)
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,11 +336,24 @@ impl Writer {
     ) -> Result<(u64, Vec<bool>), StoreError> {
         let mut tx = self.store.begin_audit().await?;
         self.store.lock_audit(&mut tx).await?;
-        let (mut seq, mut prev) = self
-            .store
-            .audit_head(&mut tx)
-            .await?
-            .unwrap_or((0, GENESIS_HASH.to_string()));
+        let (mut seq, mut prev, head_seal) =
+            self.store
+                .audit_head(&mut tx)
+                .await?
+                .unwrap_or((0, GENESIS_HASH.to_string(), None));
+        // The head must be the end of a sealed commit (ours or another writer's with the
+        // audit key); rows past the last seal were written some other way.
+        let foreign = if seq > 0 && !self.sealed_by_us(&head_seal, seq, &prev) {
+            match self.store.last_sealed_seq(&mut tx).await? {
+                // Sealing has not begun (a log from before seals): nothing to compare with.
+                None => None,
+                Some(last) if last < seq => Some(last + 1),
+                // The head carries a seal that does not verify: a forged one.
+                Some(_) => Some(seq),
+            }
+        } else {
+            None
+        };
         if self.last_checkpoint.is_none() {
             self.last_checkpoint =
                 Some(self.store.last_checkpoint_seq(&mut tx).await?.unwrap_or(0));
@@ -344,12 +384,42 @@ impl Writer {
                 .set_agent_cursor(&mut tx, agent, *agent_seq)
                 .await?;
         }
-        let mut sealed: Vec<AuditEvent> = Vec::with_capacity(events.len());
+        let mut sealed: Vec<AuditEvent> = Vec::with_capacity(events.len() + 1);
+        if let Some(from) = foreign.filter(|from| *from > self.alarmed_until) {
+            let mut alarm = NewEvent::new(EventKind::AuditForeignRows);
+            alarm.actor = "gatehouse".into();
+            alarm.decision = "alarm".into();
+            alarm.reason = format!(
+                "audit events {from}..={seq} are covered by no gateway's commit seal: they were written into the store without the audit key"
+            );
+            alarm.detail = serde_json::json!({ "first_seq": from, "last_seq": seq });
+            tracing::error!(first_seq = from, last_seq = seq, "audit rows written into the store without the audit key; recorded as audit.foreign_rows");
+            self.alarmed_until = seq;
+            seq += 1;
+            let event = alarm.seal(seq, now_ts(), prev);
+            prev = event.hash.clone();
+            sealed.push(event);
+        }
+        let commit_from = seq + 1 - sealed.len() as u64;
         for (e, _) in events.iter().zip(&kept).filter(|(_, k)| **k) {
             seq += 1;
             let event = e.seal(seq, now_ts(), prev);
             prev = event.hash.clone();
             sealed.push(event);
+        }
+        // The commit's seal, on its last row.
+        if let Some(last) = sealed.last_mut() {
+            let sig = self
+                .key
+                .sign(&Seal::message(commit_from, last.seq, &last.hash));
+            last.seal = Some(
+                Seal {
+                    from: commit_from,
+                    key_id: self.key.key_id.clone(),
+                    signature: B64.encode(sig),
+                }
+                .encode(),
+            );
         }
         self.store.insert_events(&mut tx, &sealed).await?;
         let crossed = seq / self.checkpoint_every > (first - 1) / self.checkpoint_every;
@@ -376,6 +446,9 @@ impl Writer {
             new_cp = Some(cp);
         }
         tx.commit().await?;
+        if let Some(last) = sealed.last() {
+            self.last_written = Some((last.seq, last.hash.clone()));
+        }
         if let (Some(cp), Some(path)) = (&new_cp, &self.anchor) {
             if let Err(e) = write_anchor(path, cp).await {
                 tracing::warn!(error = %e, path = %path.display(), "cannot write the audit anchor file");

@@ -6,11 +6,14 @@ use sqlx::{AnyConnection, Row};
 use super::{Backend, Store, StoreError};
 use crate::audit::{AuditEvent, Checkpoint};
 
-/// Rows per multi-row INSERT (14 parameters each, well under every backend's limit).
+/// Rows per multi-row INSERT (15 parameters each, well under every backend's limit).
 const INSERT_CHUNK: usize = 64;
 
+/// Parameters per inserted row.
+const PER_ROW: usize = 15;
+
 const COLUMNS: &str =
-    "seq, ts, kind, actor, resource, action, decision, reason, policy_ids, controls, session_id, detail, prev_hash, hash";
+    "seq, ts, kind, actor, resource, action, decision, reason, policy_ids, controls, session_id, detail, prev_hash, hash, seal";
 
 impl Store {
     /// Begins an audit transaction. On SQLite it takes the write lock at once (`BEGIN
@@ -35,18 +38,27 @@ impl Store {
         Ok(())
     }
 
-    /// The last event's sequence number and hash.
+    /// The last event's sequence number, hash and commit seal.
     pub async fn audit_head(
         &self,
         tx: &mut AnyConnection,
-    ) -> Result<Option<(u64, String)>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    ) -> Result<Option<(u64, String, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash, seal FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
         Ok(match row {
-            Some(r) => Some((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?)),
+            Some(r) => Some((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?)),
             None => None,
         })
+    }
+
+    /// The newest event that carries a commit seal (`None`: sealing has not begun).
+    pub async fn last_sealed_seq(&self, tx: &mut AnyConnection) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM audit_events WHERE seal IS NOT NULL")
+                .fetch_one(&mut *tx)
+                .await?;
+        Ok(seq.map(|s| s as u64))
     }
 
     pub async fn insert_events(
@@ -72,7 +84,8 @@ impl Store {
                     .bind(&e.session_id)
                     .bind(&e.detail)
                     .bind(&e.prev_hash)
-                    .bind(&e.hash);
+                    .bind(&e.hash)
+                    .bind(e.seal.as_deref());
             }
             q.execute(&mut *tx).await?;
         }
@@ -82,18 +95,18 @@ impl Store {
     /// `INSERT ... VALUES (...), (...)` for `rows` events, placeholders in the backend's form.
     fn insert_sql(&self, rows: usize) -> String {
         use std::fmt::Write as _;
-        let mut sql = String::with_capacity(100 + rows * 14 * 5);
+        let mut sql = String::with_capacity(100 + rows * PER_ROW * 5);
         let _ = write!(sql, "INSERT INTO audit_events ({COLUMNS}) VALUES ");
         for i in 0..rows {
             sql.push_str(if i == 0 { "(" } else { ",(" });
-            for c in 0..14 {
+            for c in 0..PER_ROW {
                 if c > 0 {
                     sql.push(',');
                 }
                 match self.backend() {
                     Backend::Sqlite => sql.push('?'),
                     Backend::Postgres => {
-                        let _ = write!(sql, "${}", i * 14 + c + 1);
+                        let _ = write!(sql, "${}", i * PER_ROW + c + 1);
                     }
                 }
             }
@@ -217,5 +230,6 @@ fn event_from_row(r: &AnyRow) -> Result<AuditEvent, StoreError> {
         detail: r.try_get(11)?,
         prev_hash: r.try_get(12)?,
         hash: r.try_get(13)?,
+        seal: r.try_get(14)?,
     })
 }
