@@ -69,6 +69,9 @@ struct File {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     log: LogFile,
+    /// The certificate every TLS listener serves unless its own section names another.
+    #[serde(default)]
+    tls: TlsFile,
     #[serde(default)]
     postgres: PostgresFile,
     #[serde(default)]
@@ -90,6 +93,13 @@ struct File {
     /// Read key by key in [`resource`]: the common keys, then the kind's own.
     #[serde(default, rename = "resource")]
     resources: Vec<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,6 +413,16 @@ impl Config {
             }
         };
 
+        // `[tls]`: the certificate and key the PostgreSQL door (and the tcp door, which
+        // shares its acceptor) and the HTTPS listener serve, unless their own section names
+        // one; without any, each listener uses the self-signed one in `state_dir/tls/`.
+        if file.tls.cert.is_some() != file.tls.key.is_some() {
+            return Err(invalid("tls.cert", "cert and key must be given together"));
+        }
+        let shared_tls = (
+            file.tls.cert.as_deref().map(&resolve),
+            file.tls.key.as_deref().map(&resolve),
+        );
         let pg = file.postgres;
         let listen = pg.listen.as_deref().unwrap_or("127.0.0.1:6432");
         let listen: SocketAddr = listen.parse().map_err(|_| {
@@ -493,7 +513,14 @@ impl Config {
             max_ttl: duration("tokens.max_ttl", file.tokens.max_ttl.as_deref(), "24h")?,
         };
 
-        let http = http_config(file.http, &resolve)?;
+        let mut http = http_config(file.http, &resolve)?;
+        let mut postgres = postgres;
+        if postgres.tls_cert.is_none() {
+            (postgres.tls_cert, postgres.tls_key) = shared_tls.clone();
+        }
+        if http.tls_cert.is_none() {
+            (http.tls_cert, http.tls_key) = shared_tls;
+        }
         let oidc = match file.oidc {
             None => None,
             Some(o) => Some(oidc_config(o, &http, &resolve, env, secrets)?),
@@ -847,6 +874,31 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret-value"));
         assert_eq!(c.policies_dir, Path::new("/etc/gh/policies"));
         assert!(c.store_url.starts_with("sqlite:///tmp/state/"));
+    }
+
+    #[test]
+    fn one_tls_section_serves_every_listener_unless_one_names_its_own() {
+        let text = format!("{GOOD}\n[tls]\ncert = \"tls.crt\"\nkey = \"tls.key\"\n");
+        let c = Config::parse(
+            Path::new("/etc/gh/gatehouse.toml"),
+            &text,
+            &env(),
+            Secrets::Load,
+        )
+        .unwrap();
+        assert_eq!(
+            c.postgres.tls_cert.as_deref(),
+            Some(Path::new("/etc/gh/tls.crt"))
+        );
+        assert_eq!(
+            c.http.tls_key.as_deref(),
+            Some(Path::new("/etc/gh/tls.key"))
+        );
+        let half = format!("{GOOD}\n[tls]\ncert = \"tls.crt\"\n");
+        let err = Config::parse(Path::new("g.toml"), &half, &env(), Secrets::Load)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.cert"), "{err}");
     }
 
     #[test]
