@@ -164,7 +164,8 @@ enum Command {
         #[arg(long)]
         break_glass: bool,
     },
-    /// Your requests and their state; `--pending` lists every request waiting for approval.
+    /// Your requests and their state; `--pending` lists the requests waiting for approval that
+    /// you may decide on (and your own).
     Requests {
         #[arg(long)]
         pending: bool,

@@ -885,3 +885,73 @@ fn a_direct_grant_gives_no_more_than_a_request_and_two_people_cannot_grant_each_
     assert_eq!(events(&gw, "grant.start")?.len(), 2);
     Ok(())
 }
+
+#[test]
+fn requests_grants_and_reasons_are_shown_only_to_their_subject_and_approvers() -> anyhow::Result<()>
+{
+    let pg = PgServer::start()?;
+    let gw = gateway(&pg, None, &[])?;
+    let alice = gw.engineer("alice", &["engineering"])?;
+    let carol = gw.engineer("carol", &["engineering"])?;
+    let dana = gw.engineer("dana", &["dba"])?;
+    psql(&gw, &alice, "orders-db", "read", "select 1")?.ok()?;
+    let secret_reason = "INC-77: payroll anomaly under investigation";
+    let out = gw
+        .as_user(
+            &alice,
+            &[
+                "request",
+                "ledger-db",
+                "--role",
+                "write",
+                "--for",
+                "1h",
+                "--reason",
+                secret_reason,
+            ],
+        )?
+        .ok()?;
+    request_id(&out)?;
+    // The requester and an approver see the request and its reason; another engineer does not.
+    let pending = |home: &TempDir| gw.as_user(home, &["requests", "--pending"]);
+    assert!(pending(&dana)?.ok()?.stdout.contains(secret_reason));
+    let seen_by_carol = pending(&carol)?.ok()?;
+    assert!(
+        !seen_by_carol.stdout.contains(secret_reason)
+            && !seen_by_carol.stdout.contains("ledger-db"),
+        "{seen_by_carol}"
+    );
+    assert!(gw
+        .as_user(&alice, &["requests"])?
+        .ok()?
+        .stdout
+        .contains(secret_reason));
+    // Grants likewise.
+    gw.as_user(
+        &dana,
+        &[
+            "grant",
+            "alice",
+            "orders-db",
+            "--role",
+            "write",
+            "--for",
+            "1h",
+            "--reason",
+            "CHG-12 quiet fix",
+        ],
+    )?
+    .ok()?;
+    // The listing shows the grant as `id user resource ...`: dana granted it, alice holds it.
+    let shows_it = |home: &TempDir| -> anyhow::Result<bool> {
+        let out = gw.as_user(home, &["grants"])?.ok()?;
+        Ok(out
+            .stdout
+            .lines()
+            .any(|l| l.contains("alice") && l.contains("orders-db") && l.contains("dana")))
+    };
+    assert!(shows_it(&dana)?, "the approver sees the grant");
+    assert!(shows_it(&alice)?, "its holder sees the grant");
+    assert!(!shows_it(&carol)?, "another engineer does not");
+    Ok(())
+}

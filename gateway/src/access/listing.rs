@@ -1,6 +1,11 @@
 //! What the API lists, as JSON: [`Access::resources`] (what the caller can reach and
 //! request), [`Access::requests`], [`Access::grants`], [`Access::reviews`], and
 //! [`grant_json`], a grant as every answer shows it.
+//!
+//! Each caller sees only their own: a request is shown to its requester and to those the
+//! `approve` policy lets decide on it; a grant or a review to its subject and to those who may
+//! approve that role on that resource. Reasons and tickets of other people's access are not
+//! for every signed-in user.
 
 use gatehouse_policies::Action;
 use serde_json::json;
@@ -57,6 +62,11 @@ impl Access {
         };
         let mut out = Vec::new();
         for r in rows {
+            if r.requester != caller.user
+                && !self.may_see(caller, &r.resource, &r.role, &r.requester, r.duration_secs)
+            {
+                continue;
+            }
             let approvals = self.store.approvals(r.id).await?;
             out.push(json!({
                 "id": r.id,
@@ -77,21 +87,69 @@ impl Access {
         Ok(json!({ "requests": out }))
     }
 
-    pub async fn grants(&self, all: bool) -> Result<serde_json::Value, AccessError> {
+    pub async fn grants(
+        &self,
+        caller: &Caller,
+        all: bool,
+    ) -> Result<serde_json::Value, AccessError> {
         let now = unix_now() as i64;
         let rows = self
             .store
             .grants(if all { None } else { Some(now) })
             .await?;
-        Ok(json!({ "grants": rows.iter().map(grant_json).collect::<Vec<_>>() }))
+        let visible = rows.iter().filter(|g| {
+            g.grantee == caller.user || self.may_see(caller, &g.resource, &g.role, &g.grantee, 0)
+        });
+        Ok(json!({ "grants": visible.map(grant_json).collect::<Vec<_>>() }))
     }
 
-    pub async fn reviews(&self, all: bool) -> Result<serde_json::Value, AccessError> {
+    pub async fn reviews(
+        &self,
+        caller: &Caller,
+        all: bool,
+    ) -> Result<serde_json::Value, AccessError> {
         let rows = self.store.reviews(!all).await?;
+        let mut visible = Vec::new();
+        for r in rows {
+            let shown = r.subject == caller.user
+                || match self.store.grant(r.grant_id).await? {
+                    Some(g) => self.may_see(caller, &g.resource, &g.role, &g.grantee, 0),
+                    None => false,
+                };
+            if shown {
+                visible.push(r);
+            }
+        }
+        let rows = visible;
         Ok(json!({ "reviews": rows.iter().map(|r| json!({
             "id": r.id, "grant_id": r.grant_id, "request_id": r.request_id, "subject": r.subject,
             "opened": r.opened, "reviewer": r.reviewer, "reviewed_at": r.reviewed_at, "comment": r.comment,
         })).collect::<Vec<_>>() }))
+    }
+}
+
+impl Access {
+    /// Whether `caller` may decide on (and so see) access to `role` on `resource` for
+    /// `subject`: the `approve` policy, as for an approval.
+    fn may_see(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        role: &str,
+        subject: &str,
+        duration_secs: i64,
+    ) -> bool {
+        self.config.resource(resource).is_some_and(|r| {
+            self.cedar(
+                caller,
+                Action::Approve,
+                r,
+                role,
+                duration_secs.max(0) as u64,
+                subject,
+            )
+            .allowed
+        })
     }
 }
 

@@ -201,7 +201,7 @@ pub async fn list_grants(
     Query(p): Query<ListParams>,
 ) -> Response {
     match caller(&web, &headers, peer, "grants").await {
-        Ok(_) => respond(web.access.grants(p.all).await),
+        Ok(c) => respond(web.access.grants(&c, p.all).await),
         Err(r) => r,
     }
 }
@@ -272,7 +272,7 @@ pub async fn list_reviews(
     Query(p): Query<ListParams>,
 ) -> Response {
     match caller(&web, &headers, peer, "reviews").await {
-        Ok(_) => respond(web.access.reviews(p.all).await),
+        Ok(c) => respond(web.access.reviews(&c, p.all).await),
         Err(r) => r,
     }
 }
