@@ -108,3 +108,40 @@ fn config_errors_name_the_key_and_bind_nothing() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn gatehouse_psql_never_connects_to_an_unverified_gateway() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(GatewayConfig::new().resource(Resource::orders_dev(&pg, "orders-db")))?;
+    // A saved login that knows no CA for the gateway (its certificate is self-signed, so only
+    // a CA file could vouch for it).
+    let home = gw.engineer("alice", &["engineering"])?;
+    let path = home.join("credentials.json");
+    let mut saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    saved["ca_file"] = serde_json::Value::Null;
+    std::fs::write(&path, saved.to_string())?;
+    let out = gw.as_user(
+        &home,
+        &["psql", "orders-db", "--", "-c", "select 'reached'"],
+    )?;
+    assert!(!out.success(), "{out}");
+    assert!(!out.stdout.contains("reached"), "{out}");
+    // psql before 16 is refused by gatehouse with the way out; from 16 on, libpq refuses the
+    // self-signed certificate against the system's roots.
+    assert!(
+        out.stderr
+            .contains("cannot verify the gateway's certificate")
+            || out.stderr.contains("certificate verify failed"),
+        "{out}"
+    );
+    // With the gateway's CA saved (what `gatehouse login` stores), the same command works.
+    let home = gw.engineer("alice", &["engineering"])?;
+    let out = gw
+        .as_user(
+            &home,
+            &["psql", "orders-db", "--", "-Atc", "select 'reached'"],
+        )?
+        .ok()?;
+    assert_eq!(out.stdout.trim(), "reached");
+    Ok(())
+}
