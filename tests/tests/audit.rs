@@ -162,6 +162,14 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
         )?
         .ok()?;
     }
+    // A user name a spreadsheet would take for a formula, and a statement with `;` and `=`.
+    gw.psql_as(
+        "@mallory",
+        &["engineering"],
+        "orders-db",
+        "select 'x;=HYPERLINK(\"http://evil\")'",
+    )?
+    .ok()?;
     let dir = gatehouse_tests::temp_dir("export")?;
     let export = dir.join("log.jsonl");
     let export_s = export.to_string_lossy().into_owned();
@@ -240,6 +248,19 @@ fn exports_verify_offline_and_one_changed_byte_fails() -> anyhow::Result<()> {
     let csv = gw.audit_export("csv", &[])?.ok()?;
     assert!(csv.stdout.starts_with("seq,ts,kind,actor"), "{csv}");
     assert_eq!(csv.stdout.lines().count(), events.len() + 1);
+    // Every field quoted (a `;` inside stays in its cell whatever the separator); a field
+    // that starts with a formula character is text.
+    let mallory: Vec<&str> = csv
+        .stdout
+        .lines()
+        .filter(|l| l.contains("mallory"))
+        .collect();
+    assert!(!mallory.is_empty());
+    for line in &mallory {
+        assert!(line.starts_with('"') && line.ends_with('"'), "{line}");
+        assert!(line.contains(",\"'@mallory\","), "{line}");
+        assert!(!line.contains(",@mallory"), "{line}");
+    }
     Ok(())
 }
 

@@ -183,17 +183,19 @@ fn csv_line(e: &AuditEvent) -> String {
 }
 
 /// Quotes a CSV field, and defuses spreadsheet formulas (a leading `=`, `+`, `-`, `@`).
+/// One CSV field, safe to open in a spreadsheet whatever separator it is set to: always
+/// quoted (so a `;` or `,` inside never starts a new cell), and a field that starts with a
+/// formula character (after any leading spaces) is prefixed with `'` so it stays text.
 fn csv_field(f: &str) -> String {
-    let f = if f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    let dangerous = f
+        .trim_start_matches([' ', '"'])
+        .starts_with(['=', '+', '-', '@', '\t', '\r', '|', '%']);
+    let f = if dangerous || f.starts_with(['\t', '\r']) {
         format!("'{f}")
     } else {
         f.to_string()
     };
-    if f.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", f.replace('"', "\"\""))
-    } else {
-        f
-    }
+    format!("\"{}\"", f.replace('"', "\"\""))
 }
 
 /// Verifies a JSONL export with only the audit public key.
@@ -320,6 +322,14 @@ mod tests {
     fn csv_defuses_formulas_and_quotes() {
         assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("plain"), "\"plain\"");
+        // With `;` as the spreadsheet's separator, a quoted field stays one cell.
+        assert_eq!(
+            csv_field("x;=cmd|' /C calc'!A0"),
+            "\"x;=cmd|' /C calc'!A0\""
+        );
+        // Leading spaces or quotes do not hide a formula.
+        assert_eq!(csv_field("  =1+1"), "\"'  =1+1\"");
+        assert_eq!(csv_field("\"=1+1"), "\"'\"\"=1+1\"");
     }
 }
