@@ -44,8 +44,54 @@ pub fn check_names(user: &str, resource: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Writes the counted unauthenticated failures of each ended window as one `auth.failed`
+/// event per source (detail `aggregated: true`, `count`, the last reason), until `shutdown`.
+pub async fn record_failure_summaries(
+    admission: Admission,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let last = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = shutdown.changed() => true,
+        };
+        let ended = if last {
+            admission.failures.drain_all()
+        } else {
+            admission.failures.drain()
+        };
+        for s in ended {
+            let mut e = NewEvent::new(EventKind::AuthFailed);
+            e.actor = "-".into();
+            e.action = "authenticate".into();
+            e.decision = "deny".into();
+            e.reason = format!(
+                "{} more failed authentications from {} in {} s (last: {})",
+                s.count,
+                s.source,
+                s.over.as_secs(),
+                s.last_reason
+            );
+            e.detail = serde_json::json!({
+                "aggregated": true,
+                "client_addr": s.source.to_string(),
+                "count": s.count,
+                "window_secs": s.over.as_secs(),
+                "last_reason": s.last_reason,
+            });
+            info!(client.addr = %s.source, count = s.count, "failed authentications counted");
+            let _ = admission.audit.record(e).await;
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 /// How long a check waits for the store (the user's status, the login's revocation, grants).
 pub const STORE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub mod failures;
 
 /// What admission needs; cheap to clone (every part is shared).
 #[derive(Clone)]
@@ -55,6 +101,8 @@ pub struct Admission {
     pub audit: AuditLog,
     pub store: Store,
     pub config: Arc<Config>,
+    /// Unauthenticated failures per source (see [`failures`]).
+    pub failures: Arc<failures::Failures>,
 }
 
 /// Who presents a credential; decides what a refusal's `auth.failed` event records.
@@ -295,6 +343,10 @@ impl Admission {
                 let auth_method = claims.map(Claims::auth_method).unwrap_or("gateway_token");
                 match fault {
                     CredentialFault::Invalid(why) => {
+                        let class = format!("{:?}", std::mem::discriminant(why));
+                        if !self.failures.note(peer.ip(), &class, &why.to_string()) {
+                            return;
+                        }
                         e.reason = why.to_string();
                         e.detail = serde_json::json!({ "client_addr": peer.to_string(), "auth_method": "gateway_token", "tls": tls });
                         info!(reason = %why, "authentication failed");
@@ -325,6 +377,16 @@ impl Admission {
                     Denial::Store { error, .. } => format!("store unavailable: {error}"),
                     other => format!("{other:?}"),
                 };
+                if let Denial::Credential {
+                    fault: CredentialFault::Invalid(why),
+                    ..
+                } = denial
+                {
+                    let class = format!("bearer {:?}", std::mem::discriminant(why));
+                    if !self.failures.note(peer.ip(), &class, &reason) {
+                        return;
+                    }
+                }
                 let kind = EventKind::AuthFailed;
                 let mut e = NewEvent::new(kind);
                 e.actor = "-".into();
@@ -551,6 +613,7 @@ mod tests {
             audit,
             store,
             config: Arc::new(config),
+            failures: Default::default(),
         };
         (admission, dir)
     }

@@ -188,6 +188,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         audit: audit.clone(),
         store: store.clone(),
         config: config.clone(),
+        failures: Default::default(),
     };
     let links = agents.as_ref().map(|a| a.links.clone()).unwrap_or_default();
     let tcp_door = Arc::new(crate::tcp::TcpDoor {
@@ -214,6 +215,13 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         store.clone(),
         registry.clone(),
         audit.clone(),
+    ));
+    // Counted unauthenticated failures become one summary event per source and window; at
+    // shutdown the open windows are summarised too.
+    let (summaries_stop, summaries_stopped) = tokio::sync::watch::channel(false);
+    let summaries = tokio::spawn(crate::admission::record_failure_summaries(
+        admission.clone(),
+        summaries_stopped,
     ));
 
     let webhook = crate::access::webhook::Webhook::spawn(
@@ -315,6 +323,8 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     }
     key_reload.abort();
     grants.abort();
+    summaries_stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), summaries).await;
 
     info!(live = registry.len(), "shutting down: ending live sessions");
     registry.kill_all("the gateway is shutting down");

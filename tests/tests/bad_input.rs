@@ -264,3 +264,51 @@ async fn oversized_names_are_refused_before_anything_is_stored() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_credentials_is_a_few_events_and_a_count() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .allow_plaintext(true)
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
+    let failed = |gw: &Gateway| -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(gw
+            .audit_events()?
+            .into_iter()
+            .filter(|e| e["kind"] == "auth.failed")
+            .collect())
+    };
+    let flood = 200;
+    for _ in 0..flood {
+        let mut s = raw_connect(gw.pg_addr()).await?;
+        s.write_all(&startup_packet("alice", "orders-db", &[]))
+            .await?;
+        let auth = read_backend_message(&mut s).await?;
+        assert_eq!(auth.auth_code(), Some(3));
+        s.write_all(&frontend_message(b'p', b"not-a-token\0"))
+            .await?;
+        let refused = read_backend_message(&mut s).await?;
+        assert_eq!(refused.sqlstate().as_deref(), Some("28P01"));
+    }
+    // Every attempt was refused; the log holds the first few as events and the rest as one
+    // count, written when the source's window ends.
+    let summary =
+        gatehouse_tests::util::poll(Duration::from_secs(20), Duration::from_millis(200), || {
+            Ok(failed(&gw)?
+                .into_iter()
+                .find(|e| e["detail"]["aggregated"] == true))
+        })?
+        .ok_or_else(|| anyhow::anyhow!("no summary of the flood: {:#?}", failed(&gw)))?;
+    let single = failed(&gw)?
+        .into_iter()
+        .filter(|e| e["detail"]["aggregated"] != true)
+        .count();
+    assert_eq!(single, 5, "the first failures are events of their own");
+    assert_eq!(summary["detail"]["count"], flood - 5, "{summary}");
+    assert_eq!(summary["detail"]["client_addr"], "127.0.0.1", "{summary}");
+    // Meanwhile a real user is served as ever.
+    still_serves(&gw)?;
+    Ok(())
+}
