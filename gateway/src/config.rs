@@ -832,14 +832,30 @@ fn duration(key: &str, v: Option<&str>, default: &str) -> Result<Duration, Confi
 
 pub use gatehouse_core::clock::parse_duration;
 
+/// What the config tests of every module share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::{Config, Secrets};
+
+    /// The environment the tests read brokered secrets from: `PW`.
+    pub fn env() -> BTreeMap<String, String> {
+        [("PW".to_string(), "s3cret-value".to_string())].into()
+    }
+
+    /// Parses `text` as `g.toml` with [`env`]; the error as text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("g.toml"), text, &env(), Secrets::Load).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::test_support::env;
     use super::*;
-
-    fn env() -> BTreeMap<String, String> {
-        [("PW".to_string(), "s3cret-value".to_string())].into()
-    }
 
     const GOOD: &str = r#"
         state_dir = "/tmp/state"

@@ -458,13 +458,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn env() -> BTreeMap<String, String> {
-        [("PW".to_string(), "s3cret-value".to_string())].into()
-    }
-
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(Path::new("g.toml"), text, &env(), Secrets::Load).map_err(|e| e.to_string())
-    }
+    use crate::config::test_support::{env, parse};
 
     const GOOD: &str = r#"
         state_dir = "/tmp/state"

@@ -175,19 +175,8 @@ pub(super) fn parse(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
     use super::*;
-    use crate::config::{Config, Secrets};
-
-    fn env() -> BTreeMap<String, String> {
-        [("PW".to_string(), "s3cret-value".to_string())].into()
-    }
-
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(Path::new("g.toml"), text, &env(), Secrets::Load).map_err(|e| e.to_string())
-    }
+    use crate::config::test_support::parse;
 
     const GOOD: &str = r#"
         state_dir = "/tmp/state"

@@ -65,7 +65,6 @@ pub(super) fn parse(rest: toml::Table, cx: &Context<'_>) -> Result<TcpResource, 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::time::Duration;
 
@@ -73,9 +72,7 @@ mod tests {
     use crate::config::resource::keys_of;
     use crate::config::{Config, Secrets};
 
-    fn env() -> BTreeMap<String, String> {
-        [("PW".to_string(), "s3cret-value".to_string())].into()
-    }
+    use crate::config::test_support::env;
 
     const TCP: &str = r#"
         state_dir = "/tmp/state"
