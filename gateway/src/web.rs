@@ -6,7 +6,7 @@
 //! (`http.max_header_bytes`, refused with 431 and audited), body size, header read time, and the
 //! number of connections.
 //!
-//! - [`login`]: `/login`, `/oidc/callback`, `/device`: the browser side of sign-in.
+//! - [`login`]: `/login`, `/oidc/callback`, `/device` (GET and POST): the browser side of sign-in.
 //! - [`api`]: `/api/v1/...`: credential pickup, device flow, whoami, logout, info.
 //! - [`page`]: the few HTML pages, escaped.
 //! - [`session`]: what a completed login becomes: a login row, a credential, audit events.
@@ -59,6 +59,10 @@ pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// Device logins live at most this long (the provider's own expiry may be shorter).
 pub const DEVICE_TTL: Duration = Duration::from_secs(900);
+/// A device confirmation page's form (its CSRF token) is good this long.
+pub const DEVICE_FORM_TTL: Duration = Duration::from_secs(600);
+/// A confirmed device login must reach `/login` within this (it is an immediate redirect).
+pub const DEVICE_CONFIRM_TTL: Duration = Duration::from_secs(120);
 
 /// Everything the HTTPS handlers share.
 pub struct Web {
@@ -74,6 +78,10 @@ pub struct Web {
     pub logins: Pending<login::LoginTx>,
     pub codes: Pending<session::IssuedCode>,
     pub devices: Pending<api::DeviceTx>,
+    /// CSRF tokens of device confirmation pages (`GET /device`), bound to a browser cookie.
+    pub device_forms: Pending<login::DeviceBinding>,
+    /// Confirmed device logins (`POST /device`) waiting for `/login?device=&confirm=`.
+    pub device_confirms: Pending<login::DeviceBinding>,
     /// Remote agents (enrollment); `None` without an `[agents]` section.
     pub agents: Option<Arc<crate::agents::AgentService>>,
     /// Refresh tokens of live logins by login id, for re-checks; memory only.
@@ -110,6 +118,8 @@ impl Web {
             logins: Pending::new(LOGIN_TTL, MAX_PENDING),
             codes: Pending::new(CODE_TTL, MAX_PENDING),
             devices: Pending::new(DEVICE_TTL, MAX_PENDING),
+            device_forms: Pending::new(DEVICE_FORM_TTL, MAX_PENDING),
+            device_confirms: Pending::new(DEVICE_CONFIRM_TTL, MAX_PENDING),
             refresh: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -154,7 +164,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/.well-known/jwks.json", get(api::jwks))
         .route("/login", get(login::start))
         .route("/oidc/callback", get(login::callback))
-        .route("/device", get(login::device_page))
+        .route(
+            "/device",
+            get(login::device_page).post(login::device_confirm),
+        )
         .route("/api/v1/info", get(api::info))
         .route("/api/v1/agents/enroll", post(api::agent_enroll))
         .route("/api/v1/login/token", post(api::login_token))

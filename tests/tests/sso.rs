@@ -300,7 +300,26 @@ fn device_flow_on_the_gateway_page() -> anyhow::Result<()> {
         let page = b.get(uri)?;
         assert!(page.body.contains("user_code"), "{}", page.describe());
         let url = format!("{uri}?user_code={}", code.to_lowercase());
+        // With the code the page asks for confirmation, naming where the login started; it
+        // does not send the browser on by itself.
+        let confirm = b.get(&url)?;
+        assert_eq!(confirm.status, 200, "{}", confirm.describe());
+        assert!(
+            confirm.body.contains("started from <b>127.0.0.1</b>")
+                && confirm.body.contains("minute ago")
+                && confirm.form_with_input("csrf").is_some(),
+            "{}",
+            confirm.describe()
+        );
+        // The browser answers the confirmation form (a POST), then signs in at the provider.
         let callback = b.sign_in(&url, user, ALICE_PASSWORD, |u| u.path() == "/oidc/callback")?;
+        assert!(
+            b.hops()
+                .iter()
+                .any(|h| h.method == "POST" && h.url.path() == "/device"),
+            "{:?}",
+            b.hops()
+        );
         let done = b.get(callback.as_str())?;
         assert_eq!(done.status, 200, "{}", done.describe());
         assert!(

@@ -609,3 +609,239 @@ fn a_flood_of_sign_ins_from_one_address_locks_nobody_else_out() -> anyhow::Resul
     assert_eq!(person.post(&device).send()?.status().as_u16(), 200);
     Ok(())
 }
+
+/// Starts a device login on the gateway's own page from the attacker's client; returns
+/// `(device_code, user_code)` after checking the answer carries no link with the code in it.
+fn attacker_starts_device_login(
+    attacker: &reqwest::blocking::Client,
+    sso: &Sso,
+) -> anyhow::Result<(String, String)> {
+    let resp = attacker
+        .post(format!("{}/api/v1/device", sso.base))
+        .json(&json!({}))
+        .send()?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let start: Value = resp.json()?;
+    assert!(
+        start.get("verification_uri_complete").is_none(),
+        "the device start answer must not carry a one-click link: {start}"
+    );
+    assert_eq!(start["verification_uri"], format!("{}/device", sso.base));
+    let field = |k: &str| {
+        start[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no {k} in {start}"))
+    };
+    Ok((field("device_code")?, field("user_code")?))
+}
+
+/// The attacker's poll: the JSON answer of `POST /api/v1/device/token`.
+fn attacker_polls(
+    attacker: &reqwest::blocking::Client,
+    sso: &Sso,
+    device_code: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let resp = attacker
+        .post(format!("{}/api/v1/device/token", sso.base))
+        .json(&json!({ "device_code": device_code }))
+        .send()?;
+    let status = resp.status().as_u16();
+    let body: Value = serde_json::from_str(&resp.text()?).unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+fn assert_no_credential(status: u16, body: &Value, when: &str) {
+    assert!(
+        status != 200 && body.get("credential").is_none() && body.get("token").is_none(),
+        "{when}: the attacker's poll yielded {status} {body}"
+    );
+    assert!(
+        matches!(
+            body["error"].as_str(),
+            Some("authorization_pending") | Some("slow_down")
+        ),
+        "{when}: {body}"
+    );
+}
+
+#[test]
+fn a_device_login_link_sent_to_a_signed_in_victim_does_not_complete() -> anyhow::Result<()> {
+    let sso = Sso::start_with(|s| s, |c| c.set("oidc", "device_flow", "\"gateway\""))?;
+    // The victim is signed in at the provider (a session cookie in their browser).
+    let mut victim = sso.browser()?;
+    sso.browser_login(&mut victim, ALICE, ALICE_PASSWORD)?;
+    let attacker = client_from(&sso, "127.0.0.9")?;
+    let to_provider = |u: &reqwest::Url| u.as_str().starts_with(sso.op.issuer());
+
+    // 1. The device page link, opened by the victim, stops at a confirmation naming the
+    //    attacker's address; nothing reaches the provider, nothing completes.
+    let (device_code, user_code) = attacker_starts_device_login(&attacker, &sso)?;
+    let link = format!("{}/device?user_code={user_code}", sso.base);
+    victim.clear_hops();
+    let shown = victim
+        .follow(&link, |u| u.path() == "/oidc/callback")?
+        .page()?;
+    assert_eq!(shown.status, 200, "{}", shown.describe());
+    assert!(
+        shown.body.contains("started from <b>127.0.0.9</b>")
+            && shown
+                .body
+                .contains("Continue only if you started it yourself on your own machine"),
+        "the confirmation names where the login started:\n{}",
+        shown.describe()
+    );
+    assert!(
+        !victim.hops().iter().any(|h| to_provider(&h.url)),
+        "opening the link alone went to the provider: {:?}",
+        victim.hops()
+    );
+    let (status, body) = attacker_polls(&attacker, &sso, &device_code)?;
+    assert_no_credential(status, &body, "after the victim opened the device link");
+    let confirm = shown
+        .forms()
+        .into_iter()
+        .find(|f| f.method == "POST" && f.value("confirm").is_some())
+        .ok_or_else(|| anyhow::anyhow!("no confirmation form:\n{}", shown.describe()))?;
+    assert!(confirm.value("csrf").is_some_and(|v| v.len() >= 43));
+    let set_cookie = shown.set_cookies().join("\n");
+    assert!(
+        set_cookie.contains("__Host-gatehouse_device=")
+            && set_cookie.contains("SameSite=Strict")
+            && set_cookie.contains("HttpOnly")
+            && set_cookie.contains("Secure"),
+        "{set_cookie}"
+    );
+
+    // 2. A cross-site form POST (the attacker's own CSRF token, the victim's browser without
+    //    the matching cookie) is refused and audited.
+    let mut other = sso.browser()?;
+    let attackers_page = other.get(&link)?;
+    let attackers_form = attackers_page
+        .form_with_input("csrf")
+        .ok_or_else(|| anyhow::anyhow!("{}", attackers_page.describe()))?;
+    let forged = victim.post_form(
+        format!("{}/device", sso.base),
+        &[
+            ("user_code", user_code.as_str()),
+            ("csrf", attackers_form.value("csrf").unwrap_or_default()),
+        ],
+    )?;
+    assert_eq!(forged.status, 403, "{}", forged.describe());
+    // Without the cookie at all (a form on another site: SameSite=Strict keeps it back),
+    // even with a token from the victim's own page (a second tab; the first stays usable).
+    let second_tab = victim.get(&link)?;
+    let second = second_tab
+        .form_with_input("csrf")
+        .ok_or_else(|| anyhow::anyhow!("{}", second_tab.describe()))?;
+    let no_cookie = victim.post_form_without_cookies(
+        format!("{}/device", sso.base),
+        &[
+            ("user_code", user_code.as_str()),
+            ("csrf", second.value("csrf").unwrap_or_default()),
+        ],
+    )?;
+    assert_eq!(no_cookie.status, 403, "{}", no_cookie.describe());
+    let (status, body) = attacker_polls(&attacker, &sso, &device_code)?;
+    assert_no_credential(status, &body, "after the forged confirmations");
+
+    // 3. A crafted `/login?device=CODE` link (a second device login) is refused with a page.
+    let (device_code2, user_code2) = attacker_starts_device_login(&attacker, &sso)?;
+    victim.clear_hops();
+    let crafted = format!("{}/login?device={user_code2}", sso.base);
+    let refused = victim
+        .follow(&crafted, |u| u.path() == "/oidc/callback")?
+        .page()?;
+    assert_eq!(refused.status, 403, "{}", refused.describe());
+    assert!(
+        refused.body.contains("must be confirmed"),
+        "{}",
+        refused.describe()
+    );
+    assert!(!victim.hops().iter().any(|h| to_provider(&h.url)));
+    // A made-up confirmation token does no better.
+    let guessed = victim.get(format!(
+        "{}/login?device={user_code2}&confirm=guessed",
+        sso.base
+    ))?;
+    assert_eq!(guessed.status, 403, "{}", guessed.describe());
+    let (status, body) = attacker_polls(&attacker, &sso, &device_code2)?;
+    assert_no_credential(
+        status,
+        &body,
+        "after the victim opened the crafted login link",
+    );
+    let events = sso.gw.audit_export_jsonl()?;
+    let refusals: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "login.failed"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("device sign-in not confirmed"))
+        })
+        .collect();
+    assert_eq!(refusals.len(), 2, "{events:?}");
+    assert!(events.iter().any(|e| e["kind"] == "login.failed"
+        && e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not made on this browser's page"))));
+
+    // 4. Only when the victim confirms and signs in again at the provider (their session is
+    //    not enough: a fresh sign-in is demanded) does it complete.
+    let mut polls = 0;
+    let redirected = victim.submit(&confirm, &[])?;
+    assert_eq!(redirected.status, 303, "{}", redirected.describe());
+    let next = redirected
+        .location()
+        .ok_or_else(|| anyhow::anyhow!("{}", redirected.describe()))?;
+    assert!(query_param(&next, "confirm").is_some(), "{next}");
+    victim.clear_hops();
+    let at_provider = victim.follow(next.as_str(), |u| u.path() == "/oidc/callback")?;
+    let login_form = at_provider.page()?;
+    assert!(
+        login_form.forms().iter().any(|f| f.has_kind("password")),
+        "the provider did not ask for a fresh sign-in:\n{}",
+        login_form.describe()
+    );
+    let auth = victim
+        .hops()
+        .iter()
+        .find(|h| h.url.path().ends_with("/auth"))
+        .map(|h| h.url.clone())
+        .ok_or_else(|| anyhow::anyhow!("{:?}", victim.hops()))?;
+    assert_eq!(query_param(&auth, "prompt").as_deref(), Some("login"));
+    assert_eq!(query_param(&auth, "max_age").as_deref(), Some("0"));
+    let (status, body) = attacker_polls(&attacker, &sso, &device_code)?;
+    assert_no_credential(status, &body, "before the victim signed in again");
+    // The confirmation token is single use.
+    let replay = victim.get(next.as_str())?;
+    assert_eq!(replay.status, 403, "{}", replay.describe());
+    // The victim signs in again on the provider's form.
+    let form = login_form
+        .form("login")
+        .ok_or_else(|| anyhow::anyhow!("{}", login_form.describe()))?;
+    let posted = victim.submit(&form, &[("username", ALICE), ("password", ALICE_PASSWORD)])?;
+    let callback = victim
+        .follow_from(posted, &|u: &reqwest::Url| u.path() == "/oidc/callback")?
+        .stopped()?;
+    let done = victim.get(callback.as_str())?;
+    assert_eq!(done.status, 200, "{}", done.describe());
+    loop {
+        let (status, body) = attacker_polls(&attacker, &sso, &device_code)?;
+        if status == 200 {
+            assert!(body.to_string().contains("alice"), "{body}");
+            break;
+        }
+        polls += 1;
+        assert!(
+            polls < 20,
+            "the confirmed device login did not complete: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // The second, never confirmed, device login is still pending.
+    let (status, body) = attacker_polls(&attacker, &sso, &device_code2)?;
+    assert_no_credential(status, &body, "the unconfirmed login at the end");
+    Ok(())
+}

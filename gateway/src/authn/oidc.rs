@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata,
+    CoreAuthPrompt, CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreJsonWebKeySet,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::{
     AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, Nonce,
@@ -273,7 +273,11 @@ impl RelyingParty {
     }
 
     /// Builds an authorization request with fresh `state`, `nonce` and PKCE verifier.
-    pub async fn authorize(&self) -> Result<AuthRequest, LoginError> {
+    ///
+    /// With `fresh_sign_in` the provider is asked to authenticate the person again
+    /// (`prompt=login`, `max_age=0`) rather than complete silently from an existing session:
+    /// device logins use it, so a link alone cannot finish one for whoever is signed in.
+    pub async fn authorize(&self, fresh_sign_in: bool) -> Result<AuthRequest, LoginError> {
         let d = self.discovered().await?;
         let client = self.client(&d)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -286,6 +290,11 @@ impl RelyingParty {
             .set_pkce_challenge(challenge);
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
             req = req.add_scope(Scope::new(scope.clone()));
+        }
+        if fresh_sign_in {
+            req = req
+                .add_prompt(CoreAuthPrompt::Login)
+                .set_max_age(Duration::from_secs(0));
         }
         let (url, state, nonce) = req.url();
         Ok(AuthRequest {

@@ -10,7 +10,7 @@
 //! Errors are `{"error": code, "message": text}` with a fitting status. Every refusal of a
 //! credential or code is audited with its reason.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,11 @@ pub struct DeviceTx {
     interval: Duration,
     next_poll: Instant,
     result: Option<Credential>,
+    /// Where and when it was started: the confirmation page names both, so a person sent
+    /// someone else's code can tell.
+    source: IpAddr,
+    started: time::OffsetDateTime,
+    started_at: Instant,
 }
 
 enum DeviceKind {
@@ -133,6 +138,11 @@ impl DeviceTx {
 
     pub fn complete(&mut self, c: Credential) {
         self.result = Some(c);
+    }
+
+    /// The address that started it, when (UTC), and how long ago.
+    pub fn started(&self) -> (IpAddr, time::OffsetDateTime, Duration) {
+        (self.source, self.started, self.started_at.elapsed())
     }
 }
 
@@ -185,12 +195,16 @@ pub async fn device_start(
                 interval,
                 next_poll: Instant::now(),
                 result: None,
+                source: peer.ip().to_canonical(),
+                started: time::OffsetDateTime::now_utc(),
+                started_at: Instant::now(),
             },
+            // No `verification_uri_complete`, here or below: a link that carries the code is
+            // what an attacker would send a victim; the person types the code they see.
             serde_json::json!({
                 "device_code": handle,
                 "user_code": start.user_code,
                 "verification_uri": start.verification_uri,
-                "verification_uri_complete": start.verification_uri_complete,
                 "expires_in": expires,
                 "interval": interval.as_secs(),
             }),
@@ -206,12 +220,14 @@ pub async fn device_start(
                 interval: Duration::from_secs(2),
                 next_poll: Instant::now(),
                 result: None,
+                source: peer.ip().to_canonical(),
+                started: time::OffsetDateTime::now_utc(),
+                started_at: Instant::now(),
             },
             serde_json::json!({
                 "device_code": handle,
                 "user_code": format!("{}-{}", &user_code[..4], &user_code[4..]),
                 "verification_uri": verification,
-                "verification_uri_complete": format!("{verification}?user_code={user_code}"),
                 "expires_in": super::DEVICE_TTL.as_secs(),
                 "interval": 2,
             }),

@@ -9,6 +9,13 @@
 //! The `state` is bound to the browser by a `__Host-` cookie holding a second random value; a
 //! callback without it (a login CSRF, or a stolen callback URL) is refused. Every transaction is
 //! single use: a replayed callback finds nothing.
+//!
+//! A device login on the gateway's own page never completes from a link: `GET /device` shows
+//! where (source address) and when it was started and asks for a confirmation, a `POST /device`
+//! carrying a single-use CSRF token that must match a `SameSite=Strict` cookie set with the
+//! page. Only that POST yields the one-time `confirm` token without which
+//! `/login?device=CODE` refuses, and the provider is then asked for a fresh sign-in
+//! (`prompt=login`, `max_age=0`), so a session there does not finish it silently.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +34,19 @@ use crate::authn::pending::random_key;
 
 /// The cookie binding a login's `state` to the browser that started it.
 pub const BINDING_COOKIE: &str = "__Host-gatehouse_login";
+/// The cookie binding a device confirmation (its CSRF token, then its confirmation token) to
+/// the browser that was shown the confirmation page. `SameSite=Strict`: a cross-site form or
+/// link does not carry it.
+pub const DEVICE_COOKIE: &str = "__Host-gatehouse_device";
+
+/// A device confirmation form (keyed by its CSRF token) or a confirmed device login (keyed by
+/// its one-time confirmation token): which code, and the browser it is bound to.
+pub struct DeviceBinding {
+    /// SHA-256 of the [`DEVICE_COOKIE`] value.
+    pub binding: [u8; 32],
+    /// The normalised user code.
+    pub user_code: String,
+}
 
 /// Where the person goes after signing in.
 #[derive(Debug, Clone)]
@@ -59,6 +79,8 @@ pub struct StartParams {
     cli_challenge: Option<String>,
     return_to: Option<String>,
     device: Option<String>,
+    /// With `device`: the one-time token `POST /device` issued after the person confirmed.
+    confirm: Option<String>,
 }
 
 /// The CLI's redirect: `http://127.0.0.1:PORT/callback` (or `[::1]`/`localhost`), nothing else:
@@ -131,6 +153,7 @@ pub async fn home(State(web): State<Arc<Web>>) -> Response {
 pub async fn start(
     State(web): State<Arc<Web>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(p): Query<StartParams>,
 ) -> Response {
     let Some(rp) = web.rp.clone() else {
@@ -187,6 +210,34 @@ pub async fn start(
         }
         (None, None, Some(code)) => {
             let code = normalize_user_code(code);
+            // Only a confirmation made on the device page, in this browser, opens a device
+            // sign-in: a link to `/login?device=CODE` alone does nothing.
+            let confirmed = p
+                .confirm
+                .as_deref()
+                .filter(|c| !c.is_empty() && c.len() <= 128)
+                .and_then(|c| web.device_confirms.take(c))
+                .is_some_and(|b| {
+                    b.user_code == code
+                        && cookie(&headers, DEVICE_COOKIE)
+                            .is_some_and(|c| bool::from(sha256(&c).ct_eq(&b.binding)))
+                });
+            if !confirmed {
+                web.audit_refusal(
+                    EventKind::LoginFailed,
+                    "",
+                    "login",
+                    "device sign-in not confirmed on the device page",
+                    peer,
+                    serde_json::json!({ "flow": "device" }),
+                )
+                .await;
+                return login_failed(
+                    StatusCode::FORBIDDEN,
+                    "a device sign-in must be confirmed on the gateway's device page first: \
+                     open /device on this gateway and enter the code your terminal shows",
+                );
+            }
             let known = web
                 .devices
                 .find_update(|d| d.gateway_user_code() == Some(code.as_str()), |_| ())
@@ -211,7 +262,10 @@ pub async fn start(
             "too many sign-ins in progress from your address; finish one or wait a few minutes",
         );
     }
-    let auth = match rp.authorize().await {
+    // A device login always asks the provider for a fresh sign-in: an existing provider
+    // session must not complete it without the person noticing.
+    let fresh = matches!(ret, Return::Device(_));
+    let auth = match rp.authorize(fresh).await {
         Ok(a) => a,
         Err(e) => {
             web.audit_refusal(
@@ -433,32 +487,214 @@ pub struct DeviceParams {
     user_code: Option<String>,
 }
 
+/// The code entry form of the device page; `notice` is escaped HTML shown above it.
+fn device_entry(status: StatusCode, notice: &str) -> Response {
+    page(
+        status,
+        "Sign in a device",
+        &format!(
+            "{notice}<p>Enter the code your terminal shows. Only continue if you started \
+             <code>gatehouse login --device</code> yourself.</p>\
+             <form method=\"get\" action=\"/device\"><input name=\"user_code\" autocomplete=\"off\" \
+             maxlength=\"16\" autofocus> <button type=\"submit\">Continue</button></form>"
+        ),
+    )
+}
+
+fn ago(elapsed: std::time::Duration) -> String {
+    match elapsed.as_secs() / 60 {
+        0 => "less than a minute ago".into(),
+        1 => "1 minute ago".into(),
+        n => format!("{n} minutes ago"),
+    }
+}
+
+fn device_cookie_header(value: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        super::DEVICE_FORM_TTL.as_secs()
+    ))
+    .ok()
+}
+
 /// `GET /device`: the gateway's own verification page for device logins (used when the
-/// provider has no device flow). With a code, continues to sign-in.
-pub async fn device_page(State(web): State<Arc<Web>>, Query(p): Query<DeviceParams>) -> Response {
+/// provider has no device flow). Without a code it asks for one; with a known code it shows
+/// where and when that device login was started and asks the person to confirm with a POST
+/// (CSRF token in the form, bound to a `SameSite=Strict` cookie). Nothing here signs anyone
+/// in: a link to this page, sent by whoever started the login, stops at the confirmation.
+pub async fn device_page(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(p): Query<DeviceParams>,
+) -> Response {
     if web.rp.is_none() {
         return login_failed(StatusCode::NOT_FOUND, "single sign-on is not configured");
     }
-    match p.user_code.map(|c| normalize_user_code(&c)) {
-        Some(code) if !code.is_empty() => {
-            let mut url = reqwest::Url::parse("https://gatehouse.invalid/login").ok();
-            if let Some(u) = url.as_mut() {
-                u.query_pairs_mut().append_pair("device", &code);
-            }
-            let target = url
-                .map(|u| format!("/login?{}", u.query().unwrap_or_default()))
-                .unwrap_or_else(|| "/login".into());
-            Redirect::to(&target).into_response()
-        }
-        _ => page(
-            StatusCode::OK,
-            "Sign in a device",
-            "<p>Enter the code your terminal shows. Only continue if you started \
-             <code>gatehouse login --device</code> yourself.</p>\
-             <form method=\"get\" action=\"/device\"><input name=\"user_code\" autocomplete=\"off\" \
-             maxlength=\"16\" autofocus> <button type=\"submit\">Continue</button></form>",
-        ),
+    let code = match p.user_code.map(|c| normalize_user_code(&c)) {
+        Some(code) if !code.is_empty() => code,
+        _ => return device_entry(StatusCode::OK, ""),
+    };
+    let Some((source, started, elapsed)) = web.devices.find_update(
+        |d| d.gateway_user_code() == Some(code.as_str()),
+        |d| d.started(),
+    ) else {
+        return device_entry(
+            StatusCode::NOT_FOUND,
+            "<p><b>That code is unknown or has expired.</b> Check it, or start again with \
+             <code>gatehouse login --device</code>.</p>",
+        );
+    };
+    // Reuse this browser's binding if it has one (several tabs), else make one.
+    let binding = cookie(&headers, DEVICE_COOKIE)
+        .filter(|c| {
+            c.len() == 43
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .unwrap_or_else(random_key);
+    let csrf = random_key();
+    let form = DeviceBinding {
+        binding: sha256(&binding),
+        user_code: code.clone(),
+    };
+    if web.device_forms.insert(&csrf, form, peer.ip()).is_err() {
+        return login_failed(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins in progress from your address; finish one or wait a few minutes",
+        );
     }
+    let when = started
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+        ))
+        .unwrap_or_default();
+    let shown_code = if code.len() == 8 {
+        format!("{}-{}", &code[..4], &code[4..])
+    } else {
+        code.clone()
+    };
+    let body = format!(
+        "<p>A device sign-in was started from <b>{addr}</b> at <b>{when}</b> ({ago}) with the \
+         code <code>{shown}</code>.</p>\
+         <p><b>Continue only if you started it yourself on your own machine.</b> If someone \
+         sent you this link or code, close this page: continuing would give them your access.</p>\
+         <form method=\"post\" action=\"/device\">\
+         <input type=\"hidden\" name=\"user_code\" value=\"{code}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\" name=\"confirm\" value=\"yes\">I started it: continue and sign in</button>\
+         </form>",
+        addr = escape(&source.to_string()),
+        when = escape(&when),
+        ago = ago(elapsed),
+        shown = escape(&shown_code),
+        code = escape(&code),
+        csrf = escape(&csrf),
+    );
+    let mut resp = page(StatusCode::OK, "Confirm the device sign-in", &body);
+    if let Some(v) = device_cookie_header(&binding) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeviceConfirmForm {
+    user_code: Option<String>,
+    csrf: Option<String>,
+}
+
+/// `POST /device`: the person confirmed on the confirmation page. Checks the CSRF token
+/// against the browser's cookie and the code, then sends the browser on to a fresh sign-in
+/// at the provider with a one-time confirmation token.
+pub async fn device_confirm(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Result<axum::Form<DeviceConfirmForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if web.rp.is_none() {
+        return login_failed(StatusCode::NOT_FOUND, "single sign-on is not configured");
+    }
+    let refuse = |reason: &'static str| {
+        let web = web.clone();
+        async move {
+            web.audit_refusal(
+                EventKind::LoginFailed,
+                "",
+                "login",
+                reason,
+                peer,
+                serde_json::json!({ "flow": "device" }),
+            )
+            .await;
+            login_failed(StatusCode::FORBIDDEN, reason)
+        }
+    };
+    // A browser sends Origin with a POST; one from elsewhere is a cross-site form.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ours = reqwest::Url::parse(&web.config.http.public_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        if origin.to_str().ok() != Some(ours.as_str()) {
+            return refuse("the device confirmation was not sent from the gateway's own page")
+                .await;
+        }
+    }
+    let Ok(axum::Form(f)) = form else {
+        return refuse("the device confirmation form is malformed").await;
+    };
+    let code = normalize_user_code(f.user_code.as_deref().unwrap_or_default());
+    let Some(entry) = f
+        .csrf
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= 128)
+        .and_then(|c| web.device_forms.take(c))
+    else {
+        return refuse("the device confirmation form is unknown, expired or already used").await;
+    };
+    let Some(binding) = cookie(&headers, DEVICE_COOKIE) else {
+        return refuse("the device confirmation was not made on this browser's page").await;
+    };
+    if !bool::from(sha256(&binding).ct_eq(&entry.binding)) || entry.user_code != code {
+        return refuse("the device confirmation was not made on this browser's page").await;
+    }
+    let known = web
+        .devices
+        .find_update(|d| d.gateway_user_code() == Some(code.as_str()), |_| ())
+        .is_some();
+    if !known {
+        return refuse("unknown or expired device code").await;
+    }
+    let token = random_key();
+    let confirmed = DeviceBinding {
+        binding: entry.binding,
+        user_code: code.clone(),
+    };
+    if web
+        .device_confirms
+        .insert(&token, confirmed, peer.ip())
+        .is_err()
+    {
+        return login_failed(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins in progress from your address; finish one or wait a few minutes",
+        );
+    }
+    let mut url = match reqwest::Url::parse("https://gatehouse.invalid/login") {
+        Ok(u) => u,
+        Err(_) => return login_failed(StatusCode::INTERNAL_SERVER_ERROR, "bad URL"),
+    };
+    url.query_pairs_mut()
+        .append_pair("device", &code)
+        .append_pair("confirm", &token);
+    let target = format!("/login?{}", url.query().unwrap_or_default());
+    let mut resp = Redirect::to(&target).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Upper-cases a user code and drops separators.
@@ -494,6 +730,14 @@ mod tests {
         ] {
             assert!(!loopback_redirect(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn device_confirmation_says_how_long_ago() {
+        use std::time::Duration;
+        assert_eq!(ago(Duration::from_secs(30)), "less than a minute ago");
+        assert_eq!(ago(Duration::from_secs(61)), "1 minute ago");
+        assert_eq!(ago(Duration::from_secs(600)), "10 minutes ago");
     }
 
     #[test]
