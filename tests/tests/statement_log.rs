@@ -142,6 +142,33 @@ fn a_fast_path_function_call_is_refused_and_nothing_runs() -> anyhow::Result<()>
 }
 
 #[test]
+fn a_resource_that_allows_fast_path_calls_logs_each_one() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .allow_plaintext(true)
+            .resource(Resource::orders_dev(&pg, "orders-db").raw("function_calls", "true")),
+    )?;
+    let token = gw.token("alice", &["engineering"], "1h")?;
+    let file = gatehouse_tests::temp_dir("lo-allowed")?;
+    let blob = file.path().join("blob.bin");
+    std::fs::write(&blob, b"logged bytes")?;
+    let out = Psql::new(gw.pg_addr(), "orders-db", "alice")
+        .password(&token)
+        .run_script(&format!("\\lo_import '{}'\n", blob.display()))?;
+    assert!(out.stdout.contains("lo_import"), "{out:?}");
+    assert_eq!(
+        pg.exec("orders", "select count(*) from pg_largeobject_metadata")?
+            .trim(),
+        "1"
+    );
+    let call = statement_where(&gw, |e| e["action"] == "function_call")?;
+    let text = call["detail"]["statement"].as_str().unwrap_or_default();
+    assert!(text.starts_with("function call: oid "), "{call}");
+    Ok(())
+}
+
+#[test]
 fn a_long_comment_cannot_push_the_statement_out_of_the_log() -> anyhow::Result<()> {
     let pg = PgServer::start()?;
     let gw = gateway(&pg)?;

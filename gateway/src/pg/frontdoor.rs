@@ -416,8 +416,9 @@ impl FrontDoor {
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
             log_parameters: resource.postgres().is_some_and(|pg| pg.log_parameters),
-            // Fast-path calls run functions outside SQL: refused (a protocol error naming them).
-            function_calls: false,
+            // Fast-path calls run functions outside SQL: refused (a protocol error naming
+            // them) unless the resource lets them through, each logged.
+            function_calls: resource.postgres().is_some_and(|pg| pg.function_calls),
         };
         let sink = SessionSink {
             audit: self.audit.clone(),
@@ -619,8 +620,9 @@ impl FrontDoor {
             max_message_bytes: self.config.postgres.max_message_bytes,
             statement_max_bytes: self.config.audit.statement_max_bytes,
             log_parameters: resource.postgres().is_some_and(|pg| pg.log_parameters),
-            // Fast-path calls run functions outside SQL: refused (a protocol error naming them).
-            function_calls: false,
+            // Fast-path calls run functions outside SQL: refused (a protocol error naming
+            // them) unless the resource lets them through, each logged.
+            function_calls: resource.postgres().is_some_and(|pg| pg.function_calls),
         };
         let open = OpenSession {
             session_id: session_id.to_string(),

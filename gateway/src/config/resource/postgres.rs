@@ -1,6 +1,6 @@
 //! `kind = "postgres"` resources: the keys they take (address, database, brokered credentials
-//! per role, upstream TLS and authentication methods, `log_parameters`, `agent_roles` behind an
-//! agent), their validation, and the validated [`PostgresResource`].
+//! per role, upstream TLS and authentication methods, `log_parameters`, `function_calls`,
+//! `agent_roles` behind an agent), their validation, and the validated [`PostgresResource`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ use crate::config::{duration, invalid, ConfigError};
 pub struct PostgresResource {
     /// Whether bind parameters are written to the audit log with their statements.
     pub log_parameters: bool,
+    /// Whether fast-path function calls (`PQfn`, large objects) pass, each logged as a
+    /// `function_call` statement; refused by default.
+    pub function_calls: bool,
     pub reach: Reach<PostgresDirect>,
 }
 
@@ -58,6 +61,7 @@ struct PostgresResourceFile {
     address: Option<String>,
     database: Option<String>,
     log_parameters: Option<bool>,
+    function_calls: Option<bool>,
     connect_timeout: Option<String>,
     credential: Option<CredentialFile>,
     /// More roles than the default `read`, each with its own brokered credential.
@@ -85,6 +89,7 @@ pub(super) fn parse(
         "5s",
     )?;
     let log_parameters = r.log_parameters.unwrap_or(false);
+    let function_calls = r.function_calls.unwrap_or(false);
 
     if let Some(agent) = cx.agent {
         if r.address.is_some()
@@ -106,6 +111,7 @@ pub(super) fn parse(
         }
         let pg = PostgresResource {
             log_parameters,
+            function_calls,
             reach: Reach::Agent(agent.to_string()),
         };
         return Ok((pg, r.agent_roles));
@@ -167,6 +173,7 @@ pub(super) fn parse(
     };
     let pg = PostgresResource {
         log_parameters,
+        function_calls,
         reach: Reach::Direct(direct),
     };
     Ok((pg, more))
