@@ -125,7 +125,11 @@ impl Observer {
                     return Ok(None);
                 };
                 if changes_prepared_statements(&text) {
+                    // Which names the SQL made or dropped is not known here: forget them all,
+                    // so that a name re-prepared through the protocol is believed (its Parse
+                    // is logged) and others are reported as not seen, never with a stale text.
                     self.sql_prepares = true;
+                    self.statements.clear();
                 }
                 let t = self.bound(&text);
                 self.queue(Pending::Barrier)?;
@@ -607,6 +611,23 @@ mod tests {
         o.server_message(b'Z');
         o.observe(b'B', &bind("", "s1", &[])).unwrap();
         assert_eq!(exec(&mut o, "").text, "select 'new'");
+    }
+
+    #[test]
+    fn sql_that_changes_prepared_statements_leaves_no_stale_text() {
+        let mut o = Observer::new(1000, false);
+        o.observe(b'P', &parse("x1", "select 'harmless'")).unwrap();
+        o.observe(b'S', &[]).unwrap();
+        o.server_message(b'1');
+        o.server_message(b'Z');
+        o.observe(b'Q', &cstr("DEALLOCATE x1")).unwrap();
+        // Pipelined behind it: x1 prepared anew and run.
+        o.observe(b'P', &parse("x1", "delete from orders")).unwrap();
+        o.observe(b'B', &bind("", "x1", &[])).unwrap();
+        assert_eq!(exec(&mut o, "").text, "delete from orders");
+        // A name the SQL may have made is reported as such.
+        o.observe(b'B', &bind("", "made_by_sql", &[])).unwrap();
+        assert!(exec(&mut o, "").text.contains("made by SQL PREPARE"));
     }
 
     #[test]
