@@ -741,11 +741,63 @@ impl Gateway {
         Ok(format!("https://{}", self.https_addr()?))
     }
 
+    /// A credential as a sign-in gives one to a person: a login row in the store and a 1 h
+    /// credential naming it (`auth` = `oidc`), signed with this gateway's token key. The
+    /// sign-in flow itself is tested against the real provider (`tests/sso*.rs`); this is the
+    /// person it produces, for tests about what people do with their access. Issued tokens
+    /// ([`token`](Self::token)) are service accounts.
+    pub fn person_token(&self, user: &str, groups: &[&str]) -> anyhow::Result<String> {
+        use gatehouse_gateway::authn::token::LoginClaims;
+        use gatehouse_gateway::config::{Config, ProcessEnv, Secrets};
+        use gatehouse_gateway::store::{logins::Login, Store};
+
+        let config = Config::load(&self.config_path, &ProcessEnv, Secrets::Skip)?;
+        let tokens = gatehouse_gateway::server::token_authority(&config)?;
+        let sid: String = random_hex();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let amr = vec!["pwd".to_string()];
+        let (token, _) = tokens
+            .issue_login(
+                user,
+                &groups,
+                Duration::from_secs(3600),
+                LoginClaims {
+                    sid: sid.clone(),
+                    amr: amr.clone(),
+                    mfa: false,
+                },
+            )
+            .map_err(|e| anyhow!("minting a login credential: {e}"))?;
+        let now = gatehouse_gateway::audit::event::now_ts();
+        let login = Login {
+            id: sid,
+            user: user.to_string(),
+            flow: "test".into(),
+            created: now.clone(),
+            expires: "2099-01-01T00:00:00.000000Z".into(),
+            amr,
+            mfa: false,
+            revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let store = Store::open(&config.store_url).await?;
+                store.insert_login(&login).await?;
+                anyhow::Ok(())
+            })
+            .context("recording the login in the store")?;
+        Ok(token)
+    }
+
     /// A home directory for the `gatehouse` CLI holding a saved credential for `user` in
-    /// `groups` (an issued 1 h token, as `gatehouse login` would save it); use with
-    /// [`as_user`](Self::as_user).
+    /// `groups`, as `gatehouse login` saves it (a person's sign-in, see
+    /// [`person_token`](Self::person_token)); use with [`as_user`](Self::as_user).
     pub fn engineer(&self, user: &str, groups: &[&str]) -> anyhow::Result<TempDir> {
-        let token = self.token(user, groups, "1h")?;
+        let token = self.person_token(user, groups)?;
         let home = temp_dir(&format!("home-{user}"))?;
         let saved = serde_json::json!({
             "gateway": self.https_url()?,
@@ -1085,4 +1137,11 @@ impl Drop for Gateway {
         // SIGKILL via the watchdog before the TempDir field goes.
         self.proc.take();
     }
+}
+
+/// 16 random bytes as hex, for login ids.
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

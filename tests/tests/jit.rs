@@ -955,3 +955,59 @@ fn requests_grants_and_reasons_are_shown_only_to_their_subject_and_approvers() -
     assert!(!shows_it(&carol)?, "another engineer does not");
     Ok(())
 }
+
+#[test]
+fn a_service_token_does_not_supply_an_approval() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = gateway(&pg, None, &[])?;
+    let bob = gw.engineer("bob", &["engineering"])?;
+    let dana = gw.engineer("dana", &["dba"])?;
+    // A service account in the approvers' group, its issued token saved like a login (what a
+    // person holding it would do to add a second approval).
+    let bot = gatehouse_tests::temp_dir("home-ci-bot")?;
+    let token = gw.token("ci-bot", &["dba"], "1h")?;
+    std::fs::write(
+        bot.join("credentials.json"),
+        serde_json::json!({
+            "gateway": gw.https_url()?, "ca_file": gw.tls_cert(), "credential": token,
+            "user": "ci-bot", "groups": ["dba"], "mfa": false,
+            "expires_at": 4_102_444_800u64, "postgres": gw.pg_addr().to_string(),
+        })
+        .to_string(),
+    )?;
+    let out = gw
+        .as_user(
+            &bob,
+            &[
+                "request",
+                "ledger-db",
+                "--role",
+                "write",
+                "--for",
+                "1h",
+                "--reason",
+                "INC-5",
+            ],
+        )?
+        .ok()?;
+    let id = request_id(&out)?.to_string();
+    gw.as_user(&dana, &["approve", &id])?.ok()?;
+    let out = gw.as_user(&bot, &["approve", &id])?;
+    assert!(
+        !out.success() && out.stderr.contains("policy does not let ci-bot"),
+        "{out}"
+    );
+    // Still one approval of two: no grant.
+    let out = gw.as_user(&bob, &["requests"])?.ok()?;
+    assert!(out.stdout.contains("1/2"), "{out}");
+    let refused = events(&gw, "request.refused")?;
+    assert!(
+        refused.iter().any(|e| e["actor"] == "ci-bot"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("denied by `approvals-by-people`"))),
+        "{refused:#?}"
+    );
+    assert!(events(&gw, "grant.start")?.is_empty());
+    Ok(())
+}

@@ -55,6 +55,8 @@ fn jit(
     req.action = action;
     req.context.role = role.to_owned();
     req.context.duration_secs = duration_secs;
+    // People signed in through the identity provider (only they approve).
+    req.context.auth_method = "oidc".to_owned();
     req
 }
 
@@ -155,6 +157,11 @@ fn default_policies_are_listed_with_effect_controls_and_place() {
                 "dba-approve".to_owned(),
                 Effect::Permit,
                 s(&["5.3", "5.15", "8.2"])
+            ),
+            (
+                "approvals-by-people".to_owned(),
+                Effect::Forbid,
+                s(&["5.3", "5.17"])
             ),
             ("no-self-approval".to_owned(), Effect::Forbid, s(&["5.3"])),
             (
@@ -572,6 +579,13 @@ fn approvals_follow_group_duration_and_requester() {
     assert!(!d.allowed);
     assert_eq!(d.policy_ids, ["no-self-approval"]);
     assert_eq!(d.controls, ["5.3", "5.15"]);
+    // A service token in the dba group does not approve.
+    let mut token = jit("ci-bot", &["dba"], Action::Approve, "prod", "write", 3600);
+    token.context.requester = "bob".to_owned();
+    token.context.auth_method = "gateway_token".to_owned();
+    let d = engine.authorize(&token);
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["approvals-by-people"]);
     let mut engineer = jit(
         "dave",
         &["engineering"],
