@@ -214,6 +214,33 @@ impl Access {
         err: AccessError,
         detail: serde_json::Value,
     ) -> AccessError {
+        self.refuse_by(caller, action, resource, err, detail, None)
+            .await
+    }
+
+    /// A refusal by the policies: the event names the determining policies and their controls.
+    async fn refuse_by_policy(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        err: AccessError,
+        detail: serde_json::Value,
+        decision: &gatehouse_policies::Decision,
+    ) -> AccessError {
+        self.refuse_by(caller, action, resource, err, detail, Some(decision))
+            .await
+    }
+
+    async fn refuse_by(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        err: AccessError,
+        detail: serde_json::Value,
+        decision: Option<&gatehouse_policies::Decision>,
+    ) -> AccessError {
         let mut e = NewEvent::new(EventKind::RequestRefused);
         e.actor = caller.user.clone();
         e.resource = resource.to_string();
@@ -221,6 +248,10 @@ impl Access {
         e.decision = "deny".into();
         e.reason = err.to_string();
         e.detail = detail;
+        if let Some(d) = decision {
+            e.policy_ids = d.policy_ids.clone();
+            e.controls = d.controls.clone();
+        }
         if let Err(err) = self.audit.record_durable(e).await {
             warn!(error = %err, "cannot record a refusal");
         }

@@ -1003,9 +1003,8 @@ fn a_service_token_does_not_supply_an_approval() -> anyhow::Result<()> {
     let refused = events(&gw, "request.refused")?;
     assert!(
         refused.iter().any(|e| e["actor"] == "ci-bot"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("denied by `approvals-by-people`"))),
+            && e["policy_ids"] == serde_json::json!(["approvals-by-people"])
+            && e["controls"].to_string().contains("5.17")),
         "{refused:#?}"
     );
     assert!(events(&gw, "grant.start")?.is_empty());

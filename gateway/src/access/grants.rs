@@ -63,7 +63,9 @@ impl Access {
                 "policy does not let {} grant `{role}` on `{resource}`: {}",
                 caller.user, decision.reason
             ));
-            return Err(self.refuse(caller, "grant", resource, e, detail).await);
+            return Err(self
+                .refuse_by_policy(caller, "grant", resource, e, detail, &decision)
+                .await);
         }
         if let Err(e) = self
             .direct_grant_within_policy(caller, user, &r, role, duration)

@@ -64,7 +64,9 @@ impl Access {
                 "policy does not let {} {action_name} `{role}` on `{resource}`: {}",
                 caller.user, decision.reason
             ));
-            return Err(self.refuse(caller, action_name, resource, e, detail).await);
+            return Err(self
+                .refuse_by_policy(caller, action_name, resource, e, detail, &decision)
+                .await);
         }
         if let Some(max) = decision.max_duration_secs {
             if duration.as_secs() > max {
@@ -161,7 +163,9 @@ impl Access {
                 "policy does not let {} approve `{}` on `{}`: {}",
                 caller.user, req.role, req.resource, decision.reason
             ));
-            return Err(self.refuse(caller, action, &req.resource, e, detail).await);
+            return Err(self
+                .refuse_by_policy(caller, action, &req.resource, e, detail, &decision)
+                .await);
         }
         Ok(decision.policy_ids)
     }
