@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{Connection as _, PgConnection};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::pg::{clear_pg_env, client_tool};
@@ -433,6 +433,27 @@ pub async fn raw_connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
         .map_err(|_| anyhow!("connecting to {addr} timed out"))?
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// A plaintext session attempt to a gateway that allows plaintext: the startup packet for
+/// `user` and `database`, the cleartext password request (asserted), then `password` as the
+/// PasswordMessage. Returns the stream with the gateway's answer to the password unread.
+pub async fn raw_password_login(
+    addr: SocketAddr,
+    user: &str,
+    database: &str,
+    password: &[u8],
+) -> anyhow::Result<TcpStream> {
+    let mut s = raw_connect(addr).await?;
+    s.write_all(&startup_packet(user, database, &[])).await?;
+    let auth = read_backend_message(&mut s).await?;
+    if auth.auth_code() != Some(3) {
+        bail!("expected the cleartext password request, got {auth:?}");
+    }
+    let mut pw = password.to_vec();
+    pw.push(0);
+    s.write_all(&frontend_message(b'p', &pw)).await?;
     Ok(s)
 }
 

@@ -71,9 +71,9 @@ pub mod webhook;
 pub use browser::{query_param, Browser, Followed, Form, Hop, Page};
 pub use clients::{
     cancel_request, frontend_message, gssenc_request, password_message, pgbench, psql, psql_async,
-    psql_script, query_message, raw_connect, read_backend_message, read_byte, read_to_close,
-    rust_client, rust_client_options, ssl_request, startup_packet, terminate_message, untagged,
-    BackendMessage, Pgbench, PgbenchOutput, Psql, PsqlOutput,
+    psql_script, query_message, raw_connect, raw_password_login, read_backend_message, read_byte,
+    read_to_close, rust_client, rust_client_options, ssl_request, startup_packet,
+    terminate_message, untagged, BackendMessage, Pgbench, PgbenchOutput, Psql, PsqlOutput,
 };
 pub use gateway::{gatehouse, gatehouse_bin, Gateway, GatewayConfig, Resource};
 pub use oidc::{OidcClient, OidcProvider, OidcSpec, OidcUser};

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use gatehouse_tests::{
-    cancel_request, frontend_message, raw_connect, read_backend_message, read_byte, read_to_close,
-    ssl_request, startup_packet, Gateway, GatewayConfig, PgServer, Resource,
+    cancel_request, raw_connect, raw_password_login, read_backend_message, read_byte,
+    read_to_close, ssl_request, startup_packet, Gateway, GatewayConfig, PgServer, Resource,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -120,13 +120,7 @@ async fn huge_message_lengths_are_refused_before_buffering() -> anyhow::Result<(
     );
 
     // Inside an established session: a Query claiming 1 GiB ends the session with 08P01.
-    let mut s = raw_connect(gw.pg_addr()).await?;
-    s.write_all(&startup_packet("alice", "orders-db", &[]))
-        .await?;
-    read_backend_message(&mut s).await?;
-    let mut pw = token.into_bytes();
-    pw.push(0);
-    s.write_all(&frontend_message(b'p', &pw)).await?;
+    let mut s = raw_password_login(gw.pg_addr(), "alice", "orders-db", token.as_bytes()).await?;
     loop {
         let m = read_backend_message(&mut s).await?;
         assert_ne!(m.tag, b'E', "login failed: {:?}", m.message());
@@ -282,13 +276,7 @@ async fn a_flood_of_forged_credentials_is_a_few_events_and_a_count() -> anyhow::
     };
     let flood = 200;
     for _ in 0..flood {
-        let mut s = raw_connect(gw.pg_addr()).await?;
-        s.write_all(&startup_packet("alice", "orders-db", &[]))
-            .await?;
-        let auth = read_backend_message(&mut s).await?;
-        assert_eq!(auth.auth_code(), Some(3));
-        s.write_all(&frontend_message(b'p', b"not-a-token\0"))
-            .await?;
+        let mut s = raw_password_login(gw.pg_addr(), "alice", "orders-db", b"not-a-token").await?;
         let refused = read_backend_message(&mut s).await?;
         assert_eq!(refused.sqlstate().as_deref(), Some("28P01"));
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use gatehouse_tests::{
-    frontend_message, raw_connect, read_backend_message, startup_packet, Gateway, GatewayConfig,
+    raw_connect, raw_password_login, read_backend_message, startup_packet, Gateway, GatewayConfig,
     PgServer, Resource,
 };
 use tokio::io::AsyncWriteExt;
@@ -42,14 +42,7 @@ async fn client_controlled_values_cannot_forge_log_lines() -> anyhow::Result<()>
         .unwrap_or_default()
         .contains("not one gatehouse issues credentials to"));
     // A token whose key id carries a forged line.
-    let mut s = raw_connect(gw.pg_addr()).await?;
-    s.write_all(&startup_packet("mallory", "orders-db", &[]))
-        .await?;
-    let auth = read_backend_message(&mut s).await?;
-    assert_eq!(auth.auth_code(), Some(3));
-    let mut pw = token.into_bytes();
-    pw.push(0);
-    s.write_all(&frontend_message(b'p', &pw)).await?;
+    let mut s = raw_password_login(gw.pg_addr(), "mallory", "orders-db", token.as_bytes()).await?;
     let refused = read_backend_message(&mut s).await?;
     assert_eq!(refused.sqlstate().as_deref(), Some("28P01"));
     gw.wait_for_event(|e| e["kind"] == "auth.failed", Duration::from_secs(10))?;

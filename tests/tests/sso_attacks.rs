@@ -789,7 +789,6 @@ fn a_device_login_link_sent_to_a_signed_in_victim_does_not_complete() -> anyhow:
 
     // 4. Only when the victim confirms and signs in again at the provider (their session is
     //    not enough: a fresh sign-in is demanded) does it complete.
-    let mut polls = 0;
     let redirected = victim.submit(&confirm, &[])?;
     assert_eq!(redirected.status, 303, "{}", redirected.describe());
     let next = redirected
@@ -827,19 +826,16 @@ fn a_device_login_link_sent_to_a_signed_in_victim_does_not_complete() -> anyhow:
         .stopped()?;
     let done = victim.get(callback.as_str())?;
     assert_eq!(done.status, 200, "{}", done.describe());
-    loop {
-        let (status, body) = attacker_polls(&attacker, &sso, &device_code)?;
-        if status == 200 {
-            assert!(body.to_string().contains("alice"), "{body}");
-            break;
-        }
-        polls += 1;
-        assert!(
-            polls < 20,
-            "the confirmed device login did not complete: {body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    let credential = gatehouse_tests::util::poll(
+        std::time::Duration::from_secs(6),
+        std::time::Duration::from_millis(300),
+        || {
+            let (status, body) = attacker_polls(&attacker, &sso, &device_code)?;
+            Ok((status == 200).then_some(body))
+        },
+    )?
+    .ok_or_else(|| anyhow::anyhow!("the confirmed device login did not complete"))?;
+    assert!(credential.to_string().contains("alice"), "{credential}");
     // The second, never confirmed, device login is still pending.
     let (status, body) = attacker_polls(&attacker, &sso, &device_code2)?;
     assert_no_credential(status, &body, "the unconfirmed login at the end");

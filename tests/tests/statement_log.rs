@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use gatehouse_tests::util::poll;
 use gatehouse_tests::{
-    frontend_message, query_message, raw_connect, read_backend_message, read_to_close,
-    startup_packet, BackendMessage, Gateway, GatewayConfig, PgServer, Psql, Resource,
+    frontend_message, query_message, raw_password_login, read_backend_message, read_to_close,
+    BackendMessage, Gateway, GatewayConfig, PgServer, Psql, Resource,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -42,13 +42,7 @@ fn statement_where(
 /// A plaintext session as alice, logged in, at its first ReadyForQuery.
 async fn session(gw: &Gateway) -> anyhow::Result<TcpStream> {
     let token = gw.token("alice", &["engineering"], "1h")?;
-    let mut s = raw_connect(gw.pg_addr()).await?;
-    s.write_all(&startup_packet("alice", "orders-db", &[]))
-        .await?;
-    read_backend_message(&mut s).await?;
-    let mut pw = token.into_bytes();
-    pw.push(0);
-    s.write_all(&frontend_message(b'p', &pw)).await?;
+    let mut s = raw_password_login(gw.pg_addr(), "alice", "orders-db", token.as_bytes()).await?;
     until_ready(&mut s).await?;
     Ok(s)
 }

@@ -335,38 +335,16 @@ fn disabling_the_user_cuts_a_live_tcp_session() -> anyhow::Result<()> {
     let c = Connect::spawn(&gw, "cache", &token, &["--once"])?;
 
     // A session that lasts until something ends it.
-    let mut subscriber = Command::new("redis-cli")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &c.port.to_string(),
-            "subscribe",
-            "ch",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting redis-cli subscribe")?;
+    let mut subscriber = subscribe(c.port)?;
     gw.wait_for_event(
         |e| e["kind"] == "session.start" && e["resource"] == "cache",
         Duration::from_secs(10),
     )?;
     // The subscription is live upstream.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis
-        .cli(&["pubsub", "numsub", "ch"])?
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        != Some("1")
-    {
-        if Instant::now() > deadline {
-            bail!("the subscription never reached redis");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        Ok((subscribers(&redis)? == "1").then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the subscription never reached redis"))?;
     assert!(subscriber.try_wait()?.is_none());
 
     let cfg = gw.config_path().to_string_lossy().into_owned();
@@ -406,19 +384,10 @@ fn disabling_the_user_cuts_a_live_tcp_session() -> anyhow::Result<()> {
         .iter()
         .any(|e| e["kind"] == "session.cut" && e["actor"] == "alice" && e["resource"] == "cache"));
     // Upstream the subscription is gone too.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis
-        .cli(&["pubsub", "numsub", "ch"])?
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        != Some("0")
-    {
-        if Instant::now() > deadline {
-            bail!("the subscription outlived the cut");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok((subscribers(&redis)? == "0").then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the subscription outlived the cut"))?;
 
     // And a new connection is refused as a disabled user.
     let c = Connect::spawn(&gw, "cache", &token, &["--once"])?;
@@ -482,6 +451,25 @@ fn a_graceful_stop_ends_live_tcp_sessions() -> anyhow::Result<()> {
         "the session's end is recorded before gateway.stop"
     );
     Ok(())
+}
+
+/// `redis-cli subscribe ch` through the local port of a `gatehouse connect`: a session that
+/// lasts until something ends it.
+fn subscribe(port: u16) -> anyhow::Result<Child> {
+    Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "subscribe",
+            "ch",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting redis-cli subscribe")
 }
 
 /// The subscriber count of channel `ch` on the real server.
@@ -554,20 +542,7 @@ fn a_tcp_resource_behind_a_remote_agent_is_reached_audited_and_cut_through_it() 
     // A long session is cut by a disable: the gateway asks the agent, which ends it (its end
     // event says so) and closes the upstream connection.
     let c = Connect::spawn(&gw, "cache", &token, &["--once"])?;
-    let mut subscriber = Command::new("redis-cli")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &c.port.to_string(),
-            "subscribe",
-            "ch",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting redis-cli subscribe")?;
+    let mut subscriber = subscribe(c.port)?;
     poll(Duration::from_secs(10), Duration::from_millis(20), || {
         Ok((subscribers(&redis)? == "1").then_some(()))
     })?

@@ -37,9 +37,16 @@ const GATEWAY_PARAMS: &[&str] = &["user", "database"];
 pub struct Vetted {
     /// Settings to pass upstream as startup parameters, `options` unpacked.
     pub settings: Vec<(String, String)>,
-    /// `_pq_.*` protocol options the gateway does not support (named in
-    /// `NegotiateProtocolVersion`, as PostgreSQL does; the session goes on without them).
-    pub unsupported_protocol_options: Vec<String>,
+}
+
+/// The `_pq_.*` protocol options of a startup packet: the gateway supports none, and names them
+/// in `NegotiateProtocolVersion` as PostgreSQL does (the session goes on without them).
+pub fn protocol_options(params: &[(String, String)]) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Why a startup packet asks for something the gateway does not do.
@@ -62,7 +69,6 @@ pub fn vet(params: &[(String, String)]) -> Result<Vetted, Refused> {
             continue;
         }
         if lower.starts_with("_pq_.") {
-            out.unsupported_protocol_options.push(key.clone());
             continue;
         }
         match lower.as_str() {
@@ -173,7 +179,10 @@ mod tests {
                 ("search_path", "a b"),
             ])
         );
-        assert_eq!(v.unsupported_protocol_options, ["_pq_.test"]);
+        assert_eq!(
+            protocol_options(&p(&[("user", "alice"), ("_pq_.test", "x")])),
+            ["_pq_.test"]
+        );
     }
 
     #[test]

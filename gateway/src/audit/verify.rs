@@ -126,9 +126,6 @@ impl ChainVerifier {
     /// other without a gap: rows a writer without the audit key added are named.
     fn check_seal(&mut self, e: &AuditEvent) -> Result<(), VerifyError> {
         let Some(text) = &e.seal else {
-            if self.sealed_to.is_none() {
-                self.report.before_seals += 1;
-            }
             return Ok(());
         };
         let seal = Seal::decode(text).ok_or_else(|| fail(e.seq, "malformed commit seal"))?;
@@ -158,11 +155,8 @@ impl ChainVerifier {
                 ));
             }
             Some(_) => {}
-            // The first seal: events before it in this commit were counted as before seals.
-            None => {
-                let in_commit = e.seq + 1 - seal.from.max(self.report.first_seq);
-                self.report.before_seals = self.report.before_seals.saturating_sub(in_commit - 1);
-            }
+            // The first seal: the events before its commit were written before sealing began.
+            None => self.report.before_seals = seal.from.saturating_sub(self.report.first_seq),
         }
         self.sealed_to = Some(e.seq);
         Ok(())
@@ -217,7 +211,11 @@ impl ChainVerifier {
 
     /// Ends verification: a checkpoint beyond the last event means the log was truncated, and
     /// (for the whole log) events after the last commit seal were written by no gateway.
-    pub fn finish(self) -> Result<VerifyReport, VerifyError> {
+    pub fn finish(mut self) -> Result<VerifyReport, VerifyError> {
+        if self.sealed_to.is_none() {
+            // No seal at all: every event is from before sealing began.
+            self.report.before_seals = self.report.events;
+        }
         if let Some((&seq, _)) = self.checkpoints.range(self.expected_seq..).next() {
             return Err(fail(
                 self.expected_seq,

@@ -466,11 +466,7 @@ impl FrontDoor {
         // 1. The cleartext password exchange: the password is a gateway token. Before it, as
         // PostgreSQL does, the protocol version and options the gateway does not speak.
         let mut out = BytesMut::new();
-        let protocol_options: Vec<String> = params
-            .iter()
-            .filter(|(k, _)| k.starts_with("_pq_."))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let protocol_options = startup::protocol_options(params);
         if minor > 0 || !protocol_options.is_empty() {
             pgwire::negotiate_protocol_version(&mut out, 0, &protocol_options);
         }
