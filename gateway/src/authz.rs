@@ -11,12 +11,15 @@ use gatehouse_policies::{
 
 use crate::config::Resource;
 
+// The message holds the cause; no `source()` as well, or `{:#}` prints it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {
-    #[error("cannot read policy directory `{path}`: {source}")]
+    #[error("policy directory `{0}` does not exist or is not a directory")]
+    NoDirectory(PathBuf),
+    #[error("cannot read `{path}`: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("policy directory `{0}` has no .cedar files")]
     NoPolicies(PathBuf),
@@ -26,6 +29,9 @@ pub enum AuthzError {
 
 /// Loads and validates every policy in `dir` against `dir/schema.cedarschema`.
 pub fn load_policies(dir: &Path) -> Result<PolicyEngine, AuthzError> {
+    if !dir.is_dir() {
+        return Err(AuthzError::NoDirectory(dir.to_path_buf()));
+    }
     let schema_path = dir.join("schema.cedarschema");
     let schema = read(&schema_path)?;
     let files = read_dir_with_ext(dir, "cedar")?;
@@ -45,16 +51,16 @@ pub fn load_cases(dir: &Path) -> Result<Vec<TestCase>, AuthzError> {
 }
 
 fn read(path: &Path) -> Result<String, AuthzError> {
-    std::fs::read_to_string(path).map_err(|source| AuthzError::Read {
+    std::fs::read_to_string(path).map_err(|error| AuthzError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
 fn read_dir_with_ext(dir: &Path, ext: &str) -> Result<Vec<(String, String)>, AuthzError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| AuthzError::Read {
+    let entries = std::fs::read_dir(dir).map_err(|error| AuthzError::Read {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)

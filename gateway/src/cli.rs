@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod agents;
 mod audit;
 mod keys;
+mod operator;
 mod policy;
 mod sessions;
 mod tokens;
@@ -25,8 +26,51 @@ use crate::config::{Config, ProcessEnv, Secrets};
 pub(crate) use self::audit::record_from_cli;
 pub use self::audit::{verify_store, verify_store_anchored, Anchor};
 
-/// Exit code for configuration errors (EX_CONFIG-style, as linkerd does).
+/// Exit code for configuration and usage errors (EX_CONFIG-style, as linkerd does).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for an input file (an export, a key file) that cannot be read (EX_NOINPUT).
+const EXIT_NOINPUT: u8 = 66;
+/// Exit code for a store that cannot be reached or read (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// A failure that ends a command with its own exit code rather than 1 (which `audit verify`
+/// keeps for a log that fails verification). The message is the whole story: no `source()`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// Arguments that are wrong together, or missing, where clap cannot tell (exit 64).
+    #[error("{0}")]
+    Usage(String),
+    /// An input file cannot be read (exit 66).
+    #[error("{0}")]
+    NoInput(String),
+    /// The store cannot be reached or read (exit 69).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_CONFIG,
+            CliError::NoInput(_) => EXIT_NOINPUT,
+            CliError::Unavailable(_) => EXIT_UNAVAILABLE,
+        }
+    }
+}
+
+/// The exit code for a failed command: a [`CliError`]'s own; 64 for a config or policy error
+/// anywhere in the chain (config errors exit 64, whichever command met them); else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<CliError>() {
+            return c.code();
+        }
+        if cause.is::<crate::config::ConfigError>() || cause.is::<crate::authz::AuthzError>() {
+            return EXIT_CONFIG;
+        }
+    }
+    1
+}
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +98,9 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
-    /// Issue gateway tokens (for service accounts, and for people until single sign-on).
+    /// Service-account tokens: `token issue` signs one (recorded in the store and the audit
+    /// log), `token list` shows them, `token revoke ID` stops one at once (its live sessions are
+    /// cut within a second).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Validate and test the Cedar policies.
@@ -216,11 +262,14 @@ enum Command {
 
 #[derive(Args)]
 pub(crate) struct ConfigArg {
-    /// The gateway config file.
+    /// The gateway config file. Looked for in this order: --config FILE, then
+    /// $GATEHOUSE_CONFIG, then ./gatehouse.toml, then /etc/gatehouse/gatehouse.toml.
     #[arg(
         long,
+        value_name = "FILE",
         env = "GATEHOUSE_CONFIG",
-        default_value = "gatehouse.toml",
+        default_value_os_t = crate::config::default_config_path(),
+        hide_default_value = true,
         global = true
     )]
     pub(crate) config: PathBuf,
@@ -244,7 +293,27 @@ pub fn main() -> ExitCode {
 
 fn report(e: &anyhow::Error) {
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "error: {e:#}");
+    let _ = writeln!(stderr, "error: {}", error_text(e));
+}
+
+/// The error and its causes, `: `-separated as `{:#}` prints them, leaving out a cause whose
+/// text the one printed before already holds: many errors (some in dependencies, such as
+/// sqlx's) put their cause in their message and also return it as `source()`.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || (!last.is_empty() && last.contains(&text)) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -273,18 +342,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
             init_tracing(config.log_json, "info");
             crate::server::run(config, ready_file.as_deref()).await
         }
-        Command::Token(TokenCommand::Issue {
-            config,
-            user,
-            groups,
-            ttl,
-        }) => {
+        Command::Token(cmd) => {
             init_tracing(false, "warn");
-            let config = match load_config(&config.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            tokens::issue(&config, &user, &groups, &ttl)
+            match tokens::run(cmd).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
         }
         Command::Policy(cmd) => {
             init_tracing(false, "warn");
@@ -294,7 +357,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             let dir = match dir.dir {
                 Some(d) => d,
-                None => match load_config(&dir.config) {
+                None => match load_config(&dir.config.config) {
                     Ok(c) => c.policies_dir,
                     Err(code) => return code,
                 },
@@ -336,7 +399,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            keys::rotate(&config, &by).await
+            keys::rotate(&config, by.as_deref()).await
         }
         Command::Login {
             gateway,
@@ -448,7 +511,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e);
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -458,5 +521,124 @@ fn with_role(resource: &str, role: Option<&str>) -> String {
     match role {
         Some(r) if r != crate::config::DEFAULT_ROLE => format!("{resource}:{r}"),
         _ => resource.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn io_error() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the cause, once")
+    }
+
+    /// Every error of the gateway that names a cause prints it once, whether as `{}` or as
+    /// the chain (`{:#}`, and [`error_text`], what `report` prints).
+    #[test]
+    fn no_error_prints_its_cause_twice() {
+        let errors: Vec<anyhow::Error> = vec![
+            crate::config::ConfigError::Read {
+                path: "g.toml".into(),
+                error: io_error(),
+            }
+            .into(),
+            crate::keys::KeyError::Read {
+                path: "k.pem".into(),
+                error: io_error(),
+            }
+            .into(),
+            crate::keys::KeyError::Write {
+                path: "k.pem".into(),
+                error: io_error(),
+            }
+            .into(),
+            crate::authz::AuthzError::Read {
+                path: "policies".into(),
+                error: io_error(),
+            }
+            .into(),
+            crate::tls::TlsError::Read {
+                path: "tls.crt".into(),
+                error: io_error(),
+            }
+            .into(),
+            crate::agents::ca::CaError::Io {
+                path: "ca.key".into(),
+                error: io_error(),
+            }
+            .into(),
+            crate::audit::export::ExportError::from(io_error()).into(),
+            crate::store::StoreError::from(sqlx::Error::Io(io_error())).into(),
+            crate::store::StoreError::Open {
+                url: "sqlite:x".into(),
+                error: sqlx::Error::Io(io_error()),
+            }
+            .into(),
+            crate::tcp::LineError::from(io_error()).into(),
+            anyhow::Error::from(crate::config::ConfigError::Read {
+                path: "g.toml".into(),
+                error: io_error(),
+            })
+            .context("loading the config"),
+        ];
+        for e in errors {
+            let chain = format!("{e:#}");
+            assert_eq!(chain.matches("the cause, once").count(), 1, "{chain}");
+            let report = error_text(&e);
+            assert_eq!(report.matches("the cause, once").count(), 1, "{report}");
+        }
+    }
+
+    #[test]
+    fn report_drops_a_cause_its_error_already_printed() {
+        // A dependency's error that prints its cause and returns it (sqlx::Error::Io does).
+        #[derive(Debug, thiserror::Error)]
+        #[error("talking to the database: {0}")]
+        struct Doubled(#[from] std::io::Error);
+        let e = anyhow::Error::from(Doubled(io_error())).context("opening the store");
+        assert_eq!(format!("{e:#}").matches("the cause, once").count(), 2);
+        assert_eq!(
+            error_text(&e),
+            "opening the store: talking to the database: the cause, once"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_error() {
+        let config = anyhow::Error::from(crate::config::ConfigError::Invalid {
+            key: "k".into(),
+            message: "m".into(),
+        })
+        .context("reading the config");
+        assert_eq!(exit_code(&config), EXIT_CONFIG);
+        let policies = anyhow::Error::from(crate::authz::AuthzError::NoDirectory("p".into()))
+            .context("loading policies");
+        assert_eq!(exit_code(&policies), EXIT_CONFIG);
+        assert_eq!(
+            exit_code(&CliError::NoInput("x".into()).into()),
+            EXIT_NOINPUT
+        );
+        assert_eq!(exit_code(&CliError::Usage("x".into()).into()), EXIT_CONFIG);
+        assert_eq!(
+            exit_code(&CliError::Unavailable("x".into()).into()),
+            EXIT_UNAVAILABLE
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("anything else")), 1);
+    }
+
+    #[test]
+    fn help_shows_where_the_config_is_looked_for() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let token = cmd.find_subcommand_mut("token").unwrap();
+        let issue = token.find_subcommand_mut("issue").unwrap();
+        let help = issue.render_long_help().to_string();
+        assert!(
+            help.contains(
+                "--config FILE, then $GATEHOUSE_CONFIG, then ./gatehouse.toml, then /etc/gatehouse/gatehouse.toml"
+            ),
+            "{help}"
+        );
     }
 }

@@ -38,20 +38,83 @@ impl Env for BTreeMap<String, String> {
     }
 }
 
+/// The config file's name, looked for in the working directory.
+pub const CONFIG_FILE: &str = "gatehouse.toml";
+/// The system-wide config, looked for when the working directory has none.
+pub const SYSTEM_CONFIG: &str = "/etc/gatehouse/gatehouse.toml";
+/// The environment variable that names the config file (after `--config`).
+pub const CONFIG_ENV: &str = "GATEHOUSE_CONFIG";
+
+/// The config file to use when neither `--config` nor `GATEHOUSE_CONFIG` names one: the first
+/// of `./gatehouse.toml` and `/etc/gatehouse/gatehouse.toml` that exists. When neither does,
+/// `gatehouse.toml`, whose absence [`Config::load`] reports as [`ConfigError::NotFound`].
+pub fn default_config_path() -> PathBuf {
+    discover(|p| p.exists())
+}
+
+fn discover(exists: impl Fn(&Path) -> bool) -> PathBuf {
+    [Path::new(CONFIG_FILE), Path::new(SYSTEM_CONFIG)]
+        .into_iter()
+        .find(|p| exists(p))
+        .unwrap_or(Path::new(CONFIG_FILE))
+        .to_path_buf()
+}
+
+// Each message holds its cause, and no variant also returns it as `source()`: printed as a
+// chain (`{:#}`), a cause would show twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file `{path}`: {source}")]
+    /// No config file was named, and none is where the gateway looks.
+    #[error(
+        "no config file found: looked for `{CONFIG_FILE}` in the working directory ({}) and \
+         `{SYSTEM_CONFIG}`; point at one with `--config FILE` or `export {CONFIG_ENV}=FILE`",
+        cwd.display()
+    )]
+    NotFound { cwd: PathBuf },
+    /// The file `--config` or `GATEHOUSE_CONFIG` names does not exist.
+    #[error(
+        "config file `{path}` (named by {named_by}) does not exist; point at the gateway's \
+         config with `--config FILE` or `export {CONFIG_ENV}=FILE`"
+    )]
+    Missing {
+        path: PathBuf,
+        named_by: &'static str,
+    },
+    #[error("cannot read config file `{path}`: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("invalid config `{path}`: {source}")]
+    #[error("invalid config `{path}`: {}", error.to_string().trim_end())]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// Why `path` could not be opened: nothing found where the gateway looks, a named file
+    /// that is not there, or another read error.
+    fn unreadable(path: &Path, error: std::io::Error, env: &dyn Env) -> ConfigError {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            return ConfigError::Read {
+                path: path.to_path_buf(),
+                error,
+            };
+        }
+        let from_env = env.var(CONFIG_ENV).is_some_and(|v| Path::new(&v) == path);
+        if !from_env && path == Path::new(CONFIG_FILE) && !Path::new(SYSTEM_CONFIG).exists() {
+            return ConfigError::NotFound {
+                cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            };
+        }
+        ConfigError::Missing {
+            path: path.to_path_buf(),
+            named_by: if from_env { CONFIG_ENV } else { "--config" },
+        }
+    }
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -375,10 +438,8 @@ impl Config {
     /// Reads and validates the config file at `path`, resolving relative paths against the
     /// file's directory and reading brokered secrets through `env`.
     pub fn load(path: &Path, env: &dyn Env, secrets: Secrets) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, e, env))?;
         Self::parse(path, &text, env, secrets)
     }
 
@@ -390,7 +451,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Path| {
@@ -553,7 +614,41 @@ impl Config {
     pub fn resource(&self, name: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.name == name)
     }
+
+    /// For a client that named no known resource (and whose credential verified: resource
+    /// names are not for strangers): "known PostgreSQL resources: a, b, c", sorted, at most
+    /// [`KNOWN_NAMES_SHOWN`] names, then how many more.
+    pub fn known_resources(&self, kind: ResourceKind) -> String {
+        let mut names: Vec<&str> = self
+            .resources
+            .iter()
+            .filter(|r| r.kind() == kind)
+            .map(|r| r.name.as_str())
+            .collect();
+        names.sort_unstable();
+        let what = match kind {
+            ResourceKind::Postgres => "PostgreSQL resources",
+            ResourceKind::Tcp => "TCP resources",
+        };
+        if names.is_empty() {
+            return format!("the gateway has no {what}");
+        }
+        let more = names.len().saturating_sub(KNOWN_NAMES_SHOWN);
+        names.truncate(KNOWN_NAMES_SHOWN);
+        let mut text = format!("known {what}: {}", names.join(", "));
+        if more > 0 {
+            text.push_str(&format!(" (and {more} more)"));
+        }
+        text
+    }
 }
+
+/// Where a client that named an unknown resource finds the ones it may use.
+pub const UNKNOWN_RESOURCE_HINT: &str =
+    "`gatehouse resources` lists what you can reach and what you could request";
+
+/// How many resource names [`Config::known_resources`] shows.
+pub const KNOWN_NAMES_SHOWN: usize = 20;
 
 /// Resource and agent names: 1-63 characters of a-z, 0-9, `-`, `_`.
 pub fn valid_name(name: &str) -> bool {
@@ -822,15 +917,10 @@ fn nonempty(key: &str, v: Option<String>, default: &str) -> Result<String, Confi
 
 fn duration(key: &str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     let s = v.unwrap_or(default);
-    parse_duration(s).ok_or_else(|| {
-        invalid(
-            key,
-            format!("`{s}` is not a duration like `30s`, `15m`, `8h`, `2d`"),
-        )
-    })
+    try_parse_duration(s).map_err(|e| invalid(key, format!("`{s}` {e}")))
 }
 
-pub use gatehouse_core::clock::parse_duration;
+pub use gatehouse_core::clock::{parse_duration, try_parse_duration, DurationError};
 
 /// What the config tests of every module share.
 #[cfg(test)]
@@ -961,11 +1051,117 @@ mod tests {
     }
 
     #[test]
+    fn known_resources_are_sorted_bounded_and_of_the_kind() {
+        let mut text = String::from("state_dir = \"/tmp/state\"\n");
+        for i in (0..25).rev() {
+            text.push_str(&format!(
+                "[[resource]]\nname = \"db-{i:02}\"\nkind = \"postgres\"\naddress = \"127.0.0.1:5432\"\n\
+                 database = \"d\"\nlabels = {{ env = \"dev\", data_class = \"internal\" }}\n\
+                 credential = {{ username = \"app\", password_env = \"PW\" }}\n"
+            ));
+        }
+        let c = test_support::parse(&text).unwrap();
+        let known = c.known_resources(ResourceKind::Postgres);
+        let names: Vec<String> = (0..20).map(|i| format!("db-{i:02}")).collect();
+        assert_eq!(
+            known,
+            format!(
+                "known PostgreSQL resources: {} (and 5 more)",
+                names.join(", ")
+            )
+        );
+        assert_eq!(
+            c.known_resources(ResourceKind::Tcp),
+            "the gateway has no TCP resources"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("8h"), Some(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("0s"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn config_durations_take_compound_forms_and_say_why_a_zero_is_refused() {
+        let c = test_support::parse(&format!("{GOOD}\n[tokens]\nmax_ttl = \"1d12h\"\n")).unwrap();
+        assert_eq!(c.tokens.max_ttl, Duration::from_secs(36 * 3600));
+        let err =
+            test_support::parse(&format!("{GOOD}\n[tokens]\nmax_ttl = \"0s\"\n")).unwrap_err();
+        assert!(
+            err.contains("tokens.max_ttl") && err.contains("`0s` must be longer than 0"),
+            "{err}"
+        );
+        let err =
+            test_support::parse(&format!("{GOOD}\n[tokens]\nmax_ttl = \"1h 30m\"\n")).unwrap_err();
+        assert!(err.contains("is not a duration like"), "{err}");
+    }
+
+    #[test]
+    fn discovery_prefers_the_working_directory_then_etc() {
+        let cwd_file = |p: &Path| p == Path::new(CONFIG_FILE);
+        let etc_file = |p: &Path| p == Path::new(SYSTEM_CONFIG);
+        assert_eq!(
+            discover(|p| cwd_file(p) || etc_file(p)),
+            Path::new(CONFIG_FILE)
+        );
+        assert_eq!(discover(etc_file), Path::new(SYSTEM_CONFIG));
+        assert_eq!(discover(|_| false), Path::new(CONFIG_FILE));
+    }
+
+    /// `{:#}` (how the command line prints errors) shows `needle` exactly once.
+    fn printed_once(e: ConfigError, needle: &str) {
+        let text = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(text.matches(needle).count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_missing_or_broken_config_is_explained_once() {
+        let dir = std::env::temp_dir().join(format!("gh-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let named = dir.join("nope.toml");
+        let no_env = BTreeMap::new();
+        let err = Config::load(&named, &no_env, Secrets::Skip).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    named_by: "--config",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("--config FILE") && text.contains(CONFIG_ENV),
+            "{text}"
+        );
+        let env: BTreeMap<String, String> =
+            [(CONFIG_ENV.to_string(), named.display().to_string())].into();
+        let err = Config::load(&named, &env, Secrets::Skip).unwrap_err();
+        assert!(
+            err.to_string().contains("(named by GATEHOUSE_CONFIG)"),
+            "{err}"
+        );
+        // A directory where the file should be: the OS's reason, once.
+        let err = Config::load(&dir, &no_env, Secrets::Skip).unwrap_err();
+        let why = std::fs::read_to_string(&dir).unwrap_err().to_string();
+        printed_once(err, &why);
+        // A TOML error (with its snippet), once.
+        let err = Config::parse(
+            Path::new("g.toml"),
+            "[postgres]\nlisten_port = 1\n",
+            &env,
+            Secrets::Skip,
+        )
+        .unwrap_err();
+        assert!(std::error::Error::source(&err).is_none());
+        printed_once(err, "unknown field `listen_port`");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

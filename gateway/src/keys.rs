@@ -8,17 +8,18 @@ use base64::Engine;
 use gatehouse_core::Secret;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
+// Messages hold their cause; no `source()` as well, or `{:#}` prints it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read key `{path}`: {source}")]
+    #[error("cannot read key `{path}`: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot write key `{path}`: {source}")]
+    #[error("cannot write key `{path}`: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("key `{0}` is not an Ed25519 PKCS#8 PEM private key")]
     Format(PathBuf),
@@ -55,9 +56,9 @@ impl SigningKey {
     }
 
     pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
-        let data = std::fs::read(path).map_err(|source| KeyError::Read {
+        let data = std::fs::read(path).map_err(|error| KeyError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
         let der = match rustls_pemfile::private_key(&mut data.as_slice()) {
             Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(k))) => k.secret_pkcs8_der().to_vec(),
@@ -141,9 +142,9 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// Writes a private file with mode 0600, creating parent directories (0700).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), KeyError> {
-    gatehouse_core::files::write_private(path, data).map_err(|source| KeyError::Write {
+    gatehouse_core::files::write_private(path, data).map_err(|error| KeyError::Write {
         path: path.into(),
-        source,
+        error,
     })
 }
 

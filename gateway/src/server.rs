@@ -283,6 +283,8 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     });
     let key_reload = tokio::spawn(reload_keys(tokens.clone(), audit.clone()));
 
+    // Before the ready file: whoever waits for it may signal at once.
+    let shutdown = shutdown_signal();
     if let Some(path) = ready_file {
         let ready = serde_json::json!({
             "postgres": pg_addr.to_string(),
@@ -306,25 +308,28 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         }))
     });
 
-    crate::pg::serve(listener, door, shutdown_signal()).await;
+    crate::pg::serve(listener, door, shutdown).await;
+    // Stop every listener and background task at once; each listener returns as soon as it
+    // stops accepting (its open connections are the registry's to end).
     let _ = stop_tcp.send(());
-    if let Some(t) = tcp_front {
-        let _ = t.await;
-    }
-    watcher.abort();
     let _ = stop_http.send(());
-    let _ = https.await;
     let _ = stop_agents.send(());
-    if let Some(a) = agent_listener {
-        let _ = a.await;
-    }
+    watcher.abort();
     if let Some(r) = recheck {
         r.abort();
     }
     key_reload.abort();
     grants.abort();
     summaries_stop.send_replace(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), summaries).await;
+    if let Some(t) = tcp_front {
+        let _ = t.await;
+    }
+    let _ = https.await;
+    if let Some(a) = agent_listener {
+        let _ = a.await;
+    }
+    // The open failure windows become their summary events (the task returns once it has).
+    let _ = tokio::time::timeout(DRAIN, summaries).await;
 
     info!(live = registry.len(), "shutting down: ending live sessions");
     registry.kill_all("the gateway is shutting down");
@@ -343,8 +348,11 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         .checkpoint()
         .await
         .context("writing the final audit checkpoint")?;
-    drop(audit);
-    // The FrontDoor still holds a handle; the writer ends once every task has dropped its own.
+    // Close the log rather than wait for every handle to go: the HTTPS state, the agent
+    // service and connections still open (an idle keep-alive) hold handles but have nothing
+    // more to record. What is queued is committed and signed first.
+    audit.close().await;
+    drop((audit, web, agents));
     let _ = tokio::time::timeout(DRAIN, writer).await;
     store.close().await;
     info!("stopped");
@@ -488,24 +496,33 @@ async fn watch_disabled_users(store: Store, registry: Registry, audit: AuditLog)
     }
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGINT and SIGTERM at once (so that a signal arriving any time after the
+/// ready file is written stops the gateway in order) and returns the future that completes on
+/// the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

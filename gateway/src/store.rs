@@ -18,18 +18,33 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+// Each message holds its cause, and no variant also returns it as `source()`: printed as a
+// chain (`{:#}`), a cause would show twice (sqlx's own errors, such as `Io`, do that too, so
+// `Sql` does not pass its chain on).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open store `{url}`: {source}")]
-    Open { url: String, source: sqlx::Error },
+    #[error("cannot open store `{url}`: {error}")]
+    Open { url: String, error: sqlx::Error },
     #[error("store migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("sqlite store is not durable: {0}")]
     NotDurable(String),
     #[error("cannot create the store directory: {0}")]
     Dir(std::io::Error),
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
+    #[error("{0}")]
+    Sql(sqlx::Error),
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Sql(e)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,9 +69,9 @@ impl Store {
         } else {
             Backend::Postgres
         };
-        let open_err = |source| StoreError::Open {
+        let open_err = |error| StoreError::Open {
             url: redact_url(url),
-            source,
+            error,
         };
         let mut options_url = url.to_string();
         if backend == Backend::Sqlite {

@@ -48,7 +48,7 @@ use tracing::{info, warn};
 
 use crate::admission::{Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::config::{Config, Reach, Resource};
+use crate::config::{Config, Reach, Resource, ResourceKind};
 use crate::listener::{Conn, Door, Refused, Serving};
 use crate::registry::Registry;
 use crate::store::Store;
@@ -116,7 +116,7 @@ pub enum LineError {
     TooLong(usize),
     #[error("the connection closed before the line ended")]
     Closed,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -159,8 +159,10 @@ pub fn parse_hello(line: &[u8]) -> Result<Hello, String> {
     Ok(hello)
 }
 
-/// How the TCP door answers each of admission's refusals.
-pub fn refusal(denial: &Denial) -> Answer {
+/// How the TCP door answers each of admission's refusals. An unknown resource's answer lists
+/// the TCP resources `config` has: admission refuses a resource only after the credential
+/// verified, and resource names are not for unauthenticated peers.
+pub fn refusal(denial: &Denial, config: &Config) -> Answer {
     match denial {
         Denial::Credential { user, fault } => Answer::refused(
             "credential",
@@ -178,7 +180,11 @@ pub fn refusal(denial: &Denial) -> Answer {
         ),
         Denial::UnknownResource { name } => Answer::refused(
             "unknown_resource",
-            format!("resource \"{name}\" is not known to the gateway"),
+            format!(
+                "resource \"{name}\" is not known to the gateway ({}); {}",
+                config.known_resources(ResourceKind::Tcp),
+                crate::config::UNKNOWN_RESOURCE_HINT
+            ),
         ),
         Denial::UnknownRole {
             resource,
@@ -350,7 +356,7 @@ impl TcpDoor {
         let admitted = match admitted {
             Ok(a) => a,
             Err(denial) => {
-                refuse(&mut stream, &refusal(&denial)).await;
+                refuse(&mut stream, &refusal(&denial, &self.config)).await;
                 return;
             }
         };
@@ -606,12 +612,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&ok).unwrap();
         assert_eq!(v["ok"], true);
         assert!(v.get("code").is_none());
-        let denied = refusal(&Denial::Policy {
-            resource: "cache".into(),
-            reason: "no policy permits it".into(),
-            seq: 7,
-            session_id: SessionId([2; 16]),
-        });
+        let config = crate::config::test_support::parse("").unwrap();
+        let denied = refusal(
+            &Denial::Policy {
+                resource: "cache".into(),
+                reason: "no policy permits it".into(),
+                seq: 7,
+                session_id: SessionId([2; 16]),
+            },
+            &config,
+        );
         let v: serde_json::Value = serde_json::from_slice(&denied.to_line()).unwrap();
         assert_eq!(
             (v["ok"].clone(), v["code"].clone()),
@@ -621,5 +631,29 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("access to cache denied by policy: no policy permits it"));
+    }
+
+    #[test]
+    fn an_unknown_resource_is_answered_with_the_tcp_resources_there_are() {
+        let config = crate::config::test_support::parse(
+            "[[resource]]\nname = \"cache\"\nkind = \"tcp\"\naddress = \"127.0.0.1:6379\"\n\
+             labels = { env = \"dev\", data_class = \"internal\" }\n\
+             [[resource]]\nname = \"admin\"\nkind = \"tcp\"\naddress = \"127.0.0.1:8080\"\n\
+             labels = { env = \"dev\", data_class = \"internal\" }\n",
+        )
+        .unwrap();
+        let answer = refusal(
+            &Denial::UnknownResource {
+                name: "cahce".into(),
+            },
+            &config,
+        );
+        assert_eq!(answer.code.as_deref(), Some("unknown_resource"));
+        let message = answer.message.unwrap();
+        assert!(
+            message.starts_with("resource \"cahce\" is not known to the gateway (known TCP resources: admin, cache)"),
+            "{message}"
+        );
+        assert!(message.contains("gatehouse resources"), "{message}");
     }
 }

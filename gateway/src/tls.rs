@@ -9,12 +9,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::keys::{write_private, KeyError};
 
+// Messages hold their cause; no `source()` as well, or `{:#}` prints it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("`{0}` holds no PEM certificate")]
     NoCertificate(PathBuf),
@@ -25,7 +26,13 @@ pub enum TlsError {
     #[error(transparent)]
     Write(#[from] KeyError),
     #[error("invalid certificate or key: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Rustls(e)
+    }
 }
 
 /// Builds the acceptor from `cert`/`key`, or from the self-signed pair under `state_dir/tls`.
@@ -67,9 +74,9 @@ fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+    let data = std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .filter_map(Result::ok)
@@ -81,9 +88,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+    let data = std::fs::read(path).map_err(|error| TlsError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     match rustls_pemfile::private_key(&mut data.as_slice()) {
         Ok(Some(k)) => Ok(k),

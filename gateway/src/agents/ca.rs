@@ -19,10 +19,11 @@ use gatehouse_core::random::random_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("{path}: {source}")]
+    // The message holds the cause; no `source()` as well, or `{:#}` prints it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("agent CA: {0}")]
     Cert(String),
@@ -92,7 +93,7 @@ impl AgentCa {
     pub fn load_or_create(dir: &Path) -> Result<AgentCa, CaError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CaError::Io { path, source }
+            move |error| CaError::Io { path, error }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.crt"));

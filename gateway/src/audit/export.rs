@@ -25,8 +25,15 @@ const PAGE: u32 = 5000;
 pub enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    // The message holds the cause; no `source()` as well, or `{:#}` prints it twice.
     #[error("cannot write export: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ExportError {
+    fn from(e: std::io::Error) -> Self {
+        ExportError::Io(e)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -50,6 +50,8 @@ enum Msg {
     /// statements do).
     Event(NewEvent, Option<Ack>, bool),
     Checkpoint(oneshot::Sender<Result<Option<u64>, AuditError>>),
+    /// Accept nothing more; commit and sign what is queued, then end (see [`AuditLog::close`]).
+    Close(oneshot::Sender<()>),
 }
 
 /// A handle for appending to the audit log; cheap to clone.
@@ -150,13 +152,24 @@ impl AuditLog {
             .map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
     }
+
+    /// Closes the log for every handle: what is queued already is committed and signed, then
+    /// the writer ends (returns once it has); anything recorded after this fails with
+    /// [`AuditError::Closed`]. For shutdown, where waiting for every handle to be dropped
+    /// would wait for tasks that have nothing more to say.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Close(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
 }
 
 impl Msg {
     fn is_waited_on(&self) -> bool {
         match self {
             Msg::Event(_, _, urgent) => *urgent,
-            Msg::Checkpoint(_) => true,
+            Msg::Checkpoint(_) | Msg::Close(_) => true,
         }
     }
 }
@@ -243,6 +256,7 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut close_waiters = Vec::new();
         loop {
             let first = tokio::select! {
                 m = rx.recv() => match m {
@@ -274,6 +288,11 @@ impl Writer {
                         acks.push(ack);
                     }
                     Msg::Checkpoint(w) => checkpoint_waiters.push(w),
+                    Msg::Close(w) => {
+                        // What is queued still comes out of `rx`; nothing more goes in.
+                        rx.close();
+                        close_waiters.push(w);
+                    }
                 }
             }
             let force = !checkpoint_waiters.is_empty();
@@ -296,9 +315,12 @@ impl Writer {
                 let _ = w.send(Ok((self.head_seq > 0).then_some(self.head_seq)));
             }
         }
-        // Every handle is gone: sign what is unsigned.
+        // Every handle is gone, or the log was closed: sign what is unsigned.
         if self.head_seq > self.last_checkpoint.unwrap_or(0) {
             self.commit_with_retry(Vec::new(), true).await;
+        }
+        for w in close_waiters {
+            let _ = w.send(());
         }
     }
 
@@ -462,5 +484,50 @@ impl Writer {
                 .max(self.last_checkpoint.unwrap_or(0)),
         );
         Ok((first, kept))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_commits_what_is_queued_and_ends_the_writer_while_handles_live_on() {
+        let dir = std::env::temp_dir().join(format!(
+            "gh-writer-{}-{}",
+            std::process::id(),
+            crate::audit::event::hex(&gatehouse_core::random::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("sqlite:{}", dir.join("store.db").display()))
+            .await
+            .unwrap();
+        let key = Arc::new(SigningKey::load_or_create(&dir.join("audit.pem")).unwrap());
+        let (audit, writer) = AuditLog::spawn(store.clone(), key, 1000, 64);
+        // A handle some task still holds (an idle HTTPS connection's, say).
+        let held = audit.clone();
+        let mut e = NewEvent::new(EventKind::GatewayStop);
+        e.actor = "gatehouse".into();
+        e.action = "stop".into();
+        // Queued, not waited on: close still commits it.
+        audit.record(e).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), audit.close())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        let stored = store.audit_events(0, 10, None, None).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        // The event is signed by a checkpoint, and nothing more is accepted.
+        assert_eq!(store.audit_checkpoints().await.unwrap().len(), 1);
+        let mut late = NewEvent::new(EventKind::GatewayStop);
+        late.actor = "gatehouse".into();
+        assert!(matches!(held.record(late).await, Err(AuditError::Closed)));
+        drop(held);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

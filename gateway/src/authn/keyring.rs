@@ -79,14 +79,14 @@ impl Keyring {
         let old = SigningKey::load_or_create(&path)?;
         let dir = retired_dir(keys_dir);
         let target = dir.join(format!("{}.pem", old.key_id));
-        let data = std::fs::read(&path).map_err(|source| KeyError::Read {
+        let data = std::fs::read(&path).map_err(|error| KeyError::Read {
             path: path.clone(),
-            source,
+            error,
         })?;
         crate::keys::write_private(&target, &data)?;
-        std::fs::remove_file(&path).map_err(|source| KeyError::Write {
+        std::fs::remove_file(&path).map_err(|error| KeyError::Write {
             path: path.clone(),
-            source,
+            error,
         })?;
         let new = SigningKey::load_or_create(&path)?;
         Ok((old.key_id, new.key_id))

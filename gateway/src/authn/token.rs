@@ -3,8 +3,10 @@
 //! algorithms are refused before any signature check, which rules out algorithm confusion.
 //!
 //! Two kinds share the format: tokens an admin issues for service accounts
-//! (`gatehouse token issue`), and credentials issued after a single sign-on login, which also
-//! carry the login id (`sid`), the provider's `amr` and whether the sign-in used MFA. Both have
+//! (`gatehouse token issue`, [`TokenAuthority::issue_service`]: a login row of flow `token`
+//! whose id is the token's `sid` and `jti`, so it can be listed and revoked, but no `auth`
+//! claim), and credentials issued after a single sign-on login, which also carry the login id
+//! (`sid`), the provider's `amr` and whether the sign-in used MFA. Both have
 //! the gateway's own `typ` and `aud`, so an identity provider's token is never taken for one.
 //! Keys come from the [`Keyring`]: the current key signs, retired keys still verify.
 
@@ -64,6 +66,16 @@ pub struct LoginClaims {
     pub sid: String,
     pub amr: Vec<String>,
     pub mfa: bool,
+}
+
+/// What a signed token is.
+enum Kind {
+    /// An issued token the store does not know (tests, and tokens from before issue 14).
+    Plain,
+    /// An issued service token with its login row (`sid`, also its `jti`).
+    Service(String),
+    /// A credential after a single sign-on login.
+    Login(LoginClaims),
 }
 
 /// Why a token was refused. Logged and audited; the client only learns that it was refused.
@@ -196,14 +208,30 @@ impl TokenAuthority {
         &self.audience
     }
 
-    /// Signs a token for `user` in `groups`, valid from now for `ttl` (capped at `max_ttl`).
+    /// Signs a token for `user` in `groups`, valid from now for `ttl` (capped at `max_ttl`),
+    /// that names no login: nothing can revoke it before it expires. `gatehouse token issue`
+    /// uses [`issue_service`](Self::issue_service) instead.
     pub fn issue(
         &self,
         user: &str,
         groups: &[String],
         ttl: Duration,
     ) -> Result<(String, Claims), TokenError> {
-        self.sign(user, groups, ttl, None)
+        self.sign(user, groups, ttl, Kind::Plain)
+    }
+
+    /// Signs a service token for `user` in `groups` whose login is `sid` (a row in the logins
+    /// table, so that revoking it stops the token at every front door); `sid` is also its
+    /// `jti`. Like [`issue`](Self::issue) it has no `auth` claim: policies see
+    /// `auth_method == "gateway_token"`, a service account, never a person.
+    pub fn issue_service(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+        sid: &str,
+    ) -> Result<(String, Claims), TokenError> {
+        self.sign(user, groups, ttl, Kind::Service(sid.to_string()))
     }
 
     /// Signs a credential after a single sign-on login.
@@ -214,7 +242,7 @@ impl TokenAuthority {
         ttl: Duration,
         login: LoginClaims,
     ) -> Result<(String, Claims), TokenError> {
-        self.sign(user, groups, ttl, Some(login))
+        self.sign(user, groups, ttl, Kind::Login(login))
     }
 
     fn sign(
@@ -222,7 +250,7 @@ impl TokenAuthority {
         user: &str,
         groups: &[String],
         ttl: Duration,
-        login: Option<LoginClaims>,
+        kind: Kind,
     ) -> Result<(String, Claims), TokenError> {
         if ttl > self.max_ttl {
             return Err(TokenError::Sign(format!(
@@ -231,11 +259,23 @@ impl TokenAuthority {
                 self.max_ttl.as_secs()
             )));
         }
+        if matches!(&kind, Kind::Service(sid) if sid.is_empty() || sid.len() > 128) {
+            return Err(TokenError::Sign(
+                "a service token's login id must be 1-128 bytes".into(),
+            ));
+        }
         let now = unix_now();
-        let jti = gatehouse_core::random::random_bytes::<16>();
-        let (auth, sid, amr, mfa) = match login {
-            Some(l) => (Some("oidc".to_string()), Some(l.sid), l.amr, l.mfa),
-            None => (None, None, Vec::new(), false),
+        let random_jti = || crate::audit::event::hex(&gatehouse_core::random::random_bytes::<16>());
+        let (jti, auth, sid, amr, mfa) = match kind {
+            Kind::Login(l) => (
+                random_jti(),
+                Some("oidc".to_string()),
+                Some(l.sid),
+                l.amr,
+                l.mfa,
+            ),
+            Kind::Service(sid) => (sid.clone(), None, Some(sid), Vec::new(), false),
+            Kind::Plain => (random_jti(), None, None, Vec::new(), false),
         };
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -245,7 +285,7 @@ impl TokenAuthority {
             exp: now + ttl.as_secs(),
             nbf: now,
             iat: now,
-            jti: crate::audit::event::hex(&jti),
+            jti,
             auth,
             sid,
             amr,
@@ -387,6 +427,32 @@ mod tests {
             .unwrap();
         assert_eq!(a.verify(&t, "alice").unwrap(), c);
         assert!(matches!(a.verify(&t, "bob"), Err(TokenError::Subject(..))));
+    }
+
+    #[test]
+    fn a_service_token_names_its_login_but_stays_a_gateway_token() {
+        let a = authority("service");
+        let (t, c) = a
+            .issue_service(
+                "ci-bot",
+                &["deploy".into()],
+                Duration::from_secs(600),
+                "abc123",
+            )
+            .unwrap();
+        let verified = a.verify(&t, "ci-bot").unwrap();
+        assert_eq!(verified, c);
+        assert_eq!(verified.sid.as_deref(), Some("abc123"));
+        assert_eq!(verified.jti, "abc123");
+        assert_eq!(verified.auth, None);
+        assert_eq!(verified.auth_method(), "gateway_token");
+        assert!(verified.amr.is_empty() && !verified.mfa);
+        assert!(a
+            .issue_service("ci-bot", &[], Duration::from_secs(600), "")
+            .is_err());
+        assert!(a
+            .issue_service("ci-bot", &[], Duration::from_secs(86_401), "abc")
+            .is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
+use super::operator::Operator;
 use super::{record_from_cli, ConfigArg};
 use crate::agents::enroll::new_join_token;
 use crate::audit::{EventKind, NewEvent};
@@ -33,9 +34,10 @@ enum AgentsCommand {
         /// How long the token works (default: `[agents] join_token_ttl`, 15m).
         #[arg(long)]
         ttl: Option<String>,
-        /// Who is doing this (recorded in the audit log).
-        #[arg(long, env = "USER", default_value = "unknown")]
-        by: String,
+        /// Who is doing this, recorded in the audit log next to the operating-system user and
+        /// host that ran the command (default: the operating-system user name).
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Every agent: status, resources, version, last heartbeat.
     List,
@@ -44,13 +46,16 @@ enum AgentsCommand {
     /// connected; it reconnects with the new certificate.
     Renew { name: String },
     /// Revoke agent NAME: its certificate is refused from now on and its live link (with the
-    /// sessions on it) is cut within a second. Audited.
+    /// sessions on it) is cut within a second. Audited, naming you. An unknown or already
+    /// revoked agent is an error.
     Revoke {
         name: String,
+        /// Why (recorded in the audit log).
         #[arg(long, default_value = "")]
         reason: String,
-        #[arg(long, env = "USER", default_value = "unknown")]
-        by: String,
+        /// Who is doing this (default: the operating-system user name); see `agents enroll`.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -77,20 +82,22 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
             if ttl > std::time::Duration::from_secs(7 * 86_400) {
                 bail!("--ttl is at most 7d");
             }
+            let operator = Operator::current(by.as_deref())?;
             let (token, hash) = new_join_token();
             let ts = crate::audit::event::now_ts();
             let expires = crate::authn::token::unix_now() as i64 + ttl.as_secs() as i64;
             store
-                .add_join_token(&name, &hash, &by, &ts, expires)
+                .add_join_token(&name, &hash, &operator.claimed, &ts, expires)
                 .await
                 .context("recording the join token")?;
             let mut e = NewEvent::new(EventKind::AgentJoinToken);
-            e.actor = by;
+            e.actor = operator.claimed.clone();
             e.resource = name.clone();
             e.action = "enroll".into();
             // The token's hash only: the log never holds a working token.
-            e.detail =
-                serde_json::json!({ "token_sha256": hash, "expires_in_secs": ttl.as_secs() });
+            e.detail = operator.detail_with(
+                serde_json::json!({ "token_sha256": hash, "expires_in_secs": ttl.as_secs() }),
+            );
             record_from_cli(&config, &store, e).await?;
             let ca_hint = if config.http.tls_cert.is_none() {
                 format!(
@@ -166,20 +173,32 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
             if reason.len() > 1024 {
                 bail!("--reason is limited to 1024 bytes");
             }
-            let ts = crate::audit::event::now_ts();
-            if store.revoke_agent(&name, &by, &ts).await? {
-                let mut e = NewEvent::new(EventKind::AgentRevoked);
-                e.actor = by;
-                e.resource = name.clone();
-                e.action = "revoke".into();
-                e.reason = reason;
-                record_from_cli(&config, &store, e).await?;
-                writeln!(out, "agent {name} revoked: its certificate is refused and its link is cut within a second")?;
-            } else if store.agent(&name).await?.is_none() {
-                bail!("no agent `{name}` (see `gatehouse agents`)");
-            } else {
-                writeln!(out, "agent {name} was already revoked")?;
+            let operator = Operator::current(by.as_deref())?;
+            // Checked before anything is written: revoking also spends the agent's outstanding
+            // join tokens, which must not happen quietly under an error.
+            match store.agent(&name).await? {
+                None => bail!("no agent `{name}` (see `gatehouse agents`); nothing was revoked"),
+                Some(a) if a.status == "revoked" => bail!(
+                    "agent {name} is already revoked{}; nothing changed",
+                    a.revoked_at
+                        .as_deref()
+                        .map(|at| format!(" (since {at})"))
+                        .unwrap_or_default()
+                ),
+                Some(_) => {}
             }
+            let ts = crate::audit::event::now_ts();
+            if !store.revoke_agent(&name, &operator.claimed, &ts).await? {
+                bail!("agent {name} is already revoked; nothing changed");
+            }
+            let mut e = NewEvent::new(EventKind::AgentRevoked);
+            e.actor = operator.claimed.clone();
+            e.resource = name.clone();
+            e.action = "revoke".into();
+            e.reason = reason;
+            e.detail = operator.detail();
+            record_from_cli(&config, &store, e).await?;
+            writeln!(out, "agent {name} revoked: its certificate is refused and its link is cut within a second")?;
         }
     }
     Ok(())

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
-use super::{load_config, ConfigArg};
+use super::{load_config, CliError, ConfigArg};
 use crate::audit::export::{self, Format};
 use crate::audit::verify::{ChainVerifier, VerifyError};
 use crate::audit::GENESIS_HASH;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ProcessEnv, Secrets};
 use crate::keys::{PublicKey, SigningKey};
 use crate::store::Store;
 
@@ -42,7 +42,17 @@ pub(super) enum AuditCommand {
         output: Option<PathBuf>,
     },
     /// Verify the log in the store (default), or an exported JSONL file with only the public key.
-    /// Exits 0 when intact; otherwise 1, naming the first bad sequence number.
+    ///
+    /// Offline (`--file log.jsonl`), the key comes from `--public-key @audit.pub` (what
+    /// `gatehouse audit public-key` prints where the gateway runs), else from the state
+    /// directory of the config.
+    ///
+    /// Exit status: 0 the log (or the file) is intact; 1 it fails verification, and the
+    /// report names the first bad sequence number (a missing or unreadable anchor file counts:
+    /// it is what a log cut back together would leave); 2 the arguments are wrong; 64 no config
+    /// can be read, or the arguments do not go together (`--file` with neither `--public-key`
+    /// nor a config); 66 an input file (the export, the key) cannot be read; 69 the store
+    /// cannot be reached or read.
     Verify {
         #[command(flatten)]
         config: ConfigArg,
@@ -64,6 +74,45 @@ pub(super) enum AuditCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+fn offline_needs_key_text() -> String {
+    "verifying an export offline (--file) needs the audit public key: pass \
+     `--public-key @audit.pub` (what `gatehouse audit public-key` prints where the gateway \
+     runs), or a config to read it from (`--config FILE`)"
+        .to_string()
+}
+
+/// `audit verify --file` without `--public-key`, and `e` is why no config could stand in.
+fn offline_needs_key(e: &ConfigError) -> String {
+    match e {
+        ConfigError::NotFound { .. } => {
+            format!("{}; no config file was found", offline_needs_key_text())
+        }
+        other => format!(
+            "{}; the config cannot be used: {other}",
+            offline_needs_key_text()
+        ),
+    }
+}
+
+/// `--public-key`: the key in base64, or `@path` to a file that holds it.
+fn public_key_arg(arg: &str) -> anyhow::Result<PublicKey> {
+    let (text, given) = match arg.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| {
+                CliError::NoInput(format!("cannot read the public key file `{path}`: {e}"))
+            })?,
+            format!("the file `{path}`"),
+        ),
+        None => (arg.to_string(), "--public-key".to_string()),
+    };
+    PublicKey::from_base64(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "{given} does not hold an audit public key ({e}); use what `gatehouse audit public-key` prints"
+        ))
+        .into()
+    })
 }
 
 fn ts_arg(flag: &str, v: Option<&str>) -> anyhow::Result<Option<String>> {
@@ -133,44 +182,58 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             public_key,
             without_anchor,
         } => {
-            let key = match public_key {
-                Some(k) => {
-                    let text = match k.strip_prefix('@') {
-                        Some(path) => std::fs::read_to_string(path)
-                            .with_context(|| format!("reading `{path}`"))?,
-                        None => k,
-                    };
-                    PublicKey::from_base64(&text)?
+            // The config: for the store, and for the key unless --public-key gives it.
+            let config = if file.is_none() || public_key.is_none() {
+                match Config::load(&config.config, &ProcessEnv, Secrets::Skip) {
+                    Ok(c) => Some(c),
+                    // Offline, the config only stands in for the key: say what is missing.
+                    Err(e) if file.is_some() => {
+                        return Err(CliError::Usage(offline_needs_key(&e)).into())
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                None => {
-                    let config = match load_config(&config.config) {
-                        Ok(c) => c,
-                        Err(code) => return Ok(code),
-                    };
-                    SigningKey::load(&crate::server::audit_key_path(&config))
-                        .context("loading the audit key (or pass --public-key)")?
-                        .public_key()
-                }
+            } else {
+                None
             };
-            let result = match &file {
-                Some(path) => {
-                    let f = std::fs::File::open(path)
-                        .with_context(|| format!("opening `{}`", path.display()))?;
+            let key = match (public_key, &config) {
+                (Some(k), _) => public_key_arg(&k)?,
+                (None, Some(config)) => SigningKey::load(&crate::server::audit_key_path(config))
+                    .map_err(|e| {
+                        CliError::NoInput(format!(
+                            "cannot load the audit key from the state directory ({e}); pass \
+                             `--public-key @audit.pub` instead"
+                        ))
+                    })?
+                    .public_key(),
+                (None, None) => return Err(CliError::Usage(offline_needs_key_text()).into()),
+            };
+            let result = match (&file, &config) {
+                (Some(path), _) => {
+                    let f = std::fs::File::open(path).map_err(|e| {
+                        CliError::NoInput(format!("cannot open `{}`: {e}", path.display()))
+                    })?;
                     export::verify_export(BufReader::new(f), &key)
                 }
-                None => {
-                    let config = match load_config(&config.config) {
-                        Ok(c) => c,
-                        Err(code) => return Ok(code),
+                (None, None) => return Err(CliError::Usage(offline_needs_key_text()).into()),
+                (None, Some(config)) => {
+                    let unavailable = |e: anyhow::Error| {
+                        CliError::Unavailable(format!(
+                            "cannot read the audit log from the store: {}",
+                            super::error_text(&e)
+                        ))
                     };
-                    let store = Store::open(&config.store_url).await?;
-                    let anchor = crate::server::audit_anchor_path(&config);
+                    let store = Store::open(&config.store_url)
+                        .await
+                        .map_err(|e| unavailable(e.into()))?;
+                    let anchor = crate::server::audit_anchor_path(config);
                     let anchored = if without_anchor {
                         Anchor::Skipped
                     } else {
                         Anchor::Required(&anchor)
                     };
-                    verify_store_anchored(&store, &key, anchored).await?
+                    verify_store_anchored(&store, &key, anchored)
+                        .await
+                        .map_err(unavailable)?
                 }
             };
             let mut out = std::io::stdout().lock();

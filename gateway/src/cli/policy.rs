@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
+use super::ConfigArg;
+
 #[derive(Subcommand)]
 pub(super) enum PolicyCommand {
     /// Parse the policies, check annotations and validate them against the schema.
@@ -20,9 +22,9 @@ pub(super) struct PolicyDir {
     /// The policy directory (default: policies.dir of the config).
     #[arg(long)]
     pub(super) dir: Option<PathBuf>,
-    /// The gateway config file, used when --dir is not given.
-    #[arg(long, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.toml")]
-    pub(super) config: PathBuf,
+    // The gateway config, read for policies.dir when --dir is not given.
+    #[command(flatten)]
+    pub(super) config: ConfigArg,
 }
 
 /// Returns Ok(false) when a policy test case fails.

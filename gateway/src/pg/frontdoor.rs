@@ -20,7 +20,7 @@ use super::handshake::{self, refuse, send_error, ClientStream, Opening};
 use super::sink::SessionSink;
 use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::config::{Config, PostgresDirect, Reach, Resource};
+use crate::config::{Config, PostgresDirect, Reach, Resource, ResourceKind};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
 use gatehouse_agent::pg::{startup, PgOpen, PgOpened};
@@ -140,8 +140,10 @@ impl Refusal {
 
 /// How the PostgreSQL front door answers each of admission's refusals: SQLSTATE, message,
 /// detail and hint. Authentication failures do not say which check failed (the audit event
-/// does), beyond a revoked credential or a disabled user.
-fn refusal(denial: &Denial) -> Refusal {
+/// does), beyond a revoked credential or a disabled user. An unknown resource's refusal lists
+/// the PostgreSQL resources `config` has: admission refuses a resource only after the
+/// credential verified, and resource names are not for unauthenticated peers.
+fn refusal(denial: &Denial, config: &Config) -> Refusal {
     match denial {
         Denial::Credential { user, fault } => match fault {
             CredentialFault::Invalid(_) => Refusal {
@@ -161,10 +163,12 @@ fn refusal(denial: &Denial) -> Refusal {
                 hint: Some("sign in again with `gatehouse login`".into()),
             },
         },
-        Denial::UnknownResource { name } => Refusal::new(
-            "3D000",
-            format!("resource \"{name}\" is not known to the gateway"),
-        ),
+        Denial::UnknownResource { name } => Refusal {
+            code: "3D000",
+            message: format!("resource \"{name}\" is not known to the gateway"),
+            detail: Some(config.known_resources(ResourceKind::Postgres)),
+            hint: Some(crate::config::UNKNOWN_RESOURCE_HINT.into()),
+        },
         Denial::UnknownRole {
             resource,
             role,
@@ -512,7 +516,7 @@ impl FrontDoor {
                 protocol: "postgres",
             })
             .await
-            .map_err(|d| refusal(&d))?;
+            .map_err(|d| refusal(&d, &self.config))?;
         let admission::Admitted {
             resource,
             grant,
