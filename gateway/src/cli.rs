@@ -72,6 +72,19 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
+/// The environment the client commands read, at the end of the top-level help.
+const ENV_HELP: &str = "\
+Environment:
+  GATEHOUSE_TOKEN    an issued token (`gatehouse token issue`) that every client command
+                     uses instead of the saved login, saving nothing: service accounts, CI
+                     (`gatehouse login --token-file FILE` saves one instead)
+  GATEHOUSE_GATEWAY  the gateway's https:// URL, for `login` and with GATEHOUSE_TOKEN
+                     (default: the saved login's)
+  GATEHOUSE_CA_FILE  a PEM CA certificate to trust for the gateway, for `login` and with
+                     GATEHOUSE_TOKEN (default: the saved login's)
+  GATEHOUSE_HOME     where the saved login (credentials.json) is kept
+  GATEHOUSE_CONFIG   the gateway's config file, for `serve` and the admin commands";
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
@@ -81,7 +94,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Engineers connect with their own clients (psql today) through the gateway; it checks who \
         they are (a gateway token as the password), asks the Cedar policies whether they may, \
         connects upstream with a credential they never see, and writes every decision and \
-        statement to a hash-chained, signed audit log that auditors can export and verify offline."
+        statement to a hash-chained, signed audit log that auditors can export and verify offline.",
+    after_help = ENV_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -124,15 +138,23 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Sign in through your company's identity provider and keep a short-lived gateway
-    /// credential. Opens a browser (or prints the URL); `--device` for machines without one.
+    /// credential. Opens a browser (or prints the URL); `--device` for machines without one;
+    /// `--token-file` to keep an issued token instead (service accounts, CI, the quickstart).
     Login {
         /// The gateway's HTTPS URL, e.g. https://gw.example.com:8443 (remembered after login;
         /// also from GATEHOUSE_GATEWAY).
         #[arg(long)]
         gateway: Option<String>,
         /// Sign in on another device: prints a URL and a code to enter there.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "token_file")]
         device: bool,
+        /// Keep an issued token (from `gatehouse token issue`; `-` reads it from stdin) as the
+        /// saved credential instead of signing in: for service accounts, CI and the
+        /// quickstart, and for gateways without single sign-on. The gateway must accept it
+        /// (`/api/v1/whoami`); nothing is saved otherwise. To use a token without saving it,
+        /// set GATEHOUSE_TOKEN instead.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// Only print the sign-in URL; do not try to open a browser.
         #[arg(long)]
         no_browser: bool,
@@ -141,9 +163,12 @@ enum Command {
         #[arg(long, env = "GATEHOUSE_CA_FILE")]
         ca_file: Option<PathBuf>,
     },
-    /// Who you are signed in as, your groups, MFA, and when the credential expires.
+    /// Who you are signed in as, your groups, MFA, and when the credential expires (and
+    /// whether it is the saved login or GATEHOUSE_TOKEN).
     Status,
-    /// Revoke your credential at the gateway and forget it.
+    /// Revoke your login at the gateway and forget it (an issued token saved by `login
+    /// --token-file` is only forgotten; an admin revokes it). Refused while GATEHOUSE_TOKEN
+    /// is set.
     Logout,
     /// Run psql against a resource through the gateway with your credential (no password to
     /// copy). Extra arguments go to psql: `gatehouse psql orders-db -- -c 'select 1'`.
@@ -404,11 +429,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Login {
             gateway,
             device,
+            token_file,
             no_browser,
             ca_file,
         } => {
             init_tracing(false, "warn");
-            crate::client::login(gateway, ca_file, device, !no_browser).await
+            crate::client::login(gateway, ca_file, device, !no_browser, token_file).await
         }
         Command::Status => {
             init_tracing(false, "warn");
@@ -425,7 +451,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => {
             init_tracing(false, "warn");
             let target = with_role(&resource, role.as_deref());
-            match crate::client::psql(&target, &args) {
+            match crate::client::psql(&target, &args).await {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }
@@ -456,7 +482,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Env { resource, role } => {
             init_tracing(false, "warn");
-            crate::client::env(&with_role(&resource, role.as_deref()))
+            crate::client::env(&with_role(&resource, role.as_deref())).await
         }
         Command::Resources => {
             init_tracing(false, "warn");
@@ -625,6 +651,24 @@ mod tests {
             EXIT_UNAVAILABLE
         );
         assert_eq!(exit_code(&anyhow::anyhow!("anything else")), 1);
+    }
+
+    #[test]
+    fn help_names_the_client_environment_and_token_file() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        for var in ["GATEHOUSE_TOKEN", "GATEHOUSE_GATEWAY", "GATEHOUSE_CA_FILE"] {
+            assert!(help.contains(var), "{var} missing: {help}");
+        }
+        let login = cmd.find_subcommand_mut("login").unwrap();
+        let help = login.render_long_help().to_string();
+        assert!(
+            help.contains("--token-file") && help.contains("service accounts"),
+            "{help}"
+        );
+        let both = Cli::try_parse_from(["gatehouse", "login", "--device", "--token-file", "t"]);
+        assert!(both.is_err(), "--device and --token-file conflict");
     }
 
     #[test]

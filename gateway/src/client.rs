@@ -7,7 +7,9 @@
 //! verifier) for a gateway credential. `login --device` runs the device flow for machines
 //! without a browser. The credential, never the provider's tokens, is kept in
 //! `credentials.json` (0600) under `$GATEHOUSE_HOME`, else `$XDG_CONFIG_HOME/gatehouse`, else
-//! `~/.config/gatehouse`.
+//! `~/.config/gatehouse`. `login --token-file` saves an issued (service) token the same way,
+//! and `GATEHOUSE_TOKEN` (with `GATEHOUSE_GATEWAY`, `GATEHOUSE_CA_FILE`) makes every command
+//! use an issued token without saving anything (`credentials`).
 pub mod connect;
 
 mod access;
@@ -18,7 +20,7 @@ mod psql;
 mod status;
 
 pub use self::access::{decide, grant, grants, request, requests, resources, review, revoke};
-pub use self::credentials::{home, load, when, Saved};
+pub use self::credentials::{current, env_token, home, load, when, Saved};
 pub use self::login::login;
 pub use self::psql::{env, pg_env, psql};
 pub use self::status::{logout, status};

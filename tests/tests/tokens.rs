@@ -2,14 +2,23 @@
 //! with 28P01, never reveals which check failed to the client, and is audited with the reason.
 //! Issued service tokens are recorded (store and `credential.issued`, naming the operator),
 //! listed, and revoked: a revoked token's live session is cut within a second and it is
-//! refused from then on.
+//! refused from then on. The engineer's CLI works with an issued token, saved by
+//! `gatehouse login --token-file` or given in `GATEHOUSE_TOKEN`; the gateway refuses to let an
+//! issued token end itself through `/api/v1/logout`.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use gatehouse_gateway::keys::SigningKey;
-use gatehouse_tests::{gatehouse, rust_client, Gateway, GatewayConfig, PgServer, Psql, Resource};
+use gatehouse_tests::pg::{ORDERS_PASSWORD, ORDERS_USER};
+use gatehouse_tests::util::COMMAND_TIMEOUT;
+use gatehouse_tests::{
+    gatehouse, gatehouse_bin, run_command, rust_client, temp_dir, CmdOutput, Gateway,
+    GatewayConfig, PgServer, Psql, Resource,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -524,5 +533,500 @@ async fn issued_tokens_on_a_postgres_store() -> anyhow::Result<()> {
         .cli(&["users", "disable", "no-such-user", "--reason", "typo"])?
         .success());
     assert!(gw.audit_verify()?.success());
+    Ok(())
+}
+
+/// The client environment a test controls; removed from every [`client`] run first.
+const CLIENT_ENV: [&str; 5] = [
+    "GATEHOUSE_TOKEN",
+    "GATEHOUSE_GATEWAY",
+    "GATEHOUSE_CA_FILE",
+    "GATEHOUSE_CONFIG",
+    "XDG_CONFIG_HOME",
+];
+const WRITE_PW_VAR: &str = "GATEHOUSE_TEST_TOKENS_WRITE_PW";
+
+/// Runs the engineer's `gatehouse ARGS` with `GATEHOUSE_HOME=home`, only the client
+/// environment in `env`, and `stdin`.
+fn client(
+    home: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<CmdOutput> {
+    let mut cmd = Command::new(gatehouse_bin()?);
+    cmd.args(args).env("GATEHOUSE_HOME", home);
+    for k in CLIENT_ENV {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_command(&mut cmd, stdin, COMMAND_TIMEOUT)
+}
+
+/// A gateway without single sign-on, with `orders-db` (env dev) that has a `write` role to
+/// request.
+fn token_gateway(pg: &PgServer) -> anyhow::Result<Gateway> {
+    Gateway::start(
+        GatewayConfig::new()
+            .resource(Resource::orders_dev(pg, "orders-db").raw(
+                "roles",
+                &format!(
+                    "{{ write = {{ username = \"{ORDERS_USER}\", password_env = \"{WRITE_PW_VAR}\" }} }}"
+                ),
+            ))
+            .env(WRITE_PW_VAR, ORDERS_PASSWORD),
+    )
+}
+
+fn saved(home: &Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        home.join("credentials.json"),
+    )?)?)
+}
+
+/// `POST /api/v1/logout` with `token` as the bearer credential: the status and the body.
+fn api_logout(gw: &Gateway, token: &str) -> anyhow::Result<(u16, Value)> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(gw.tls_cert())?)?;
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let resp = http
+        .post(format!("{}/api/v1/logout", gw.https_url()?))
+        .bearer_auth(token)
+        .send()?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().unwrap_or_default()))
+}
+
+#[test]
+fn login_with_an_issued_token_then_status_resources_and_psql() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = token_gateway(&pg)?;
+    let token = gw.token("ci-bot", &["engineering"], "1h")?;
+    let claims = payload(&token)?;
+    let home = temp_dir("token-login")?;
+    let file = home.join("token.txt");
+    // As a file would hold it: a trailing line break, trimmed away.
+    std::fs::write(&file, format!("{token}\n"))?;
+    let gateway = gw.https_url()?;
+    let ca = gw.tls_cert().to_string_lossy().into_owned();
+    let file_arg = file.to_string_lossy().into_owned();
+
+    // This gateway has no single sign-on: the browser flow says so, the token does not care.
+    let sso = client(
+        home.path(),
+        &[],
+        &[
+            "login",
+            "--gateway",
+            &gateway,
+            "--ca-file",
+            &ca,
+            "--no-browser",
+        ],
+        None,
+    )?
+    .err()?;
+    assert!(
+        sso.stderr.contains("single sign-on is not configured"),
+        "{sso}"
+    );
+    assert!(!home.join("credentials.json").exists());
+
+    let out = client(
+        home.path(),
+        &[],
+        &[
+            "login",
+            "--gateway",
+            &gateway,
+            "--ca-file",
+            &ca,
+            "--token-file",
+            &file_arg,
+        ],
+        None,
+    )?
+    .ok()?;
+    assert!(
+        out.stdout
+            .contains("as ci-bot (groups: engineering; MFA: no)")
+            && out.stdout.contains("expires in"),
+        "{out}"
+    );
+    assert!(
+        !out.stdout.contains(&token) && !out.stderr.contains(&token),
+        "{out}"
+    );
+    let s = saved(home.path())?;
+    assert_eq!(s["credential"], token.as_str(), "{s}");
+    assert_eq!(s["user"], "ci-bot", "{s}");
+    assert_eq!(s["groups"], json!(["engineering"]), "{s}");
+    assert_eq!(s["expires_at"], claims["exp"], "{s}");
+    assert_eq!(s["gateway"], gateway.as_str(), "{s}");
+    assert_eq!(s["postgres"], gw.pg_addr().to_string().as_str(), "{s}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.join("credentials.json"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "credentials.json is private: {mode:o}");
+    }
+
+    let status = client(home.path(), &[], &["status"], None)?.ok()?;
+    assert!(status.stdout.contains("user:     ci-bot"), "{status}");
+    assert!(status.stdout.contains("source:   saved login"), "{status}");
+    assert!(status.stdout.contains("groups:   engineering"), "{status}");
+    let resources = client(home.path(), &[], &["resources"], None)?.ok()?;
+    assert!(
+        resources
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("orders-db") && l.contains("read") && l.contains("yes")),
+        "{resources}"
+    );
+    let psql = client(
+        home.path(),
+        &[],
+        &["psql", "orders-db", "--", "-tAc", "select 40 + 2"],
+        None,
+    )?
+    .ok()?;
+    assert_eq!(psql.stdout.trim(), "42", "{psql}");
+    let events = gw.wait_for_event(
+        |e| e["kind"] == "access.decision" && e["actor"] == "ci-bot",
+        Duration::from_secs(5),
+    )?;
+    assert!(events.iter().any(|e| e["kind"] == "access.decision"
+        && e["actor"] == "ci-bot"
+        && e["detail"]["auth_method"] == "gateway_token"));
+
+    // The same from stdin, into a second home.
+    let other = temp_dir("token-login-stdin")?;
+    client(
+        other.path(),
+        &[("GATEHOUSE_GATEWAY", &gateway), ("GATEHOUSE_CA_FILE", &ca)],
+        &["login", "--token-file", "-"],
+        Some(token.as_bytes()),
+    )?
+    .ok()?;
+    assert_eq!(saved(other.path())?["credential"], token.as_str());
+    let both = client(
+        other.path(),
+        &[],
+        &["login", "--device", "--token-file", "-"],
+        None,
+    )?
+    .err()?;
+    assert!(both.stderr.contains("cannot be used with"), "{both}");
+
+    // The token cannot end itself through the API (shared by several jobs, it would end for
+    // all); it keeps working.
+    let (code, body) = api_logout(&gw, &token)?;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"], "not_a_login", "{body}");
+    assert_eq!(
+        sqlstate_blocking(&gw, "ci-bot", &token)?.as_deref(),
+        Some("connected")
+    );
+    client(home.path(), &[], &["resources"], None)?.ok()?;
+    // `gatehouse logout` forgets it here and says it is not revoked.
+    let out = client(home.path(), &[], &["logout"], None)?.ok()?;
+    assert!(
+        out.stdout.contains("Forgot the issued token of ci-bot")
+            && out.stdout.contains("not revoked"),
+        "{out}"
+    );
+    assert!(!home.join("credentials.json").exists());
+    client(other.path(), &[], &["status"], None)?.ok()?;
+    let list = gw.cli(&["token", "list"])?.ok()?;
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with(claims["jti"].as_str().unwrap_or("?")) && l.contains("active")),
+        "{list}"
+    );
+    assert!(!gw
+        .audit_events()?
+        .iter()
+        .any(|e| e["kind"] == "credential.revoked"));
+    assert!(!gw.logs().contains(&token), "the token must not be logged");
+    Ok(())
+}
+
+fn sqlstate_blocking(gw: &Gateway, user: &str, token: &str) -> anyhow::Result<Option<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(sqlstate(gw, user, token)))
+}
+
+#[test]
+fn gatehouse_token_works_for_every_client_command_without_a_saved_login() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = token_gateway(&pg)?;
+    let token = gw.token("ci-bot", &["engineering"], "1h")?;
+    let gateway = gw.https_url()?;
+    let ca = gw.tls_cert().to_string_lossy().into_owned();
+    let empty = temp_dir("token-env")?;
+    let env = [
+        ("GATEHOUSE_TOKEN", token.as_str()),
+        ("GATEHOUSE_GATEWAY", gateway.as_str()),
+        ("GATEHOUSE_CA_FILE", ca.as_str()),
+    ];
+
+    // Without a gateway there is nothing to ask: the error names the variable.
+    let out = client(empty.path(), &env[..1], &["resources"], None)?.err()?;
+    assert!(out.stderr.contains("GATEHOUSE_GATEWAY"), "{out}");
+    // Without it, an empty home is not logged in.
+    let out = client(empty.path(), &[], &["resources"], None)?.err()?;
+    assert!(out.stderr.contains("not logged in"), "{out}");
+
+    let status = client(empty.path(), &env, &["status"], None)?.ok()?;
+    assert!(status.stdout.contains("user:     ci-bot"), "{status}");
+    assert!(
+        status.stdout.contains("source:   GATEHOUSE_TOKEN"),
+        "{status}"
+    );
+    assert!(
+        status
+            .stdout
+            .contains(&format!("postgres: {}", gw.pg_addr())),
+        "{status}"
+    );
+    let resources = client(empty.path(), &env, &["resources"], None)?.ok()?;
+    assert!(
+        resources.stdout.lines().any(|l| l.starts_with("orders-db")
+            && l.contains("write")
+            && l.contains("yes (1 approval")),
+        "{resources}"
+    );
+    let out = client(
+        empty.path(),
+        &env,
+        &[
+            "request",
+            "orders-db",
+            "--role",
+            "write",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-77 deploy migration",
+        ],
+        None,
+    )?
+    .ok()?;
+    let id: i64 = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no request id in {out}"))?;
+    let mine = client(empty.path(), &env, &["requests"], None)?.ok()?;
+    let line = mine
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("ci-bot") && line.contains("pending") && line.contains("INC-77"),
+        "{mine}"
+    );
+    // A person who may approve sees it too.
+    let dana = gw.engineer("dana", &["dba"])?;
+    let pending = gw.as_user(&dana, &["requests", "--pending"])?.ok()?;
+    assert!(
+        pending
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&id.to_string()) && l.contains("ci-bot")),
+        "{pending}"
+    );
+    let psql = client(
+        empty.path(),
+        &env,
+        &["psql", "orders-db", "--", "-tAc", "select 'via env'"],
+        None,
+    )?
+    .ok()?;
+    assert_eq!(psql.stdout.trim(), "via env", "{psql}");
+    let vars = client(empty.path(), &env, &["env", "orders-db"], None)?.ok()?;
+    assert!(vars.stdout.contains("export PGUSER='ci-bot'"), "{vars}");
+    // Nothing was saved.
+    assert!(
+        std::fs::read_dir(empty.path())?.next().is_none(),
+        "the home stays empty"
+    );
+
+    // With a saved login as well, GATEHOUSE_TOKEN wins, and `logout` refuses without asking
+    // the gateway: the saved login is neither forgotten nor revoked.
+    let bob = gw.engineer("bob", &["engineering"])?;
+    let status = client(bob.path(), &env, &["status"], None)?.ok()?;
+    assert!(status.stdout.contains("user:     ci-bot"), "{status}");
+    let out = client(bob.path(), &env, &["logout"], None)?.err()?;
+    assert!(
+        out.stderr.contains(
+            "GATEHOUSE_TOKEN is set: an issued token is revoked by an admin (`gatehouse token revoke`), unset it to log out the saved login"
+        ),
+        "{out}"
+    );
+    assert!(bob.join("credentials.json").exists());
+    let status = gw.as_user(&bob, &["status"])?.ok()?;
+    assert!(status.stdout.contains("user:     bob"), "{status}");
+    let out = client(empty.path(), &env, &["logout"], None)?.err()?;
+    assert!(out.stderr.contains("GATEHOUSE_TOKEN is set"), "{out}");
+    client(empty.path(), &env, &["resources"], None)?.ok()?;
+    assert!(!gw
+        .audit_events()?
+        .iter()
+        .any(|e| e["kind"] == "credential.revoked"));
+
+    // Revoked, the token is refused by every command, saying which credential it was.
+    let jti = payload(&token)?["jti"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    gw.cli(&["token", "revoke", &jti, "--reason", "rotated"])?
+        .ok()?;
+    for args in [
+        &["resources"][..],
+        &["status"],
+        &["psql", "orders-db", "--", "-c", "select 1"],
+    ] {
+        let out = client(empty.path(), &env, args, None)?.err()?;
+        assert!(
+            out.stderr.contains("refused GATEHOUSE_TOKEN") && out.stderr.contains("revoked"),
+            "{out}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn login_refuses_garbage_forged_expired_and_revoked_tokens_and_saves_nothing() -> anyhow::Result<()>
+{
+    let pg = PgServer::start()?;
+    let gw = token_gateway(&pg)?;
+    let gateway = gw.https_url()?;
+    let ca = gw.tls_cert().to_string_lossy().into_owned();
+    let env = [
+        ("GATEHOUSE_GATEWAY", gateway.as_str()),
+        ("GATEHOUSE_CA_FILE", ca.as_str()),
+    ];
+    let home = temp_dir("token-refused")?;
+    let file = home.join("token.txt");
+    let file_arg = file.to_string_lossy().into_owned();
+    let login = |text: &[u8]| -> anyhow::Result<CmdOutput> {
+        std::fs::write(&file, text)?;
+        client(
+            home.path(),
+            &env,
+            &["login", "--token-file", &file_arg],
+            None,
+        )
+    };
+
+    // Refused before the gateway is asked.
+    let local: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", b"\n \n".to_vec(), "is empty"),
+        ("too long", vec![b'a'; 16 * 1024 + 1], "longer than 16 KiB"),
+        (
+            "two lines",
+            b"aaa.bbb\nccc.ddd\n".to_vec(),
+            "characters a gateway token never has",
+        ),
+        ("not text", vec![0xff, 0xfe, b'a'], "not text"),
+    ];
+    for (name, text, want) in &local {
+        let out = login(text)?.err()?;
+        assert!(out.stderr.contains(want), "case `{name}`: {out}");
+        assert!(!home.join("credentials.json").exists(), "case `{name}`");
+    }
+    let missing = client(
+        home.path(),
+        &env,
+        &[
+            "login",
+            "--token-file",
+            &home.join("nope").to_string_lossy(),
+        ],
+        None,
+    )?
+    .err()?;
+    assert!(missing.stderr.contains("reading --token-file"), "{missing}");
+
+    // Refused by the gateway.
+    let key = SigningKey::load(&gw.state_dir().join("keys/token-signing.pem"))?;
+    let other_dir = temp_dir("token-refused-key")?;
+    let other = SigningKey::load_or_create(&other_dir.join("k.pem"))?;
+    let mut expired = claims("ci-bot");
+    expired["exp"] = json!(now() - 3600);
+    let refused: Vec<(&str, String, &str)> = vec![
+        (
+            "garbage",
+            "hunter2".to_string(),
+            "not a token of this gateway",
+        ),
+        (
+            "forged",
+            sign(&other, header(&key.key_id), &claims("ci-bot"))?,
+            "not a token of this gateway",
+        ),
+        (
+            "expired",
+            sign(&key, header(&key.key_id), &expired)?,
+            "it expired 1h",
+        ),
+    ];
+    for (name, token, want) in &refused {
+        let out = login(token.as_bytes())?.err()?;
+        assert!(
+            out.stderr.contains("refused this token") && out.stderr.contains(want),
+            "case `{name}`: {out}"
+        );
+        assert!(
+            out.stderr.contains("nothing was saved"),
+            "case `{name}`: {out}"
+        );
+        assert!(!home.join("credentials.json").exists(), "case `{name}`");
+    }
+
+    // A revoked token is refused, and a saved login is left as it was.
+    let good = gw.token("ci-bot", &["engineering"], "1h")?;
+    login(good.as_bytes())?.ok()?;
+    let before = std::fs::read(home.join("credentials.json"))?;
+    let revoked = gw.token("ci-bot", &["engineering"], "1h")?;
+    let jti = payload(&revoked)?["jti"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    gw.cli(&["token", "revoke", &jti, "--reason", "leaked"])?
+        .ok()?;
+    let out = login(revoked.as_bytes())?.err()?;
+    assert!(
+        out.stderr.contains("refused this token: it is revoked"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(home.join("credentials.json"))?, before);
+    let status = client(home.path(), &[], &["status"], None)?.ok()?;
+    assert!(status.stdout.contains("user:     ci-bot"), "{status}");
+    // Each refusal at the gateway is audited, without the token.
+    let events = gw.audit_events()?;
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "auth.failed" && e["action"] == "whoami")
+        .collect();
+    assert_eq!(failed.len(), refused.len() + 1, "{failed:?}");
+    for (_, token, _) in &refused {
+        assert!(!failed
+            .iter()
+            .any(|e| e.to_string().contains(token.as_str())));
+    }
     Ok(())
 }

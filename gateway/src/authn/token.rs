@@ -58,6 +58,15 @@ impl Claims {
     pub fn auth_method(&self) -> &str {
         self.auth.as_deref().unwrap_or("gateway_token")
     }
+
+    /// The login a sign-in's credential belongs to, which `logout` may end. `None` for an
+    /// issued token, even one whose `sid` names its row (flow `token`): the signed claims
+    /// say which it is (no `auth`), and such a token ends at its expiry or by
+    /// `gatehouse token revoke`, never through the holder's own logout.
+    pub fn login_sid(&self) -> Option<&str> {
+        self.auth.as_ref()?;
+        self.sid.as_deref()
+    }
 }
 
 /// What a login adds to a credential.
@@ -446,6 +455,19 @@ mod tests {
         assert_eq!(verified.jti, "abc123");
         assert_eq!(verified.auth, None);
         assert_eq!(verified.auth_method(), "gateway_token");
+        assert_eq!(verified.login_sid(), None, "an issued token is no login");
+        let (t, _) = a
+            .issue_login(
+                "alice",
+                &[],
+                Duration::from_secs(600),
+                LoginClaims {
+                    sid: "login1".into(),
+                    ..LoginClaims::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(a.verify(&t, "alice").unwrap().login_sid(), Some("login1"));
         assert!(verified.amr.is_empty() && !verified.mfa);
         assert!(a
             .issue_service("ci-bot", &[], Duration::from_secs(600), "")

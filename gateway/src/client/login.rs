@@ -1,8 +1,10 @@
 //! `gatehouse login`: the browser flow (a loopback redirect with its own `state` and PKCE
-//! challenge, RFC 8252) and the device flow, each ending in a gateway credential that is saved.
+//! challenge, RFC 8252) and the device flow, each ending in a gateway credential that is saved;
+//! or `--token-file`, an issued (service) token the gateway vouches for (`/api/v1/whoami`),
+//! saved the same way without single sign-on.
 
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -13,7 +15,10 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::api::{api_error, http_client};
-use super::credentials::{load, save, when, Saved};
+use super::credentials::{
+    canonical, check_token_text, gateway_url, info, load, resolve, save, when, Saved, GATEWAY_ENV,
+    MAX_TOKEN_TEXT,
+};
 
 /// How long `login` waits for the browser to come back.
 const LOGIN_WAIT: Duration = Duration::from_secs(300);
@@ -34,55 +39,71 @@ struct Issued {
 fn random_b64<const N: usize>() -> String {
     B64URL.encode(gatehouse_core::random::random_bytes::<N>())
 }
-/// `gatehouse login`.
+/// `gatehouse login`. With `token_file`, saves that issued token (`-`: read from stdin) once
+/// the gateway says whom it names; else signs in through single sign-on (`device`: the device
+/// flow).
 pub async fn login(
     gateway: Option<String>,
     ca_file: Option<PathBuf>,
     device: bool,
     open_browser: bool,
+    token_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    // Read first: a token file that cannot be one is refused before anything is asked.
+    let token = token_file.as_deref().map(read_token_file).transpose()?;
     let previous = load().ok();
     let gateway = gateway
-        .or_else(|| std::env::var("GATEHOUSE_GATEWAY").ok())
+        .or_else(|| {
+            std::env::var(GATEWAY_ENV)
+                .ok()
+                .filter(|g| !g.trim().is_empty())
+        })
         .or_else(|| previous.as_ref().map(|p| p.gateway.clone()))
         .context("which gateway? give --gateway https://GATEWAY:8443")?;
-    let gateway = gateway.trim_end_matches('/').to_string();
-    if !gateway.starts_with("https://") {
-        bail!("--gateway must be an https:// URL, got `{gateway}`");
-    }
+    let gateway = gateway_url(&gateway).context("--gateway")?;
     let ca_file = ca_file
         .or_else(|| previous.as_ref().and_then(|p| p.ca_file.clone()))
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+        .map(canonical);
     let http = http_client(ca_file.as_deref())?;
-    let info: serde_json::Value = http
-        .get(format!("{gateway}/api/v1/info"))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {gateway}"))?
-        .json()
-        .await
-        .context("the gateway's /api/v1/info is not JSON; is this a Gatehouse gateway?")?;
-    if info.get("sso").and_then(|v| v.as_bool()) != Some(true) {
-        bail!("single sign-on is not configured on {gateway}; ask an administrator for a token");
-    }
-    let issued = if device {
-        device_login(&http, &gateway).await?
-    } else {
-        browser_login(&http, &gateway, open_browser).await?
-    };
-    let saved = Saved {
-        gateway: gateway.clone(),
-        ca_file,
-        credential: issued.credential,
-        user: issued.user,
-        groups: issued.groups,
-        mfa: issued.mfa,
-        expires_at: issued.expires_at,
-        postgres: issued.postgres,
+    let (saved, how) = match token {
+        Some(token) => {
+            let saved = resolve(
+                &http,
+                &gateway,
+                ca_file,
+                token,
+                "this token",
+                "nothing was saved",
+            )
+            .await?;
+            (saved, "Logged in")
+        }
+        None => {
+            let info = info(&http, &gateway).await?;
+            if info.get("sso").and_then(|v| v.as_bool()) != Some(true) {
+                bail!("single sign-on is not configured on {gateway}; ask an administrator for a token and use `gatehouse login --token-file FILE`");
+            }
+            let issued = if device {
+                device_login(&http, &gateway).await?
+            } else {
+                browser_login(&http, &gateway, open_browser).await?
+            };
+            let saved = Saved {
+                gateway: gateway.clone(),
+                ca_file,
+                credential: issued.credential,
+                user: issued.user,
+                groups: issued.groups,
+                mfa: issued.mfa,
+                expires_at: issued.expires_at,
+                postgres: issued.postgres,
+            };
+            (saved, "Signed in")
+        }
     };
     let path = save(&saved)?;
     println!(
-        "Signed in to {gateway} as {} (groups: {}; MFA: {}). The credential expires {}.",
+        "{how} to {gateway} as {} (groups: {}; MFA: {}). The credential expires {}.",
         saved.user,
         if saved.groups.is_empty() {
             "none".to_string()
@@ -94,6 +115,36 @@ pub async fn login(
     );
     tracing::debug!(path = %path.display(), "credential saved");
     Ok(())
+}
+
+/// The token in `path` (`-`: stdin), trimmed: at most [`MAX_TOKEN_TEXT`] bytes are read, and
+/// anything that cannot be a gateway token is refused.
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let name = if path == Path::new("-") {
+        "the token on stdin".to_string()
+    } else {
+        format!("--token-file {}", path.display())
+    };
+    let mut bytes = Vec::new();
+    let limit = MAX_TOKEN_TEXT as u64 + 1;
+    let read = if path == Path::new("-") {
+        std::io::stdin().lock().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    read.with_context(|| format!("reading {name}"))?;
+    if bytes.len() > MAX_TOKEN_TEXT {
+        bail!(
+            "{name} is longer than {} KiB; a gateway token is much shorter (is this the right file?)",
+            MAX_TOKEN_TEXT / 1024
+        );
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!("{name} is not text; it should hold a token from `gatehouse token issue`")
+    })?;
+    let token = text.trim().to_string();
+    check_token_text(&token, &name)?;
+    Ok(token)
 }
 
 async fn browser_login(

@@ -1,11 +1,12 @@
-//! `gatehouse psql` and `gatehouse env`: the libpq environment for a resource from the saved
-//! login ([`pg_env`]), handed to psql or printed for `eval`.
+//! `gatehouse psql` and `gatehouse env`: the libpq environment for a resource from the current
+//! credential (the saved login, or `GATEHOUSE_TOKEN` as the gateway sees it; [`pg_env`]),
+//! handed to psql or printed for `eval`.
 
 use std::io::Write as _;
 
 use anyhow::{bail, Context};
 
-use super::credentials::{load, when, Saved};
+use super::credentials::{current, when, Saved};
 use crate::authn::token::unix_now;
 
 /// The libpq environment for `resource`.
@@ -69,8 +70,8 @@ fn check_psql_can_verify(saved: &Saved) -> anyhow::Result<()> {
 }
 
 /// `gatehouse psql RESOURCE [ARGS...]`: runs psql with the credential; never on the command line.
-pub fn psql(resource: &str, args: &[String]) -> anyhow::Result<std::process::ExitCode> {
-    let saved = load()?;
+pub async fn psql(resource: &str, args: &[String]) -> anyhow::Result<std::process::ExitCode> {
+    let saved = current().await?;
     let env = pg_env(&saved, resource)?;
     check_psql_can_verify(&saved)?;
     let mut cmd = std::process::Command::new("psql");
@@ -91,8 +92,8 @@ pub fn psql(resource: &str, args: &[String]) -> anyhow::Result<std::process::Exi
 }
 
 /// `gatehouse env RESOURCE`: prints `export PG...=...` lines for `eval`.
-pub fn env(resource: &str) -> anyhow::Result<()> {
-    let saved = load()?;
+pub async fn env(resource: &str) -> anyhow::Result<()> {
+    let saved = current().await?;
     let mut out = std::io::stdout().lock();
     for (k, v) in pg_env(&saved, resource)? {
         writeln!(out, "export {k}={}", shell_quote(&v))?;

@@ -1,41 +1,42 @@
-//! `gatehouse status` (the saved login as the gateway sees it) and `gatehouse logout` (revoke
-//! it at the gateway, forget it here).
+//! `gatehouse status` (the current credential as the gateway sees it) and `gatehouse logout`
+//! (revoke the saved login at the gateway, forget it here).
 
 use anyhow::{bail, Context};
 
-use super::api::{api_error, http_client};
-use super::credentials::{credentials_path, load, when};
+use super::api::{error_line, http_client};
+use super::credentials::{
+    credential, credentials_path, env_token, info, load, postgres_door, strings, when, whoami,
+    Credential, TOKEN_ENV,
+};
 
 /// `gatehouse status`.
 pub async fn status() -> anyhow::Result<()> {
-    let saved = load()?;
-    let http = http_client(saved.ca_file.as_deref())?;
-    let resp = http
-        .get(format!("{}/api/v1/whoami", saved.gateway))
-        .bearer_auth(&saved.credential)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {}", saved.gateway))?;
-    if !resp.status().is_success() {
-        bail!(
-            "the gateway refused the saved credential of {}: {}; run `gatehouse login`",
-            saved.user,
-            api_error(resp).await
-        );
-    }
-    let me: serde_json::Value = resp.json().await?;
-    let groups: Vec<&str> = me
-        .get("groups")
-        .and_then(|g| g.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-        .unwrap_or_default();
-    let amr: Vec<&str> = me
-        .get("amr")
-        .and_then(|g| g.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-        .unwrap_or_default();
+    let cred = credential()?;
+    let http = http_client(cred.ca_file())?;
+    let gateway = cred.gateway();
+    let me = whoami(
+        &http,
+        gateway,
+        cred.token(),
+        &cred.describe(),
+        cred.remedy(),
+    )
+    .await?;
+    let (source, postgres) = match &cred {
+        Credential::Saved(saved) => (
+            format!("saved login ({})", credentials_path()?.display()),
+            saved.postgres.clone(),
+        ),
+        Credential::Env { .. } => (
+            format!("{TOKEN_ENV} (an issued token; a saved login is not used while it is set)"),
+            postgres_door(&info(&http, gateway).await?)?,
+        ),
+    };
+    let groups = strings(&me, "groups");
+    let amr = strings(&me, "amr");
     let exp = me.get("expires_at").and_then(|v| v.as_u64()).unwrap_or(0);
-    println!("gateway:  {}", saved.gateway);
+    println!("gateway:  {gateway}");
+    println!("source:   {source}");
     println!(
         "user:     {}",
         me.get("user").and_then(|v| v.as_str()).unwrap_or("")
@@ -62,12 +63,25 @@ pub async fn status() -> anyhow::Result<()> {
         }
     );
     println!("expires:  {}", when(exp));
-    println!("postgres: {}", saved.postgres);
+    println!("postgres: {postgres}");
     Ok(())
 }
 
-/// `gatehouse logout`: revokes the login at the gateway and forgets the credential.
+/// How the gateway answered a logout.
+enum Revoked {
+    Yes,
+    /// The saved credential is an issued token (`login --token-file`): only an admin ends it.
+    IssuedToken,
+    No(String),
+}
+
+/// `gatehouse logout`: revokes the login at the gateway and forgets the credential. Refused
+/// while `GATEHOUSE_TOKEN` is set: that token is not this machine's to end, and it would go on
+/// being used whatever was forgotten here.
 pub async fn logout() -> anyhow::Result<()> {
+    if env_token().is_some() {
+        bail!("{TOKEN_ENV} is set: an issued token is revoked by an admin (`gatehouse token revoke`), unset it to log out the saved login");
+    }
     let saved = load()?;
     let http = http_client(saved.ca_file.as_deref())?;
     let revoked = match http
@@ -76,15 +90,28 @@ pub async fn logout() -> anyhow::Result<()> {
         .send()
         .await
     {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(api_error(r).await),
-        Err(e) => Err(e.to_string()),
+        Ok(r) if r.status().is_success() => Revoked::Yes,
+        Ok(r) => {
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            if body.get("error").and_then(|e| e.as_str()) == Some("not_a_login") {
+                Revoked::IssuedToken
+            } else {
+                Revoked::No(error_line(status, &body))
+            }
+        }
+        Err(e) => Revoked::No(e.to_string()),
     };
     let path = credentials_path()?;
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     match revoked {
-        Ok(()) => println!("Logged out {}: the credential is revoked and forgotten.", saved.user),
-        Err(e) => println!(
+        Revoked::Yes => println!("Logged out {}: the credential is revoked and forgotten.", saved.user),
+        Revoked::IssuedToken => println!(
+            "Forgot the issued token of {} here. It is not revoked: it works until its expiry ({}) unless an admin revokes it (`gatehouse token revoke`).",
+            saved.user,
+            when(saved.expires_at)
+        ),
+        Revoked::No(e) => println!(
             "Forgot the credential of {}, but the gateway did not confirm revoking it ({e}); it stops working at its expiry.",
             saved.user
         ),

@@ -410,7 +410,10 @@ pub async fn whoami(
     }
 }
 
-/// `POST /api/v1/logout`: revokes the credential's login.
+/// `POST /api/v1/logout`: revokes the credential's login. Only a sign-in's credential ends
+/// this way: an issued (service) token is refused with 400 `not_a_login`, so one holder of a
+/// token that several jobs share cannot end it for all; an admin revokes it
+/// (`gatehouse token revoke`).
 pub async fn logout(
     State(web): State<Arc<Web>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -420,11 +423,12 @@ pub async fn logout(
         Err(r) => return r,
         Ok(c) => c,
     };
-    let Some(sid) = claims.sid else {
+    let Some(sid) = claims.login_sid().map(str::to_string) else {
         return error(
             StatusCode::BAD_REQUEST,
             "not_a_login",
-            "this is an issued token, not a login credential; it ends at its expiry",
+            "this is an issued token, not a login credential: it ends at its expiry, or when an \
+             admin revokes it (`gatehouse token revoke`)",
         );
     };
     if let Ok(mut live) = web.refresh.lock() {
