@@ -1113,6 +1113,43 @@ mod tests {
         assert_eq!(discover(|_| false), Path::new(CONFIG_FILE));
     }
 
+    /// deploy/gatehouse.toml, the complete example the README points at, stays a config the
+    /// gateway accepts.
+    #[test]
+    fn the_deploy_example_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gatehouse.toml");
+        // The files it names under /etc/gatehouse are read at load time (the upstream CA):
+        // put them in a temporary directory instead.
+        let dir = std::env::temp_dir().join(format!("gh-deploy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["db.internal".to_string()]).unwrap();
+        std::fs::write(dir.join("orders-db-ca.pem"), ca.cert.pem()).unwrap();
+        let text = std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("/etc/gatehouse/", &format!("{}/", dir.display()));
+        let path = dir.join("gatehouse.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: BTreeMap<String, String> = [
+            ("ORDERS_DB_RO_PASSWORD".to_string(), "pw".to_string()),
+            ("GATEHOUSE_OIDC_SECRET".to_string(), "s".to_string()),
+        ]
+        .into();
+        let config = Config::load(&path, &env, Secrets::Skip).unwrap();
+        let names: Vec<&str> = config.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["orders-db", "ledger-db", "cache"]);
+        assert_eq!(
+            config.oidc.as_ref().map(|o| o.issuer.as_str()),
+            Some("https://login.example.com")
+        );
+        assert_eq!(
+            config.agents.as_ref().map(|a| a.public_address.as_str()),
+            Some("gw.example:8444")
+        );
+        assert_eq!(config.tcp.listen.map(|a| a.port()), Some(6380));
+        assert_eq!(config.state_dir, Path::new("/var/lib/gatehouse"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// `{:#}` (how the command line prints errors) shows `needle` exactly once.
     fn printed_once(e: ConfigError, needle: &str) {
         let text = format!("{:#}", anyhow::Error::from(e));

@@ -63,6 +63,7 @@ pub mod clients;
 pub mod gateway;
 pub mod oidc;
 pub mod pg;
+pub mod readme;
 pub mod redis;
 pub mod sso;
 pub mod util;

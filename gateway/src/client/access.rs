@@ -110,14 +110,15 @@ pub async fn requests(pending: bool) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:<6} {:<12} {:<16} {:<8} {:<8} {:<10} {:<9} {}",
-            r["id"],
+            r["id"].as_i64().unwrap_or_default(),
             s(r, "requester"),
             s(r, "resource"),
             s(r, "role"),
             crate::access::human_duration(r["duration_secs"].as_u64().unwrap_or(0)),
             s(r, "state"),
             format!("{approvals}/{}", r["approvals_required"]),
-            s(r, "reason")
+            // A reason may hold line breaks; on one table row they read as `\n`.
+            s(r, "reason").replace('\n', "\\n")
         )?;
     }
     Ok(())
