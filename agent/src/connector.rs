@@ -49,6 +49,8 @@ impl Refusal {
 pub enum Upstream {
     Postgres {
         upstream: pg::Upstream,
+        /// The upstream role the session logged in as (per-user or shared).
+        user: String,
         opts: RelayOptions,
     },
     Tcp(TcpStream),
@@ -70,19 +72,12 @@ impl Target {
         }
     }
 
-    /// The upstream user the brokered credential logs in as (empty: none is brokered).
-    pub fn upstream_user(&self) -> &str {
-        match self {
-            Target::Postgres(t) => &t.username,
-            Target::Tcp(_) => "",
-        }
-    }
-
-    /// Opens the upstream for a session the gateway admitted, with the protocol's `options`
-    /// from [`crate::tunnel::OpenSession`].
+    /// Opens the upstream for a session the gateway admitted for `user`, with the protocol's
+    /// `options` from [`crate::tunnel::OpenSession`].
     pub async fn open(
         &self,
         protocol: Protocol,
+        user: &str,
         options: &serde_json::Value,
     ) -> Result<Upstream, Refusal> {
         if protocol != self.protocol() {
@@ -103,11 +98,12 @@ impl Target {
                         format!("malformed PostgreSQL session options: {e}"),
                     )
                 })?;
-                let upstream = pg::connect(t, &open.params)
+                let (upstream, user) = pg::connect_as(t, user, &open.params)
                     .await
                     .map_err(|e| pg_refusal(&t.address, &e))?;
                 Ok(Upstream::Postgres {
                     upstream,
+                    user,
                     opts: open.relay_options(),
                 })
             }
@@ -120,6 +116,14 @@ impl Target {
 }
 
 impl Upstream {
+    /// The upstream user the brokered credential logged in as (empty: none is brokered).
+    pub fn upstream_user(&self) -> &str {
+        match self {
+            Upstream::Postgres { user, .. } => user,
+            Upstream::Tcp(_) => "",
+        }
+    }
+
     /// What the gateway needs for the client ([`crate::tunnel::Opened::Ok`]'s `options`).
     pub fn opened(&self) -> serde_json::Value {
         match self {
@@ -153,7 +157,7 @@ impl Upstream {
         S: EventSink,
     {
         match self {
-            Upstream::Postgres { upstream, opts } => {
+            Upstream::Postgres { upstream, opts, .. } => {
                 pg::relay(upstream.into_stream(), client, &opts, sink, kill).await
             }
             Upstream::Tcp(stream) => tcp::relay(stream, client, kill).await,
@@ -200,7 +204,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
         });
         let refused = tcp
-            .open(Protocol::Postgres, &serde_json::Value::Null)
+            .open(Protocol::Postgres, "alice", &serde_json::Value::Null)
             .await
             .err()
             .unwrap();
@@ -211,7 +215,7 @@ mod tests {
             refused.message
         );
         let refused = tcp
-            .open(Protocol::Tcp, &serde_json::Value::Null)
+            .open(Protocol::Tcp, "alice", &serde_json::Value::Null)
             .await
             .err()
             .unwrap();

@@ -5,6 +5,7 @@
 mod auth;
 mod connect;
 mod observer;
+pub mod per_user;
 mod relay;
 mod security;
 pub mod startup;
@@ -47,6 +48,7 @@ pub struct PgOpened {
 }
 
 pub use connect::{connect, CancelHandle, PgTarget, Upstream, UpstreamError};
+pub use per_user::{connect_as, PerUserRoles};
 pub use relay::{relay, RelayOptions};
 pub use security::{
     AuthMethod, SecuritySettings, SettingError, UpstreamSecurity, UpstreamStream, UpstreamTls,

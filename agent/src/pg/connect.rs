@@ -28,6 +28,9 @@ pub struct PgTarget {
     pub connect_timeout: Duration,
     /// TLS and the authentication methods the server may ask for.
     pub security: UpstreamSecurity,
+    /// Log in as a role of the session's own user, a member of `username`, instead of as
+    /// `username` itself ([`super::per_user`]).
+    pub per_user: Option<std::sync::Arc<super::per_user::PerUserRoles>>,
 }
 
 /// Why the upstream connection could not be established. Messages are safe to show to the
@@ -57,6 +60,9 @@ pub enum UpstreamError {
     Scram(String),
     #[error("upstream protocol error: {0}")]
     Protocol(#[from] WireError),
+    /// Setting up the session's per-user upstream role failed (with the admin credential).
+    #[error("cannot set up the per-user upstream role: {0}")]
+    PerUserRole(Box<UpstreamError>),
 }
 
 /// An authenticated upstream connection, ready for queries.

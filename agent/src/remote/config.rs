@@ -34,7 +34,7 @@ use gatehouse_core::Secret;
 use serde::Deserialize;
 
 use crate::connector::Target;
-use crate::pg::{PgTarget, SecuritySettings};
+use crate::pg::{PerUserRoles, PgTarget, SecuritySettings};
 use crate::tcp::TcpTarget;
 use crate::tunnel::Protocol;
 
@@ -86,6 +86,17 @@ struct ResourceFile {
     ca_file: Option<PathBuf>,
     /// What the upstream may ask for; default `["scram-sha-256"]`.
     auth_methods: Option<Vec<String>>,
+    /// Each person logs in upstream as a role of their own (`crate::pg::per_user`).
+    per_user_roles: Option<PerUserRolesFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerUserRolesFile {
+    /// A role with `CREATEROLE` (and, on PostgreSQL 16+, `ADMIN OPTION` on each role's user).
+    admin: CredentialFile,
+    /// Default `gh_`.
+    prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +198,7 @@ impl AgentConfig {
                     ("tls", r.tls.is_some()),
                     ("ca_file", r.ca_file.is_some()),
                     ("auth_methods", r.auth_methods.is_some()),
+                    ("per_user_roles", r.per_user_roles.is_some()),
                 ];
                 if let Some((k, _)) = given.iter().find(|(_, given)| *given) {
                     return Err(invalid(
@@ -226,8 +238,8 @@ impl AgentConfig {
                 let k = key(&format!("roles.{role}"));
                 creds.push((role, c, k));
             }
-            for (role, c, k) in creds {
-                let password = match (&c.password_env, &c.password_file) {
+            let read_password = |c: &CredentialFile, k: &str| {
+                Ok::<_, ConfigError>(match (&c.password_env, &c.password_file) {
                     (Some(var), None) => env(var).ok_or_else(|| {
                         invalid(
                             format!("{k}.password_env"),
@@ -248,13 +260,47 @@ impl AgentConfig {
                     }
                     _ => {
                         return Err(invalid(
-                            k,
+                            k.to_string(),
                             "give exactly one of `password_env`, `password_file`".into(),
                         ))
                     }
+                })
+            };
+            let per_user = match &r.per_user_roles {
+                None => None,
+                Some(p) => {
+                    let prefix = p.prefix.clone().unwrap_or_else(|| "gh_".to_string());
+                    let plain = (1..=20).contains(&prefix.len())
+                        && prefix.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                        && prefix
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if !plain {
+                        return Err(invalid(
+                            key("per_user_roles.prefix"),
+                            format!("`{prefix}` must be 1-20 characters of a-z, 0-9, `_`, starting with a letter or `_`"),
+                        ));
+                    }
+                    let k = key("per_user_roles.admin");
+                    Some((
+                        p.admin.username.clone(),
+                        read_password(&p.admin, &k)?,
+                        prefix,
+                    ))
+                }
+            };
+            for (role, c, k) in creds {
+                // With per-user roles the role's user may be NOLOGIN: its password is optional.
+                let password = if per_user.is_some()
+                    && c.password_env.is_none()
+                    && c.password_file.is_none()
+                {
+                    String::new()
+                } else {
+                    read_password(&c, &k)?
                 };
                 roles.insert(
-                    role,
+                    role.clone(),
                     Target::Postgres(PgTarget {
                         address: r.address.clone(),
                         database: database.clone(),
@@ -262,6 +308,14 @@ impl AgentConfig {
                         password: Secret::new(password),
                         connect_timeout,
                         security: security.clone(),
+                        per_user: per_user.as_ref().map(|(admin, password, prefix)| {
+                            std::sync::Arc::new(PerUserRoles {
+                                admin_username: admin.clone(),
+                                admin_password: Secret::new(password.clone()),
+                                prefix: prefix.clone(),
+                                role: role.clone(),
+                            })
+                        }),
                     }),
                 );
             }

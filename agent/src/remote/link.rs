@@ -324,9 +324,9 @@ impl Agent {
                 ))
             }
             Some(t) => t
-                .open(open.protocol, &open.options)
+                .open(open.protocol, &open.user, &open.options)
                 .await
-                .map(|up| (t.upstream_user().to_string(), t.address().to_string(), up)),
+                .map(|up| (up.upstream_user().to_string(), t.address().to_string(), up)),
         };
         let (upstream, opened) = match answer {
             Ok((upstream_user, address, up)) => {

@@ -73,6 +73,28 @@ pub struct Identity {
     pub id_token_exp: u64,
     /// Kept on the gateway, never handed out; used for re-checks.
     pub refresh_token: Option<String>,
+    /// When the person last authenticated at the provider (`auth_time`, Unix seconds).
+    pub auth_time: Option<u64>,
+}
+
+/// Clock skew allowed between the provider and the gateway for `auth_time`.
+const AUTH_TIME_LEEWAY_SECS: u64 = 30;
+
+/// A fresh sign-in asked for at `since` must show an `auth_time` at or after it (less the
+/// clock leeway); a missing `auth_time` fails, as `max_age` makes it required (OpenID Connect
+/// Core 3.1.2.1).
+fn check_fresh(auth_time: Option<u64>, since: u64) -> Result<(), LoginError> {
+    match auth_time {
+        Some(t) if t + AUTH_TIME_LEEWAY_SECS >= since => Ok(()),
+        Some(t) => Err(LoginError::IdToken(format!(
+            "the provider did not sign you in again (it reused a sign-in from {} s before this              login started); a device login needs a fresh sign-in",
+            since - t
+        ))),
+        None => Err(LoginError::IdToken(
+            "the provider did not say when you signed in (no auth_time), which a device login              needs to show a fresh sign-in"
+                .into(),
+        )),
+    }
 }
 
 /// The secrets of one authorization request, kept until its callback.
@@ -306,12 +328,16 @@ impl RelyingParty {
     }
 
     /// Exchanges an authorization code (with its PKCE verifier) and verifies the ID token
-    /// against the expected `nonce`.
+    /// against the expected `nonce`. `fresh_since`: the Unix time a fresh sign-in was asked
+    /// for ([`authorize`](Self::authorize) with `fresh_sign_in`); the ID token's `auth_time`
+    /// must then show that the person signed in at the provider since, not that an older
+    /// provider session was reused by a provider that ignored `prompt=login`.
     pub async fn finish(
         &self,
         code: &str,
         pkce_verifier: &str,
         nonce: &str,
+        fresh_since: Option<u64>,
     ) -> Result<Identity, LoginError> {
         let d = self.discovered().await?;
         let client = self.client(&d)?;
@@ -325,7 +351,13 @@ impl RelyingParty {
         let id_token = response.id_token().ok_or(LoginError::NoIdToken)?.clone();
         let refresh = response.refresh_token().map(|r| r.secret().clone());
         let nonce = Nonce::new(nonce.to_string());
-        self.verify_id_token(&id_token, Some(&nonce), refresh).await
+        let identity = self
+            .verify_id_token(&id_token, Some(&nonce), refresh)
+            .await?;
+        if let Some(since) = fresh_since {
+            check_fresh(identity.auth_time, since)?;
+        }
+        Ok(identity)
     }
 
     /// Verifies an ID token; `nonce` is `None` for grants that have none (device, refresh).
@@ -419,6 +451,7 @@ impl RelyingParty {
             acr,
             mfa,
             id_token_exp: claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0),
+            auth_time: claims.get("auth_time").and_then(|v| v.as_u64()),
             refresh_token,
         })
     }
@@ -586,6 +619,7 @@ fn form_urlencode(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -597,6 +631,23 @@ mod tests {
         assert!(!valid_username("alice bob"));
         assert!(!valid_username("al\"ice"));
         assert!(!valid_username(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn a_fresh_sign_in_needs_an_auth_time_since_the_login_started() {
+        let since = 1_800_000_000;
+        assert!(check_fresh(Some(since), since).is_ok());
+        assert!(check_fresh(Some(since + 5), since).is_ok());
+        // Clock skew between provider and gateway.
+        assert!(check_fresh(Some(since - 30), since).is_ok());
+        // A provider session from an hour ago, reused despite prompt=login.
+        let old = check_fresh(Some(since - 3600), since)
+            .unwrap_err()
+            .to_string();
+        assert!(old.contains("did not sign you in again"), "{old}");
+        assert!(old.contains("3600 s"), "{old}");
+        let none = check_fresh(None, since).unwrap_err().to_string();
+        assert!(none.contains("no auth_time"), "{none}");
     }
 
     #[test]

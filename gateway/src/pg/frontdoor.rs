@@ -546,7 +546,7 @@ impl FrontDoor {
             (Err(refused), _) => Err(refused),
             (Ok(_), None) => Err(not_postgres(&resource)),
             (Ok(settings), Some(Reach::Direct(direct))) => {
-                self.open_local(&resource.name, direct, role, &settings)
+                self.open_local(&resource.name, direct, role, user, &settings)
                     .await
             }
             (Ok(settings), Some(Reach::Agent(agent_name))) => {
@@ -580,12 +580,13 @@ impl FrontDoor {
         }
     }
 
-    /// Connects to PostgreSQL resource `name` from this process, as `role`.
+    /// Connects to PostgreSQL resource `name` from this process, as `role`, for `user`.
     async fn open_local(
         &self,
         name: &str,
         direct: &PostgresDirect,
         role: &str,
+        user: &str,
         params: &[(String, String)],
     ) -> Result<(String, String, UpstreamConn), (String, Refusal)> {
         let Some(target) = direct.target(role) else {
@@ -597,8 +598,8 @@ impl FrontDoor {
                 ),
             ));
         };
-        match agent::connect(&target, params).await {
-            Ok(up) => Ok((target.username, target.address, UpstreamConn::Local(up))),
+        match agent::connect_as(&target, user, params).await {
+            Ok((up, upstream_user)) => Ok((upstream_user, target.address, UpstreamConn::Local(up))),
             Err(err) => {
                 warn!(upstream = %target.address, error = %err, "upstream connection failed");
                 Err((err.to_string(), upstream_refusal(name, &err)))
@@ -736,6 +737,12 @@ fn upstream_refusal(resource: &str, err: &UpstreamError) -> Refusal {
         UpstreamError::AuthMethodRefused(_)
         | UpstreamError::TlsRefused
         | UpstreamError::Tls(_) => untrusted_refusal(resource, &err.to_string()),
+        UpstreamError::PerUserRole(_) => Refusal {
+            code: "08004",
+            message: format!("resource \"{resource}\" could not set up your upstream role"),
+            detail: Some(err.to_string()),
+            hint: Some("this is a gateway configuration problem (the resource's per_user_roles admin); tell the resource's admin".into()),
+        },
         _ => Refusal {
             code: "08001",
             message: format!("gatehouse could not connect to resource \"{resource}\""),

@@ -67,6 +67,9 @@ pub enum Return {
 pub struct LoginTx {
     pub pkce_verifier: String,
     pub nonce: String,
+    /// When a fresh sign-in at the provider was asked for (device logins; Unix seconds): the
+    /// ID token's `auth_time` must be at or after it.
+    pub fresh_since: Option<u64>,
     /// SHA-256 of the browser binding cookie.
     pub binding: [u8; 32],
     pub ret: Return,
@@ -287,6 +290,7 @@ pub async fn start(
     let tx = LoginTx {
         pkce_verifier: auth.pkce_verifier,
         nonce: auth.nonce,
+        fresh_since: fresh.then(crate::authn::token::unix_now),
         binding: sha256(&binding),
         ret,
     };
@@ -393,7 +397,10 @@ pub async fn callback(
         )
         .await;
     };
-    let identity = match rp.finish(&code, &tx.pkce_verifier, &tx.nonce).await {
+    let identity = match rp
+        .finish(&code, &tx.pkce_verifier, &tx.nonce, tx.fresh_since)
+        .await
+    {
         Ok(i) => i,
         Err(e) => return fail(StatusCode::FORBIDDEN, e.to_string(), String::new()).await,
     };

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatehouse_agent::pg::{PgTarget, SecuritySettings, UpstreamSecurity};
+use gatehouse_agent::pg::{PerUserRoles, PgTarget, SecuritySettings, UpstreamSecurity};
+use gatehouse_core::Secret;
 use serde::Deserialize;
 
 use super::{
@@ -36,6 +37,16 @@ pub struct PostgresDirect {
     pub roles: BTreeMap<String, RoleCredential>,
     /// How far the upstream is trusted (TLS, authentication methods).
     pub upstream: UpstreamSecurity,
+    /// Per-user upstream roles (`per_user_roles`): sessions log in as a role of their own, a
+    /// member of the role credential's user; `None`: as that user itself.
+    pub per_user: Option<PerUser>,
+}
+
+/// `per_user_roles`: the admin credential that creates per-user roles, and their prefix.
+#[derive(Debug, Clone)]
+pub struct PerUser {
+    pub admin: RoleCredential,
+    pub prefix: String,
 }
 
 impl PostgresDirect {
@@ -50,6 +61,14 @@ impl PostgresDirect {
             password: credential.password.clone(),
             connect_timeout: self.connect_timeout,
             security: self.upstream.clone(),
+            per_user: self.per_user.as_ref().map(|p| {
+                std::sync::Arc::new(PerUserRoles {
+                    admin_username: p.admin.username.clone(),
+                    admin_password: p.admin.password.clone(),
+                    prefix: p.prefix.clone(),
+                    role: role.to_string(),
+                })
+            }),
         })
     }
 }
@@ -75,6 +94,17 @@ struct PostgresResourceFile {
     ca_file: Option<PathBuf>,
     /// The authentication methods the upstream may ask for; default `["scram-sha-256"]`.
     auth_methods: Option<Vec<String>>,
+    /// Log each person in as a role of their own (see [`PerUser`]).
+    per_user_roles: Option<PerUserRolesFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerUserRolesFile {
+    /// A role with `CREATEROLE` (and, on PostgreSQL 16+, `ADMIN OPTION` on each role's user).
+    admin: CredentialFile,
+    /// Default `gh_`.
+    prefix: Option<String>,
 }
 
 /// Validates the PostgreSQL keys of a resource; returns it with its role names beyond `read`.
@@ -99,10 +129,11 @@ pub(super) fn parse(
             || r.tls.is_some()
             || r.ca_file.is_some()
             || r.auth_methods.is_some()
+            || r.per_user_roles.is_some()
         {
             return Err(invalid(
                 cx.key("agent"),
-                format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential`, `roles`, `tls`, `ca_file` or `auth_methods`: they stay in the agent's agent.toml"),
+                format!("a resource behind agent `{agent}` takes no `address`, `database`, `credential`, `roles`, `tls`, `ca_file`, `auth_methods` or `per_user_roles`: they stay in the agent's agent.toml"),
             ));
         }
         // The agent holds the credentials; these are the roles it serves.
@@ -152,16 +183,44 @@ pub(super) fn parse(
             "give the brokered `credential` (or the `agent` that holds it)",
         ));
     };
+    let per_user = match &r.per_user_roles {
+        None => None,
+        Some(p) => {
+            let prefix = p.prefix.clone().unwrap_or_else(|| "gh_".to_string());
+            if !valid_prefix(&prefix) {
+                return Err(invalid(
+                    cx.key("per_user_roles.prefix"),
+                    format!("`{prefix}` must be 1-20 characters of a-z, 0-9, `_`, starting with a letter or `_`"),
+                ));
+            }
+            Some(PerUser {
+                admin: cx.credential(&cx.key("per_user_roles.admin"), &p.admin)?,
+                prefix,
+            })
+        }
+    };
+    // With per-user roles, a role's credential names the role sessions become members of;
+    // its password is used only when given (the role may be NOLOGIN).
+    let role_credential = |key: &str, c: &CredentialFile| {
+        if per_user.is_some() && c.password_env.is_none() && c.password_file.is_none() {
+            Ok(RoleCredential {
+                username: c.username.clone(),
+                password: Secret::new(String::new()),
+            })
+        } else {
+            cx.credential(key, c)
+        }
+    };
     let mut roles = BTreeMap::new();
     roles.insert(
         DEFAULT_ROLE.to_string(),
-        cx.credential(&cx.key("credential"), credential)?,
+        role_credential(&cx.key("credential"), credential)?,
     );
     let mut more = Vec::new();
     for (role, cred) in &r.roles {
         let key = cx.key(&format!("roles.{role}"));
         check_role(role, key.clone())?;
-        roles.insert(role.clone(), cx.credential(&key, cred)?);
+        roles.insert(role.clone(), role_credential(&key, cred)?);
         more.push(role.clone());
     }
     let direct = PostgresDirect {
@@ -170,6 +229,7 @@ pub(super) fn parse(
         connect_timeout,
         roles,
         upstream,
+        per_user,
     };
     let pg = PostgresResource {
         log_parameters,
@@ -177,6 +237,15 @@ pub(super) fn parse(
         reach: Reach::Direct(direct),
     };
     Ok((pg, more))
+}
+
+/// A per-user role prefix: short enough to leave room for the person's name in PostgreSQL's
+/// 63 bytes, and plain enough to need no quoting.
+fn valid_prefix(p: &str) -> bool {
+    (1..=20).contains(&p.len())
+        && p.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 #[cfg(test)]
@@ -230,6 +299,53 @@ mod tests {
         let c = parse(&GOOD.replace("database = \"orders\"", "")).unwrap();
         let direct = c.resources[0].postgres().unwrap().reach.direct().unwrap();
         assert_eq!(direct.database, "orders-db");
+    }
+
+    #[test]
+    fn per_user_roles_take_an_admin_and_a_plain_prefix() {
+        let per_user = GOOD.replace(
+            "credential = { username = \"app\", password_env = \"PW\" }",
+            "credential = { username = \"app\" }\n\
+             per_user_roles = { admin = { username = \"gh_admin\", password_env = \"PW\" } }",
+        );
+        let c = parse(&per_user).unwrap();
+        let direct = c.resources[0].postgres().unwrap().reach.direct().unwrap();
+        let target = direct.target("read").unwrap();
+        // The role's user is what sessions become members of; no password needed for it.
+        assert_eq!(target.username, "app");
+        assert_eq!(target.password.expose(), "");
+        let p = target.per_user.unwrap();
+        assert_eq!(
+            (
+                p.admin_username.as_str(),
+                p.prefix.as_str(),
+                p.role.as_str()
+            ),
+            ("gh_admin", "gh_", "read")
+        );
+        assert_eq!(p.admin_password.expose(), "s3cret-value");
+        // Without per-user roles, the role's password stays required.
+        let err = parse(&GOOD.replace(", password_env = \"PW\" }", " }")).unwrap_err();
+        assert!(err.contains("resource[0].credential"), "{err}");
+        // A prefix that would need quoting, or leave no room for a name.
+        for bad in ["\"GH-\"", "\"\"", "\"1x_\"", "\"averyveryverylongprefix_\""] {
+            let text = per_user.replace(
+                "password_env = \"PW\" } }",
+                &format!("password_env = \"PW\" }}, prefix = {bad} }}"),
+            );
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.contains("resource[0].per_user_roles.prefix"),
+                "{bad}: {err}"
+            );
+        }
+        let err =
+            parse(&per_user.replace("password_env = \"PW\" } }", "password_env = \"NOPE\" } }"))
+                .unwrap_err();
+        assert!(
+            err.contains("resource[0].per_user_roles.admin.password_env"),
+            "{err}"
+        );
     }
 
     #[test]
