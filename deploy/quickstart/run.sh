@@ -34,6 +34,22 @@ state="${QUICKSTART_STATE:-$here/state}"
 say() { echo "quickstart: $*" >&2; }
 listening() { (: >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 random_secret() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'; }
+# wait_for_file FILE PID SECONDS WHAT [LOG]: until FILE is non-empty; fails (showing LOG) if
+# process PID exits first or SECONDS pass.
+wait_for_file() {
+    local file="$1" pid="$2" seconds="$3" what="$4" log="${5:-}" _
+    for _ in $(seq 1 $((seconds * 10))); do
+        [[ -s "$file" ]] && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            say "$what did not start"
+            [[ -n "$log" ]] && cat "$log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    say "$what was not ready within $seconds s"
+    exit 1
+}
 
 for port in "$pg_port" "$https_port" "$upstream_port" "$oidc_port"; do
     if listening "$port"; then
@@ -154,12 +170,7 @@ JSON
 say "starting the throwaway OpenID provider on 127.0.0.1:$oidc_port (TEST-ONLY)"
 node "$root/tests/oidc/provider.mjs" "$state/oidc.json" >"$state/oidc.out" 2>"$state/oidc.log" &
 pids+=($!)
-for _ in $(seq 1 300); do
-    [[ -s "$state/oidc.out" ]] && break
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/oidc.log" >&2; exit 1; }
-    sleep 0.1
-done
-[[ -s "$state/oidc.out" ]] || { say "the OpenID provider did not start within 30 s"; exit 1; }
+wait_for_file "$state/oidc.out" "${pids[-1]}" 30 "the OpenID provider" "$state/oidc.log"
 
 # --- The gateway ------------------------------------------------------------------------------
 cat >"$state/gatehouse.toml" <<TOML
@@ -208,12 +219,7 @@ ENV
 "$bin" serve --config "$state/gatehouse.toml" --ready-file "$state/ready.json" &
 pids+=($!)
 gateway_pid="${pids[-1]}"
-for _ in $(seq 1 600); do
-    [[ -s "$state/ready.json" ]] && break
-    kill -0 "$gateway_pid" 2>/dev/null || { say "the gateway did not start"; exit 1; }
-    sleep 0.1
-done
-[[ -s "$state/ready.json" ]] || { say "the gateway was not ready within 60 s"; exit 1; }
+wait_for_file "$state/ready.json" "$gateway_pid" 60 "the gateway"
 
 rel="${state#"$root"/}"
 cat <<EOF

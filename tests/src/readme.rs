@@ -22,10 +22,8 @@
 //! terminal.
 
 use std::fs;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -34,7 +32,8 @@ use crate::browser::Browser;
 use crate::gateway::gatehouse_bin;
 use crate::pg::pg_bin_dir;
 use crate::util::{
-    find_in_path, free_port, poll, run_command, temp_dir, CmdOutput, SpawnSpec, Supervised,
+    find_in_path, free_port, line_reader, poll, run_command, temp_dir, CmdOutput, SpawnSpec,
+    Supervised,
 };
 
 /// One fenced block of the README.
@@ -292,16 +291,7 @@ impl Tour {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting a sign-in block")?;
         let stderr = child.stderr.take().context("no stderr pipe")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                all.push_str(&line);
-                all.push('\n');
-                let _ = tx.send(line);
-            }
-            all
-        });
+        let (rx, reader) = line_reader(stderr);
         let url = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) if line.trim().starts_with("https://") => break line.trim().to_string(),

@@ -10,10 +10,8 @@
 //! Resources: `orders-db` (dev, internal: group `engineering` may connect) and `vault-db`
 //! (dev, restricted: the default policies require MFA).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -24,7 +22,7 @@ use crate::browser::{query_param, Browser};
 use crate::gateway::{gatehouse_bin, Gateway, GatewayConfig, Resource};
 use crate::oidc::{OidcProvider, OidcSpec, OidcUser, CLIENT_ID, CLIENT_SECRET};
 use crate::pg::PgServer;
-use crate::util::{free_port, run_command, temp_dir, CmdOutput, TempDir};
+use crate::util::{free_port, line_reader, run_command, temp_dir, CmdOutput, TempDir};
 
 /// An engineer in group `engineering` who signs in with a second factor.
 pub const ERIN: &str = "erin";
@@ -150,16 +148,7 @@ impl Sso {
             .spawn()
             .context("spawning gatehouse login")?;
         let stderr = child.stderr.take().context("no stderr pipe")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                all.push_str(&line);
-                all.push('\n');
-                let _ = tx.send(line);
-            }
-            all
-        });
+        let (rx, reader) = line_reader(stderr);
         let url = loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line.trim().starts_with("https://") => break line.trim().to_string(),

@@ -543,6 +543,31 @@ fn open_append(p: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("opening {}", p.display()))
 }
 
+/// Reads `stream` line by line on a thread: each line is sent on the receiver as it arrives
+/// (for waiting on one with a deadline, `recv_timeout`), and the thread returns all of it.
+pub fn line_reader<R: Read + Send + 'static>(
+    stream: R,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    thread::JoinHandle<String>,
+) {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    (rx, reader)
+}
+
 /// Polls `f` every `every` until it returns `Ok(Some(_))`, an error, or `timeout` passes.
 pub fn poll<T>(
     timeout: Duration,

@@ -177,7 +177,6 @@ fn device_login(
     password: &str,
     approve: impl FnOnce(&str, &str, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<(TempDir, gatehouse_tests::CmdOutput)> {
-    use std::io::{BufRead, BufReader};
     let home = gatehouse_tests::temp_dir("gh-home")?;
     let mut child = std::process::Command::new(gatehouse_tests::gatehouse_bin()?)
         .args(["login", "--device", "--gateway", &sso.base, "--ca-file"])
@@ -190,16 +189,7 @@ fn device_login(
         .stderr
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            let _ = tx.send(line);
-        }
-        all
-    });
+    let (rx, reader) = gatehouse_tests::util::line_reader(stderr);
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.contains("Waiting")) {
         match rx.recv_timeout(Duration::from_secs(30)) {

@@ -47,6 +47,17 @@ pub struct PerUserRoles {
     pub role: String,
 }
 
+/// Whether `prefix` may start per-user role names: 1-20 characters of `[a-z0-9_]`, not
+/// starting with a digit (short enough to leave room for the person's name in PostgreSQL's
+/// 63 bytes, plain enough to need no quoting). Both configs check it.
+pub fn valid_prefix(prefix: &str) -> bool {
+    (1..=20).contains(&prefix.len())
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// The upstream role name for `user` in Gatehouse role `role`: `{prefix}{role}_{user}` in
 /// lower-case letters, digits and `_`; when a name had to be changed to fit (other
 /// characters, upper case, length) or the role has a `_` or `-` of its own, eight hex digits

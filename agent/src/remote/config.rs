@@ -270,12 +270,7 @@ impl AgentConfig {
                 None => None,
                 Some(p) => {
                     let prefix = p.prefix.clone().unwrap_or_else(|| "gh_".to_string());
-                    let plain = (1..=20).contains(&prefix.len())
-                        && prefix.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                        && prefix
-                            .chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                    if !plain {
+                    if !crate::pg::per_user::valid_prefix(&prefix) {
                         return Err(invalid(
                             key("per_user_roles.prefix"),
                             format!("`{prefix}` must be 1-20 characters of a-z, 0-9, `_`, starting with a letter or `_`"),
