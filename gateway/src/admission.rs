@@ -21,7 +21,7 @@ use gatehouse_policies::PolicyEngine;
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::authn::token::{Claims, TokenAuthority, TokenError};
+use crate::authn::token::{Claims, Door, TokenAuthority, TokenError};
 use crate::config::{Config, Resource};
 use crate::registry::SessionGrant;
 use crate::store::Store;
@@ -116,6 +116,8 @@ pub enum AuthContext<'a> {
         session_id: SessionId,
         peer: SocketAddr,
         tls: bool,
+        /// The front door, whose credential audience applies.
+        door: Door,
     },
     /// A bearer credential on the HTTP API, for `action` (`whoami`, `logout`, ...).
     Bearer { action: &'a str, peer: SocketAddr },
@@ -140,8 +142,9 @@ pub struct AdmitRequest<'a> {
     pub peer: SocketAddr,
     pub tls: bool,
     pub session_id: SessionId,
-    /// The front door's protocol (`postgres`), for the logs; Cedar sees the resource's kind.
-    pub protocol: &'static str,
+    /// The front door, whose credential audience applies ([`Door`]); the logs name
+    /// it. Cedar sees the resource's kind.
+    pub door: Door,
 }
 
 /// An admitted request: the decision to allow it is in the audit log.
@@ -255,8 +258,12 @@ impl Admission {
         credential: &str,
         ctx: &AuthContext<'_>,
     ) -> Result<Claims, Denial> {
+        let door = match *ctx {
+            AuthContext::Session { door, .. } => door,
+            AuthContext::Bearer { .. } => Door::Api,
+        };
         let verified = match user {
-            Some(user) => self.tokens.verify(credential, user),
+            Some(user) => self.tokens.verify(credential, user, door),
             None => self.tokens.verify_bearer(credential),
         };
         let claims = match verified {
@@ -328,6 +335,7 @@ impl Admission {
                 session_id,
                 peer,
                 tls,
+                ..
             } => {
                 // Only refusals of the credential itself are events here; a store that cannot
                 // answer is logged (above) and answered, like before.
@@ -416,7 +424,7 @@ impl Admission {
             peer,
             tls,
             session_id,
-            protocol,
+            door,
         } = req;
         let ctx = AuthContext::Session {
             resource: named_as,
@@ -424,6 +432,7 @@ impl Admission {
             session_id,
             peer,
             tls,
+            door,
         };
         let claims = self.authenticate(Some(user), credential, &ctx).await?;
         {
@@ -541,7 +550,7 @@ impl Admission {
                 session_id,
             });
         }
-        tracing::debug!(protocol, resource = name, role, seq, "admitted");
+        tracing::debug!(door = door.as_str(), resource = name, role, seq, "admitted");
         Ok(Admitted {
             claims,
             resource,
@@ -634,7 +643,7 @@ mod tests {
             peer: peer(),
             tls: true,
             session_id: SessionId([7; 16]),
-            protocol: "postgres",
+            door: Door::Postgres,
         }
     }
 
@@ -731,7 +740,7 @@ mod tests {
         }
         assert_eq!(
             detail(refused[0])["token_id"],
-            a.tokens.verify(&t, "alice").unwrap().jti
+            a.tokens.verify(&t, "alice", Door::Postgres).unwrap().jti
         );
         assert_eq!(
             (refused[1].actor.as_str(), refused[1].action.as_str()),
@@ -752,11 +761,16 @@ mod tests {
             amr: vec![],
             mfa: false,
         };
-        let (t, _) = a
+        let (t, claims) = a
             .tokens
             .issue_login("alice", &[], Duration::from_secs(600), login)
             .unwrap();
-        let d = a.admit(request(&t, "dev-db")).await.unwrap_err();
+        // At the PostgreSQL door, its password (a sign-in's credential is not one).
+        let (pg, _) = a
+            .tokens
+            .issue_for_door(&claims, Door::Postgres, Duration::from_secs(60))
+            .unwrap();
+        let d = a.admit(request(&pg, "dev-db")).await.unwrap_err();
         assert!(matches!(
             d,
             Denial::Credential {

@@ -350,7 +350,7 @@ impl TcpDoor {
                 peer,
                 tls: true,
                 session_id,
-                protocol: "tcp",
+                door: crate::authn::token::Door::Tcp,
             })
             .await;
         let admitted = match admitted {

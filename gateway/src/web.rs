@@ -175,6 +175,7 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/device/token", post(api::device_token))
         .route("/api/v1/whoami", get(api::whoami))
         .route("/api/v1/logout", post(api::logout))
+        .route("/api/v1/credentials/postgres", post(api::door_credential))
         .route("/api/v1/openapi.json", get(jit::openapi))
         .route("/api/v1/resources", get(jit::resources))
         .route(

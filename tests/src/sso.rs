@@ -118,6 +118,16 @@ impl Sso {
     }
 
     /// Runs `gatehouse ARGS` as an engineer whose credentials live in `home`.
+    /// The PostgreSQL password `gatehouse env RESOURCE` prints for the login in `home`.
+    pub fn pg_password(&self, home: &Path, resource: &str) -> anyhow::Result<String> {
+        let env = self.cli(home, &["env", resource])?.ok()?;
+        env.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export PGPASSWORD="))
+            .map(|v| v.trim_matches('\'').to_string())
+            .ok_or_else(|| anyhow!("`gatehouse env` printed no PGPASSWORD: {env}"))
+    }
+
     pub fn cli(&self, home: &Path, args: &[&str]) -> anyhow::Result<CmdOutput> {
         let bin = gatehouse_bin()?;
         let mut cmd = Command::new(bin);

@@ -75,6 +75,30 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
         env.stdout.contains("export PGSSLMODE='verify-full'"),
         "{env}"
     );
+    // The password is not the sign-in's credential but one only the PostgreSQL door takes:
+    // the sign-in's credential is refused there, with the reason, and the password is no
+    // API bearer (a spoofed server that captured it could not use the API).
+    let pg_password = sso.pg_password(home, "orders-db")?;
+    assert_ne!(pg_password, credential);
+    assert!(!env.stdout.contains(&credential), "{env}");
+    let out = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
+        .password(&pg_password)
+        .run("select 1")?;
+    assert!(out.success(), "{out}");
+    let out = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
+        .password(&credential)
+        .run("select 1")?;
+    assert!(
+        !out.success() && out.stderr.contains("not a PostgreSQL password"),
+        "{out}"
+    );
+    let whoami = sso
+        .browser()?
+        .client()
+        .get(format!("{}/api/v1/whoami", sso.base))
+        .bearer_auth(&pg_password)
+        .send()?;
+    assert_eq!(whoami.status().as_u16(), 401);
 
     let events = sso.gw.settled_export()?;
     let ok = events_of(&events, "login.succeeded");
@@ -85,7 +109,14 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
     assert_eq!(d["amr"], serde_json::json!(["pwd"]));
     assert_eq!(d["mfa"], false);
     let issued = events_of(&events, "credential.issued");
-    assert_eq!(issued.len(), 1);
+    // The sign-in's credential, then the PostgreSQL passwords of `psql` and two `env`s.
+    assert_eq!(issued.len(), 4, "{issued:?}");
+    assert!(detail(issued[0])["door"].is_null());
+    for door in &issued[1..] {
+        let d = detail(door);
+        assert_eq!(d["door"], "postgres", "{d}");
+        assert_eq!(d["login_id"], detail(issued[0])["login_id"], "{d}");
+    }
     let decision = events_of(&events, "access.decision");
     let d = detail(decision[0]);
     assert_eq!(d["auth_method"], "oidc");
@@ -97,7 +128,7 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
 
     // A session of this login is live when alice logs out.
     let live = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
-        .password(&credential)
+        .password(&pg_password)
         .spawn("select pg_sleep(30)")?;
     sso.pg
         .wait_for_active_query("select pg_sleep(30)", 1, Duration::from_secs(30))?;
@@ -118,8 +149,9 @@ fn login_then_psql_without_a_password_then_logout_revokes() -> anyhow::Result<()
         "{stderr}"
     );
     assert!(!home.join("credentials.json").exists());
+    // The PostgreSQL password ends with the login it came from.
     let refused = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
-        .password(&credential)
+        .password(&pg_password)
         .run("select 1")?;
     assert!(!refused.success());
     assert!(refused.stderr.contains("was revoked"), "{refused}");
@@ -330,7 +362,7 @@ fn the_provider_dropping_a_person_revokes_their_login_and_cuts_their_sessions() 
 {
     let sso = Sso::start()?;
     let login = sso.cli_login(ALICE, ALICE_PASSWORD)?;
-    let credential = login.credential()?;
+    let credential = sso.pg_password(login.home.path(), "orders-db")?;
     let session = Psql::new(sso.gw.pg_addr(), "orders-db", "alice")
         .password(&credential)
         .spawn("select pg_sleep(30)")?;
@@ -377,7 +409,7 @@ fn login_and_logout_on_a_postgres_store() -> anyhow::Result<()> {
     assert_eq!(sso.cli(home, &q)?.ok()?.stdout.trim(), "4", "dana has MFA");
     let status = sso.cli(home, &["status"])?.ok()?;
     assert!(status.stdout.contains("mfa:      yes"), "{status}");
-    let credential = login.credential()?;
+    let credential = sso.pg_password(home, "orders-db")?;
     sso.cli(home, &["logout"])?.ok()?;
     let refused = Psql::new(sso.gw.pg_addr(), "orders-db", "dana")
         .password(&credential)

@@ -123,6 +123,23 @@ fn api_refused(sso: &Sso, browser: &Browser, bearer: &str) -> anyhow::Result<boo
     Ok(resp.status().as_u16() == 401)
 }
 
+/// A PostgreSQL password derived from the API credential `bearer`
+/// (`POST /api/v1/credentials/postgres`, what `gatehouse psql` sends).
+fn pg_password(sso: &Sso, browser: &Browser, bearer: &str) -> anyhow::Result<String> {
+    let resp = browser
+        .client()
+        .post(format!("{}/api/v1/credentials/postgres", sso.base))
+        .bearer_auth(bearer)
+        .json(&json!({}))
+        .send()?;
+    anyhow::ensure!(resp.status().as_u16() == 200, "{}", resp.status());
+    let v: Value = resp.json()?;
+    v["credential"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("no credential in {v}"))
+}
+
 /// An ID token straight from the provider (device grant with the gateway's own client).
 fn provider_id_token(sso: &Sso) -> anyhow::Result<String> {
     let disco = sso.op.discovery()?;
@@ -212,8 +229,9 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
     let mut browser = sso.browser()?;
     let good = sso.browser_login(&mut browser, ALICE, ALICE_PASSWORD)?;
     let good_token = good["credential"].as_str().unwrap_or_default().to_string();
+    let good_pg = pg_password(&sso, &browser, &good_token)?;
     assert!(
-        !pg_refused(&sso, ALICE, &good_token)?,
+        !pg_refused(&sso, ALICE, &good_pg)?,
         "the legitimate credential must work, or the suite proves nothing"
     );
     assert!(!api_refused(&sso, &browser, &good_token)?);
@@ -310,8 +328,32 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         })?;
     }
     suite.case("psql: credential of another user", "does not match", || {
-        pg_refused(&sso, "bob", &good_token)
+        pg_refused(&sso, "bob", &good_pg)
     })?;
+    // Each door its own audience: a sign-in's API credential is no PostgreSQL password (a
+    // PostgreSQL client sends its password to whoever answers), and the PostgreSQL password
+    // is no API bearer.
+    suite.case(
+        "psql: a sign-in's API credential",
+        "not a PostgreSQL password",
+        || pg_refused(&sso, ALICE, &good_token),
+    )?;
+    suite.case("api: a PostgreSQL password", "another door", || {
+        api_refused(&sso, &browser, &good_pg)
+    })?;
+    suite.case(
+        "api: a PostgreSQL password minting another",
+        "another door",
+        || {
+            let resp = browser
+                .client()
+                .post(format!("{}/api/v1/credentials/postgres", sso.base))
+                .bearer_auth(&good_pg)
+                .json(&json!({}))
+                .send()?;
+            Ok(resp.status().as_u16() == 401)
+        },
+    )?;
 
     // Revoked by logout, at both doors.
     let mut b2 = sso.browser()?;
@@ -320,6 +362,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let second_pg = pg_password(&sso, &b2, &second_token)?;
     let out = b2
         .client()
         .post(format!("{}/api/v1/logout", sso.base))
@@ -327,7 +370,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         .send()?;
     assert_eq!(out.status().as_u16(), 200);
     suite.case("psql: revoked credential", "revoked", || {
-        pg_refused(&sso, ALICE, &second_token)
+        pg_refused(&sso, ALICE, &second_pg)
     })?;
     suite.case("api: revoked credential", "revoked", || {
         api_refused(&sso, &browser, &second_token)
@@ -506,7 +549,7 @@ fn every_attack_is_refused_and_audited() -> anyhow::Result<()> {
         ])?
         .ok()?;
     suite.case("psql: credential of a disabled user", "disabled", || {
-        pg_refused(&sso, ALICE, &good_token)
+        pg_refused(&sso, ALICE, &good_pg)
     })?;
     suite.case("api: credential of a disabled user", "disabled", || {
         api_refused(&sso, &browser, &good_token)

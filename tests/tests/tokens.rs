@@ -1030,3 +1030,66 @@ fn login_refuses_garbage_forged_expired_and_revoked_tokens_and_saves_nothing() -
     }
     Ok(())
 }
+
+#[test]
+fn a_token_issued_for_the_postgres_door_is_no_api_credential() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = token_gateway(&pg)?;
+    let cfg = gw.config_path().to_string_lossy().into_owned();
+    let out = gw
+        .cli(&[
+            "token",
+            "issue",
+            "--config",
+            &cfg,
+            "--user",
+            "etl",
+            "--groups",
+            "engineering",
+            "--door",
+            "postgres",
+            "--ttl",
+            "10m",
+        ])?
+        .ok()?;
+    let token = out.stdout.trim().to_string();
+    assert_eq!(payload(&token)?["aud"], "gatehouse:postgres");
+    // A PostgreSQL password: psql works with it.
+    let q = gw.psql("orders-db", "etl", &token, "select 5")?;
+    assert!(q.success() && q.stdout.contains('5'), "{q}");
+    // The API refuses it, as a bearer and for a saved login; nothing is saved.
+    let (status, _) = api_logout(&gw, &token)?;
+    assert_eq!(status, 401);
+    let home = temp_dir("door-token")?;
+    let gateway = gw.https_url()?;
+    let ca = gw.tls_cert().to_string_lossy().into_owned();
+    let out = client(
+        home.path(),
+        &[],
+        &[
+            "login",
+            "--gateway",
+            &gateway,
+            "--ca-file",
+            &ca,
+            "--token-file",
+            "-",
+        ],
+        Some(token.as_bytes()),
+    )?;
+    assert!(!out.success(), "{out}");
+    assert!(!home.path().join("credentials.json").exists());
+    // The refusal names the door, and issuing it recorded which door.
+    let events = gw.settled_export()?;
+    assert!(
+        events.iter().any(|e| e["kind"] == "auth.failed"
+            && e["reason"].as_str().unwrap_or("").contains("another door")),
+        "no refusal names the door"
+    );
+    let issued = events
+        .iter()
+        .find(|e| e["kind"] == "credential.issued" && e["resource"] == "etl")
+        .ok_or_else(|| anyhow::anyhow!("no credential.issued for etl"))?;
+    assert_eq!(issued["detail"]["door"], "postgres", "{issued}");
+    Ok(())
+}

@@ -9,6 +9,18 @@
 //! (`sid`), the provider's `amr` and whether the sign-in used MFA. Both have
 //! the gateway's own `typ` and `aud`, so an identity provider's token is never taken for one.
 //! Keys come from the [`Keyring`]: the current key signs, retired keys still verify.
+//!
+//! # Doors
+//!
+//! A credential's `aud` says which doors take it ([`Door`]). The plain audience
+//! (`tokens.audience`) is the API's: a sign-in's credential, which never leaves gatehouse's own
+//! clients (they verify the gateway), and issued tokens, which also open every front door.
+//! `<audience>:postgres` is a PostgreSQL password: `gatehouse psql` and `gatehouse env` get one
+//! from the API ([`TokenAuthority::issue_for_door`]) for each use, and `gatehouse token issue
+//! --door postgres` issues one. The PostgreSQL door refuses a sign-in's credential (a
+//! PostgreSQL client sends its password to whatever server answers, so a person's API
+//! credential must never be one) and the API refuses door credentials, so a password captured
+//! by a spoofed server is no API bearer.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -69,6 +81,51 @@ impl Claims {
     }
 }
 
+/// A place that takes credentials; each checks the `aud` it accepts ([`Door::accepts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The HTTPS API.
+    Api,
+    /// The PostgreSQL front door.
+    Postgres,
+    /// The generic TCP door, whose only client is `gatehouse connect`.
+    Tcp,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Api => "api",
+            Door::Postgres => "postgres",
+            Door::Tcp => "tcp",
+        }
+    }
+
+    /// The `aud` of a credential for this door alone: `<audience>:<door>`; the API's is the
+    /// plain audience.
+    pub fn audience(self, base: &str) -> String {
+        match self {
+            Door::Api => base.to_string(),
+            door => format!("{base}:{}", door.as_str()),
+        }
+    }
+
+    /// Whether this door takes a credential of audience `aud` (`sign_in`: a sign-in's
+    /// credential rather than an issued token), against the gateway's `base` audience.
+    fn accepts(self, base: &str, aud: &str, sign_in: bool) -> bool {
+        if aud == self.audience(base) {
+            return true;
+        }
+        match self {
+            Door::Api => false,
+            // Issued tokens of the plain audience open every door, as before doors had
+            // audiences; a sign-in's credential only where gatehouse itself is the client.
+            Door::Postgres => aud == base && !sign_in,
+            Door::Tcp => aud == base,
+        }
+    }
+}
+
 /// What a login adds to a credential.
 #[derive(Debug, Clone, Default)]
 pub struct LoginClaims {
@@ -112,6 +169,8 @@ pub enum TokenError {
     Issuer,
     #[error("token audience is wrong")]
     Audience,
+    #[error("{0}")]
+    WrongDoor(&'static str),
     #[error("token is missing claim `{0}`")]
     MissingClaim(String),
     #[error("token subject `{0}` does not match the user `{1}`")]
@@ -233,14 +292,52 @@ impl TokenAuthority {
     /// table, so that revoking it stops the token at every front door); `sid` is also its
     /// `jti`. Like [`issue`](Self::issue) it has no `auth` claim: policies see
     /// `auth_method == "gateway_token"`, a service account, never a person.
+    /// `door` narrows it to one front door ([`Door::Postgres`]: a PostgreSQL password that
+    /// the API refuses); [`Door::Api`] is the plain audience, which every door takes.
     pub fn issue_service(
         &self,
         user: &str,
         groups: &[String],
         ttl: Duration,
         sid: &str,
+        door: Door,
     ) -> Result<(String, Claims), TokenError> {
-        self.sign(user, groups, ttl, Kind::Service(sid.to_string()))
+        let (token, claims) = self.sign(user, groups, ttl, Kind::Service(sid.to_string()))?;
+        if door == Door::Api {
+            return Ok((token, claims));
+        }
+        let claims = Claims {
+            aud: door.audience(&self.audience),
+            ..claims
+        };
+        Ok((self.encode(&claims)?, claims))
+    }
+
+    /// A credential for `door` alone, derived from the verified API credential `from`: the
+    /// same holder, groups, login (`sid`, so a logout or revocation ends it too), `auth`,
+    /// `amr` and MFA, a fresh `jti`, valid `ttl` from now but never past `from`'s expiry.
+    pub fn issue_for_door(
+        &self,
+        from: &Claims,
+        door: Door,
+        ttl: Duration,
+    ) -> Result<(String, Claims), TokenError> {
+        if door == Door::Api || from.aud != self.audience {
+            return Err(TokenError::Sign(
+                "a door credential is derived from an API credential, for another door".into(),
+            ));
+        }
+        let now = unix_now();
+        let ttl = ttl.min(self.max_ttl).as_secs();
+        let claims = Claims {
+            aud: door.audience(&self.audience),
+            exp: (now + ttl).min(from.exp),
+            nbf: now,
+            iat: now,
+            jti: crate::audit::event::hex(&gatehouse_core::random::random_bytes::<16>()),
+            ..from.clone()
+        };
+        Ok((self.encode(&claims)?, claims))
     }
 
     /// Signs a credential after a single sign-on login.
@@ -300,34 +397,39 @@ impl TokenAuthority {
             amr,
             mfa,
         };
+        Ok((self.encode(&claims)?, claims))
+    }
+
+    fn encode(&self, claims: &Claims) -> Result<String, TokenError> {
         let loaded = self.loaded();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(loaded.ring.current.key_id.clone());
         header.typ = Some(TOKEN_TYP.to_string());
-        let token = jsonwebtoken::encode(&header, &claims, &loaded.encoding)
-            .map_err(|e| TokenError::Sign(e.to_string()))?;
-        Ok((token, claims))
+        jsonwebtoken::encode(&header, claims, &loaded.encoding)
+            .map_err(|e| TokenError::Sign(e.to_string()))
     }
 
     /// Verifies `token` for whoever its subject is (the HTTP API's bearer credentials).
     pub fn verify_bearer(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify_inner(token, None, unix_now())
+        self.verify_inner(token, None, Door::Api, unix_now())
     }
 
-    /// Verifies `token`; `user` is the name the client connected as, which must be the subject.
-    pub fn verify(&self, token: &str, user: &str) -> Result<Claims, TokenError> {
-        self.verify_inner(token, Some(user), unix_now())
+    /// Verifies `token` at a front door; `user` is the name the client connected as, which
+    /// must be the subject.
+    pub fn verify(&self, token: &str, user: &str, door: Door) -> Result<Claims, TokenError> {
+        self.verify_inner(token, Some(user), door, unix_now())
     }
 
     #[cfg(test)]
     fn verify_at(&self, token: &str, user: &str, now: u64) -> Result<Claims, TokenError> {
-        self.verify_inner(token, Some(user), now)
+        self.verify_inner(token, Some(user), Door::Postgres, now)
     }
 
     fn verify_inner(
         &self,
         token: &str,
         user: Option<&str>,
+        door: Door,
         now: u64,
     ) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
@@ -381,8 +483,14 @@ impl TokenAuthority {
         if claims.iss != self.issuer {
             return Err(TokenError::Issuer);
         }
-        if claims.aud != self.audience {
-            return Err(TokenError::Audience);
+        if !door.accepts(&self.audience, &claims.aud, claims.auth.is_some()) {
+            return Err(if claims.aud == self.audience && claims.auth.is_some() {
+                TokenError::WrongDoor("a sign-in's credential is not a PostgreSQL password; use `gatehouse psql` or `gatehouse env`, which send one")
+            } else if claims.aud.starts_with(&format!("{}:", self.audience)) {
+                TokenError::WrongDoor("the credential is for another door")
+            } else {
+                TokenError::Audience
+            });
         }
         if let Some(user) = user {
             if claims.sub != user {
@@ -434,8 +542,11 @@ mod tests {
         let (t, c) = a
             .issue("alice", &["dba".into()], Duration::from_secs(3600))
             .unwrap();
-        assert_eq!(a.verify(&t, "alice").unwrap(), c);
-        assert!(matches!(a.verify(&t, "bob"), Err(TokenError::Subject(..))));
+        assert_eq!(a.verify(&t, "alice", Door::Postgres).unwrap(), c);
+        assert!(matches!(
+            a.verify(&t, "bob", Door::Postgres),
+            Err(TokenError::Subject(..))
+        ));
     }
 
     #[test]
@@ -447,9 +558,10 @@ mod tests {
                 &["deploy".into()],
                 Duration::from_secs(600),
                 "abc123",
+                Door::Api,
             )
             .unwrap();
-        let verified = a.verify(&t, "ci-bot").unwrap();
+        let verified = a.verify(&t, "ci-bot", Door::Postgres).unwrap();
         assert_eq!(verified, c);
         assert_eq!(verified.sid.as_deref(), Some("abc123"));
         assert_eq!(verified.jti, "abc123");
@@ -467,14 +579,86 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(a.verify(&t, "alice").unwrap().login_sid(), Some("login1"));
+        assert_eq!(
+            a.verify(&t, "alice", Door::Tcp).unwrap().login_sid(),
+            Some("login1")
+        );
         assert!(verified.amr.is_empty() && !verified.mfa);
         assert!(a
-            .issue_service("ci-bot", &[], Duration::from_secs(600), "")
+            .issue_service("ci-bot", &[], Duration::from_secs(600), "", Door::Api)
             .is_err());
         assert!(a
-            .issue_service("ci-bot", &[], Duration::from_secs(86_401), "abc")
+            .issue_service("ci-bot", &[], Duration::from_secs(86_401), "abc", Door::Api)
             .is_err());
+    }
+
+    #[test]
+    fn each_door_takes_only_its_audience() {
+        let a = authority("doors");
+        let login = LoginClaims {
+            sid: "login7".into(),
+            amr: vec!["pwd".into(), "otp".into()],
+            mfa: true,
+        };
+        let (api, api_claims) = a
+            .issue_login("alice", &["dba".into()], Duration::from_secs(3600), login)
+            .unwrap();
+        // A sign-in's credential: the API and gatehouse's own TCP client, never a PostgreSQL
+        // password.
+        assert!(a.verify_bearer(&api).is_ok());
+        assert!(a.verify(&api, "alice", Door::Tcp).is_ok());
+        assert!(matches!(
+            a.verify(&api, "alice", Door::Postgres),
+            Err(TokenError::WrongDoor(_))
+        ));
+        // Its PostgreSQL credential: the same holder and login, its own id, the door only.
+        let (pg, pg_claims) = a
+            .issue_for_door(&api_claims, Door::Postgres, Duration::from_secs(600))
+            .unwrap();
+        let verified = a.verify(&pg, "alice", Door::Postgres).unwrap();
+        assert_eq!(verified, pg_claims);
+        assert_eq!(verified.aud, "gatehouse:postgres");
+        assert_eq!(verified.sid.as_deref(), Some("login7"));
+        assert_eq!(verified.login_sid(), Some("login7"));
+        assert_eq!((verified.mfa, verified.amr.len()), (true, 2));
+        assert_eq!(verified.groups, vec!["dba".to_string()]);
+        assert_ne!(verified.jti, api_claims.jti);
+        assert!(verified.exp <= unix_now() + 600);
+        assert!(matches!(
+            a.verify_bearer(&pg),
+            Err(TokenError::WrongDoor(_))
+        ));
+        assert!(matches!(
+            a.verify(&pg, "alice", Door::Tcp),
+            Err(TokenError::WrongDoor(_))
+        ));
+        // Never past its parent's expiry, and never derived from a door credential.
+        let (short, short_claims) = a.issue("bob", &[], Duration::from_secs(60)).unwrap();
+        let (_, derived) = a
+            .issue_for_door(&short_claims, Door::Postgres, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(derived.exp, short_claims.exp);
+        assert!(a
+            .issue_for_door(&pg_claims, Door::Postgres, Duration::from_secs(60))
+            .is_err());
+        assert!(a
+            .issue_for_door(&api_claims, Door::Api, Duration::from_secs(60))
+            .is_err());
+        // An issued token of the plain audience opens every door; one issued for the
+        // PostgreSQL door is no API bearer.
+        assert!(a.verify(&short, "bob", Door::Postgres).is_ok());
+        assert!(a.verify_bearer(&short).is_ok());
+        let (svc, _) = a
+            .issue_service(
+                "ci-bot",
+                &[],
+                Duration::from_secs(600),
+                "s1",
+                Door::Postgres,
+            )
+            .unwrap();
+        assert!(a.verify(&svc, "ci-bot", Door::Postgres).is_ok());
+        assert!(a.verify_bearer(&svc).is_err());
     }
 
     #[test]
@@ -493,7 +677,10 @@ mod tests {
         assert_eq!(retired, old_kid);
         assert_eq!(a.reload().unwrap(), Some(new_kid.clone()));
         assert_eq!(a.reload().unwrap(), None, "nothing changed since");
-        assert!(a.verify(&old_token, "alice").is_ok(), "overlap");
+        assert!(
+            a.verify(&old_token, "alice", Door::Postgres).is_ok(),
+            "overlap"
+        );
         let (new_token, _) = a.issue("alice", &[], Duration::from_secs(600)).unwrap();
         let header = jsonwebtoken::decode_header(&new_token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
@@ -508,7 +695,7 @@ mod tests {
         std::fs::remove_dir_all(dir.join("token-retired")).unwrap();
         a.reload().unwrap();
         assert!(matches!(
-            a.verify(&old_token, "alice"),
+            a.verify(&old_token, "alice", Door::Postgres),
             Err(TokenError::UnknownKey(_))
         ));
         std::fs::remove_dir_all(dir).ok();
@@ -530,7 +717,7 @@ mod tests {
             claims.clone(),
             b"",
         );
-        assert!(a.verify(&none, "alice").is_err());
+        assert!(a.verify(&none, "alice", Door::Postgres).is_err());
         // HS256 with the public key as the secret
         let hs = jsonwebtoken::encode(
             &{
@@ -544,7 +731,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            a.verify(&hs, "alice"),
+            a.verify(&hs, "alice", Door::Postgres),
             Err(TokenError::Algorithm("HS256".into()))
         );
         // a token from another gateway key, claiming our kid
@@ -553,9 +740,12 @@ mod tests {
             .unwrap();
         let fparts: Vec<&str> = foreign.split('.').collect();
         let spliced = format!("{}.{}.{}", parts[0], fparts[1], fparts[2]);
-        assert_eq!(a.verify(&spliced, "alice"), Err(TokenError::Signature));
+        assert_eq!(
+            a.verify(&spliced, "alice", Door::Postgres),
+            Err(TokenError::Signature)
+        );
         assert!(matches!(
-            a.verify(&foreign, "alice"),
+            a.verify(&foreign, "alice", Door::Postgres),
             Err(TokenError::UnknownKey(_))
         ));
         // tampered payload
@@ -567,7 +757,10 @@ mod tests {
             B64URL.encode(evil.to_string()),
             parts[2]
         );
-        assert_eq!(a.verify(&tampered, "alice"), Err(TokenError::Signature));
+        assert_eq!(
+            a.verify(&tampered, "alice", Door::Postgres),
+            Err(TokenError::Signature)
+        );
         // time and audience checks
         let at = |offset: i64| (now as i64 + offset) as u64;
         assert_eq!(
@@ -589,10 +782,16 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        assert_eq!(wrong_aud.verify(&t, "alice"), Err(TokenError::Audience));
-        assert_eq!(a.verify("not.a.jwt", "alice"), Err(TokenError::Malformed));
         assert_eq!(
-            a.verify(&"x".repeat(MAX_TOKEN_BYTES + 1), "alice"),
+            wrong_aud.verify(&t, "alice", Door::Postgres),
+            Err(TokenError::Audience)
+        );
+        assert_eq!(
+            a.verify("not.a.jwt", "alice", Door::Postgres),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            a.verify(&"x".repeat(MAX_TOKEN_BYTES + 1), "alice", Door::Postgres),
             Err(TokenError::TooLong)
         );
         assert!(a.issue("alice", &[], Duration::from_secs(86_401)).is_err());

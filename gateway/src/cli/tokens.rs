@@ -17,9 +17,26 @@ use clap::Subcommand;
 use super::operator::Operator;
 use super::{load_config, record_from_cli, ConfigArg};
 use crate::audit::{EventKind, NewEvent};
+use crate::authn::token::Door;
 use crate::config::{try_parse_duration, Config};
 use crate::store::logins::{IssuedToken, Login, TOKEN_FLOW};
 use crate::store::Store;
+
+/// `token issue --door`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum IssueDoor {
+    Any,
+    Postgres,
+}
+
+impl IssueDoor {
+    fn door(self) -> Door {
+        match self {
+            IssueDoor::Any => Door::Api,
+            IssueDoor::Postgres => Door::Postgres,
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub(super) enum TokenCommand {
@@ -40,6 +57,11 @@ pub(super) enum TokenCommand {
         /// clock skew: a token is still accepted up to 30 s after it expires.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// Where the token works: `any` (the API and every front door) or `postgres` (only as
+        /// a PostgreSQL password: the API refuses it, so a server that captures the password
+        /// gains no API bearer). Give a token used only by psql or a driver `postgres`.
+        #[arg(long, value_enum, default_value_t = IssueDoor::Any)]
+        door: IssueDoor,
         /// Who is doing this, recorded in the audit log next to the operating-system user and
         /// host that ran the command (default: the operating-system user name).
         #[arg(long)]
@@ -79,13 +101,14 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             user,
             groups,
             ttl,
+            door,
             by,
         } => {
             let config = match load_config(&config.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            issue(&config, &user, &groups, &ttl, by.as_deref()).await?;
+            issue(&config, &user, &groups, &ttl, door, by.as_deref()).await?;
         }
         TokenCommand::List { config, all } => {
             let config = match load_config(&config.config) {
@@ -115,6 +138,7 @@ async fn issue(
     user: &str,
     groups: &[String],
     ttl: &str,
+    door: IssueDoor,
     by: Option<&str>,
 ) -> anyhow::Result<()> {
     if user.is_empty() || user.len() > 128 || user.contains(char::is_control) {
@@ -139,7 +163,7 @@ async fn issue(
         .context("opening the store (nothing was issued)")?;
 
     let id = crate::audit::event::hex(&gatehouse_core::random::random_bytes::<16>());
-    let (token, claims) = authority.issue_service(user, &groups, ttl, &id)?;
+    let (token, claims) = authority.issue_service(user, &groups, ttl, &id, door.door())?;
     let created = crate::audit::event::now_ts();
     let expires = unix_ts(claims.exp);
     let row = IssuedToken {
@@ -177,6 +201,8 @@ async fn issue(
         "credential_id": claims.jti,
         "key_id": authority.key_id(),
         "flow": TOKEN_FLOW,
+        "door": format!("{door:?}").to_lowercase(),
+        "audience": claims.aud,
     }));
     if let Err(err) = record_from_cli(config, &store, e).await {
         // Nobody holds the token (it was never printed), but its row would list as issued:

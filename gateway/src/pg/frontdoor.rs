@@ -20,6 +20,7 @@ use super::handshake::{self, refuse, send_error, ClientStream, Opening};
 use super::sink::SessionSink;
 use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::authn::token::TokenError;
 use crate::config::{Config, PostgresDirect, Reach, Resource, ResourceKind};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
@@ -146,11 +147,19 @@ impl Refusal {
 fn refusal(denial: &Denial, config: &Config) -> Refusal {
     match denial {
         Denial::Credential { user, fault } => match fault {
+            // Said only after the signature verified: the holder has a real credential, of
+            // the wrong kind.
+            CredentialFault::Invalid(TokenError::WrongDoor(why)) => Refusal {
+                code: "28P01",
+                message: format!("gateway token authentication failed for user \"{user}\": {why}"),
+                detail: None,
+                hint: Some("run `gatehouse psql RESOURCE`, or `eval \"$(gatehouse env RESOURCE)\"` for another client".into()),
+            },
             CredentialFault::Invalid(_) => Refusal {
                 code: "28P01",
                 message: format!("gateway token authentication failed for user \"{user}\""),
                 detail: None,
-                hint: Some("use a current token from `gatehouse token issue` (or `gatehouse login`) as the password".into()),
+                hint: Some("use `gatehouse psql` or `gatehouse env` after `gatehouse login`, or a current token from `gatehouse token issue`, as the password".into()),
             },
             CredentialFault::Disabled => Refusal::new(
                 "28000",
@@ -513,7 +522,7 @@ impl FrontDoor {
                 peer,
                 tls,
                 session_id,
-                protocol: "postgres",
+                door: crate::authn::token::Door::Postgres,
             })
             .await
             .map_err(|d| refusal(&d, &self.config))?;

@@ -5,6 +5,8 @@
 //!   the process that started the login.
 //! - `POST /api/v1/device`, `POST /api/v1/device/token` `{device_code}`: device logins.
 //! - `GET /api/v1/whoami`, `POST /api/v1/logout`: bearer-authenticated with the credential.
+//! - `POST /api/v1/credentials/postgres` `{ttl_secs?}`: a PostgreSQL password derived from the
+//!   caller's credential, which only the PostgreSQL door takes.
 //! - `GET /api/v1/info`, `GET /.well-known/jwks.json`: public.
 //!
 //! Errors are `{"error": code, "message": text}` with a fitting status. Every refusal of a
@@ -22,14 +24,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tracing::warn;
 
 use super::session::{revoke_login, Credential};
 use super::Web;
 use crate::admission::AuthContext;
-use crate::audit::EventKind;
+use crate::audit::{EventKind, NewEvent};
 use crate::authn::oidc::DevicePoll;
 use crate::authn::pending::random_key;
-use crate::authn::token::Claims;
+use crate::authn::token::{Claims, Door};
 use crate::config::DeviceFlow;
 
 /// An error response.
@@ -451,6 +454,93 @@ pub async fn logout(
             &e.to_string(),
         ),
     }
+}
+
+/// The longest a door credential lives when the client asks for none (`gatehouse env`); never
+/// past the API credential it comes from.
+pub const DOOR_CREDENTIAL_DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Body of `POST /api/v1/credentials/postgres`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoorCredentialBody {
+    /// Lifetime in seconds (1 to 12 h; capped by the caller's credential).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /api/v1/credentials/postgres`: a PostgreSQL password for the caller, derived from
+/// their API credential ([`TokenAuthority::issue_for_door`](crate::authn::token::TokenAuthority::issue_for_door)):
+/// the same login, so a logout or revocation ends it too, but only the PostgreSQL door takes
+/// it. `gatehouse psql` and `gatehouse env` send this, never the API credential, so a spoofed
+/// server that captures the password gains no API bearer. Audited as `credential.issued`
+/// (door `postgres`) before it is answered.
+pub async fn door_credential(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<DoorCredentialBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let claims = match authenticate(&web, &headers, peer, "credential").await {
+        Err(r) => return r,
+        Ok(c) => c,
+    };
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body must be JSON: {} or {\"ttl_secs\": N}",
+        );
+    };
+    let ttl = match body.ttl_secs {
+        None => DOOR_CREDENTIAL_DEFAULT_TTL,
+        Some(secs @ 1..=43_200) => Duration::from_secs(secs),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "ttl_secs must be between 1 and 43200",
+            )
+        }
+    };
+    let (credential, door) = match web.tokens.issue_for_door(&claims, Door::Postgres, ttl) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot sign a door credential");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot sign the credential",
+            );
+        }
+    };
+    let mut issued = NewEvent::new(EventKind::CredentialIssued);
+    issued.actor = claims.sub.clone();
+    issued.action = "issue".into();
+    issued.detail = serde_json::json!({
+        "door": Door::Postgres.as_str(),
+        "audience": door.aud,
+        "login_id": claims.sid,
+        "credential_id": door.jti,
+        "from_credential_id": claims.jti,
+        "expires_at": door.exp,
+        "key_id": web.tokens.key_id(),
+        "client_addr": peer.to_string(),
+    });
+    if web.audit.record_durable(issued).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit log cannot record the credential; nothing was issued",
+        );
+    }
+    Json(serde_json::json!({
+        "credential": credential,
+        "door": Door::Postgres.as_str(),
+        "user": door.sub,
+        "expires_at": door.exp,
+    }))
+    .into_response()
 }
 
 /// `POST /api/v1/agents/enroll`: a remote agent redeems its one-time join token (no gateway

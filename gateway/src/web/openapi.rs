@@ -65,6 +65,7 @@ pub fn document(public_url: &str) -> Value {
                 body(json!({ "device_code": s("from /api/v1/device") }), &["device_code"])) },
             "/api/v1/whoami": { "get": op("The caller: user, groups, MFA, expiry", true) },
             "/api/v1/logout": { "post": op("Revoke the caller's login", true) },
+            "/api/v1/credentials/postgres": { "post": op("A PostgreSQL password for the caller ({ttl_secs?}); the API refuses it", true) },
             "/api/v1/resources": { "get": op("Resources with, per role, whether the caller can connect now, their grant, and whether they may request it", true) },
             "/api/v1/requests": {
                 "get": { "summary": "The caller's requests, or every pending one with ?pending=true", "parameters": [{ "name": "pending", "in": "query", "schema": { "type": "boolean" } }], "responses": { "200": { "description": "OK" } } },
