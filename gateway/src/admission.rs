@@ -44,8 +44,9 @@ pub fn check_names(user: &str, resource: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Writes the counted unauthenticated failures of each ended window as one `auth.failed`
-/// event per source (detail `aggregated: true`, `count`, the last reason), until `shutdown`.
+/// Writes the counted unauthenticated failures of each ended window as one event per source
+/// and class (`auth.failed`, `connection.refused`, ... as counted; detail `aggregated: true`,
+/// `count`, the last reason), until `shutdown`.
 pub async fn record_failure_summaries(
     admission: Admission,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -61,12 +62,19 @@ pub async fn record_failure_summaries(
             admission.failures.drain()
         };
         for s in ended {
-            let mut e = NewEvent::new(EventKind::AuthFailed);
+            let mut e = NewEvent::new(s.kind);
             e.actor = "-".into();
-            e.action = "authenticate".into();
+            let (action, what) = match s.kind {
+                EventKind::AuthFailed => ("authenticate", "failed authentications"),
+                EventKind::LoginFailed => ("login", "failed sign-ins"),
+                EventKind::HttpRefused => ("request", "refused requests"),
+                EventKind::ConnectionRefused => ("connect", "refused connections"),
+                _ => ("connect", "refused sessions"),
+            };
+            e.action = action.into();
             e.decision = "deny".into();
             e.reason = format!(
-                "{} more failed authentications from {} in {} s (last: {})",
+                "{} more {what} from {} in {} s (last: {})",
                 s.count,
                 s.source,
                 s.over.as_secs(),
@@ -74,17 +82,25 @@ pub async fn record_failure_summaries(
             );
             e.detail = serde_json::json!({
                 "aggregated": true,
+                "class": s.class,
                 "client_addr": s.source.to_string(),
                 "count": s.count,
                 "window_secs": s.over.as_secs(),
                 "last_reason": s.last_reason,
             });
-            info!(client.addr = %s.source, count = s.count, "failed authentications counted");
+            info!(client.addr = %s.source, count = s.count, kind = s.kind.as_str(), "failures counted");
             let _ = admission.audit.record(e).await;
         }
         if last {
             return;
         }
+    }
+}
+
+fn door_of(ctx: &AuthContext<'_>) -> Door {
+    match *ctx {
+        AuthContext::Session { door, .. } => door,
+        AuthContext::Bearer { .. } => Door::Api,
     }
 }
 
@@ -197,6 +213,17 @@ pub enum StoreCheck {
     Decision,
 }
 
+impl StoreCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreCheck::User => "the user's status",
+            StoreCheck::Login => "the credential's login",
+            StoreCheck::Grants => "grants",
+            StoreCheck::Decision => "the access decision",
+        }
+    }
+}
+
 /// A refusal, with what the caller needs to explain it in its own protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -258,10 +285,7 @@ impl Admission {
         credential: &str,
         ctx: &AuthContext<'_>,
     ) -> Result<Claims, Denial> {
-        let door = match *ctx {
-            AuthContext::Session { door, .. } => door,
-            AuthContext::Bearer { .. } => Door::Api,
-        };
+        let door = door_of(ctx);
         let verified = match user {
             Some(user) => self.tokens.verify(credential, user, door),
             None => self.tokens.verify_bearer(credential),
@@ -337,10 +361,17 @@ impl Admission {
                 tls,
                 ..
             } => {
-                // Only refusals of the credential itself are events here; a store that cannot
-                // answer is logged (above) and answered, like before.
-                let Denial::Credential { user, fault } = denial else {
-                    return;
+                // A store that cannot answer is logged (above), answered, and counted as a
+                // refused connection (the store may be what cannot record it).
+                let (user, fault) = match denial {
+                    Denial::Credential { user, fault } => (user, fault),
+                    Denial::Store { what, error } => {
+                        let who = claims.map(|c| c.sub.as_str()).unwrap_or("-");
+                        self.store_refusal(who, resource, action, session_id, peer, *what, error)
+                            .await;
+                        return;
+                    }
+                    _ => return,
                 };
                 let mut e = NewEvent::new(EventKind::AuthFailed);
                 e.actor = user.clone();
@@ -352,7 +383,12 @@ impl Admission {
                 match fault {
                     CredentialFault::Invalid(why) => {
                         let class = format!("{:?}", std::mem::discriminant(why));
-                        if !self.failures.note(peer.ip(), &class, &why.to_string()) {
+                        if !self.failures.note(
+                            EventKind::AuthFailed,
+                            peer.ip(),
+                            &class,
+                            &why.to_string(),
+                        ) {
                             return;
                         }
                         e.reason = why.to_string();
@@ -391,7 +427,10 @@ impl Admission {
                 } = denial
                 {
                     let class = format!("bearer {:?}", std::mem::discriminant(why));
-                    if !self.failures.note(peer.ip(), &class, &reason) {
+                    if !self
+                        .failures
+                        .note(EventKind::AuthFailed, peer.ip(), &class, &reason)
+                    {
                         return;
                     }
                 }
@@ -409,6 +448,72 @@ impl Admission {
                 info!(kind = kind.as_str(), reason, client.addr = %peer, "refused");
             }
         }
+    }
+
+    /// Records a session refused because the store could not answer a check in time, as
+    /// `session.failed` (queued, never awaited past [`STORE_LOOKUP_TIMEOUT`]: the store may
+    /// be what is slow), counted per source like failed authentications.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_refusal(
+        &self,
+        user: &str,
+        resource: &str,
+        action: &str,
+        session_id: SessionId,
+        peer: SocketAddr,
+        what: StoreCheck,
+        error: &str,
+    ) {
+        let reason = format!(
+            "gatehouse could not check {} in time ({error}); the connection was refused (fail closed)",
+            what.as_str()
+        );
+        if !self.failures.note(
+            EventKind::SessionFailed,
+            peer.ip(),
+            &format!("store {}", what.as_str()),
+            &reason,
+        ) {
+            return;
+        }
+        let mut e = NewEvent::new(EventKind::SessionFailed);
+        e.actor = user.to_string();
+        e.resource = resource.to_string();
+        e.action = action.to_string();
+        e.decision = "deny".into();
+        e.session_id = session_id.to_string();
+        e.reason = reason;
+        e.detail =
+            serde_json::json!({ "client_addr": peer.to_string(), "store_check": what.as_str() });
+        let _ = tokio::time::timeout(STORE_LOOKUP_TIMEOUT, self.audit.record(e)).await;
+    }
+
+    /// Counts a connection that `door` refused before it authenticated (`class`: what went
+    /// wrong, e.g. `handshake`, `timeout`, `names`, `limit`, `cancel`, `store`), as a
+    /// `connection.refused` event while its source is under [`failures::PER_WINDOW`] in the
+    /// window, else in the window's summary. Never waits: the event is queued, not committed.
+    pub fn count_refusal(&self, door: Door, peer: SocketAddr, class: &str, reason: &str) {
+        let key = format!("{} {class}", door.as_str());
+        if !self
+            .failures
+            .note(EventKind::ConnectionRefused, peer.ip(), &key, reason)
+        {
+            return;
+        }
+        let mut e = NewEvent::new(EventKind::ConnectionRefused);
+        e.actor = "-".into();
+        e.action = "connect".into();
+        e.decision = "deny".into();
+        e.reason = reason.chars().take(300).collect();
+        e.detail = serde_json::json!({
+            "door": door.as_str(),
+            "class": class,
+            "client_addr": peer.to_string(),
+        });
+        let audit = self.audit.clone();
+        tokio::spawn(async move {
+            let _ = audit.record(e).await;
+        });
     }
 
     /// Authenticates, finds the resource and role, reads the user's grant, asks Cedar and
@@ -488,6 +593,16 @@ impl Admission {
             Ok(g) => g,
             Err(error) => {
                 warn!(error = %error, "cannot read grants; refusing the connection");
+                self.store_refusal(
+                    user,
+                    named_as,
+                    action,
+                    session_id,
+                    peer,
+                    StoreCheck::Grants,
+                    &error,
+                )
+                .await;
                 return Err(Denial::Store {
                     what: StoreCheck::Grants,
                     error,

@@ -195,6 +195,9 @@ struct TcpFile {
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     url: Option<String>,
+    quota_bytes: Option<u64>,
+    alert_percent: Option<u64>,
+    capacity_check_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +285,18 @@ pub enum Secrets {
 
 // === validated config ===
 
+/// `[store] quota_bytes`, `alert_percent`, `capacity_check_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCapacity {
+    /// The most the store may hold (SQLite: the database's pages; PostgreSQL: the database's
+    /// size) before unauthenticated noise is only counted.
+    pub quota_bytes: u64,
+    /// The share of the quota at which the gateway alerts.
+    pub alert_percent: u64,
+    /// How often the size is read.
+    pub check_interval: Duration,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -291,6 +306,8 @@ pub struct Config {
     pub log_json: bool,
     pub postgres: PostgresConfig,
     pub store_url: String,
+    /// What the store may grow to ([`crate::capacity`]).
+    pub store_capacity: StoreCapacity,
     pub policies_dir: PathBuf,
     pub audit: AuditConfig,
     pub tokens: TokensConfig,
@@ -543,6 +560,28 @@ impl Config {
             None => format!("sqlite://{}", state_dir.join("gatehouse.db").display()),
         };
 
+        let store_capacity = StoreCapacity {
+            quota_bytes: bounded(
+                "store.quota_bytes",
+                file.store.quota_bytes,
+                10 << 30,
+                1 << 20,
+                u64::MAX >> 1,
+            )?,
+            alert_percent: bounded("store.alert_percent", file.store.alert_percent, 80, 1, 100)?,
+            check_interval: duration(
+                "store.capacity_check_interval",
+                file.store.capacity_check_interval.as_deref(),
+                "30s",
+            )?,
+        };
+        if store_capacity.check_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "store.capacity_check_interval",
+                "must be at least 1s",
+            ));
+        }
+
         let policies_dir = resolve(
             file.policies
                 .dir
@@ -599,6 +638,7 @@ impl Config {
             log_json,
             postgres,
             store_url,
+            store_capacity,
             policies_dir,
             audit,
             tokens,

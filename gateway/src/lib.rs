@@ -15,6 +15,7 @@ pub mod agents;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod capacity;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -43,6 +43,13 @@ pub trait Door: Send + Sync + 'static {
         let _ = (tcp, why);
         Box::pin(async {})
     }
+
+    /// Counts a connection the loop refused (`class` `limit`) or ended at the
+    /// pre-authentication deadline (`deadline`), for the audit log; never waits. The default
+    /// counts nothing (the log line is all).
+    fn count_refusal(&self, peer: SocketAddr, class: &'static str, reason: &str) {
+        let _ = (peer, class, reason);
+    }
 }
 
 /// Why the loop refused a connection.
@@ -284,6 +291,7 @@ pub async fn serve<D: Door>(
                 conn.peer = peer;
                 let mut authenticated = conn.authenticated_rx.clone();
                 let deadline = limits.auth_deadline;
+                let counting = door.clone();
                 let serving = door.clone().serve(conn);
                 tokio::spawn(
                     async move {
@@ -304,6 +312,11 @@ pub async fn serve<D: Door>(
                             _ = &mut serving => return,
                             _ = &mut timer => {
                                 info!("connection did not authenticate in time; closed");
+                                counting.count_refusal(
+                                    peer,
+                                    "deadline",
+                                    "the connection did not authenticate in time",
+                                );
                                 return;
                             }
                             _ = signed_in => {}
@@ -315,6 +328,7 @@ pub async fn serve<D: Door>(
             }
             Err(why) => {
                 counts.warn_refused(name, peer, why);
+                door.count_refusal(peer, "limit", why.message());
                 let refusing = counts.refusing.clone();
                 if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
                     refusing.fetch_sub(1, Ordering::AcqRel);

@@ -216,6 +216,13 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         registry.clone(),
         audit.clone(),
     ));
+    // The store's size against its quota: alerts, and shedding of unauthenticated noise.
+    let capacity = tokio::spawn(crate::capacity::watch(
+        store.clone(),
+        audit.clone(),
+        admission.failures.clone(),
+        config.store_capacity,
+    ));
     // Counted unauthenticated failures become one summary event per source and window; at
     // shutdown the open windows are summarised too.
     let (summaries_stop, summaries_stopped) = tokio::sync::watch::channel(false);
@@ -315,6 +322,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     let _ = stop_http.send(());
     let _ = stop_agents.send(());
     watcher.abort();
+    capacity.abort();
     if let Some(r) = recheck {
         r.abort();
     }

@@ -151,6 +151,28 @@ impl Store {
         self.backend
     }
 
+    /// What the store holds, in bytes: SQLite's pages as the last commit left them (the
+    /// write-ahead log beside the file adds a few MiB at most, reused after each
+    /// checkpoint), PostgreSQL's `pg_database_size`.
+    pub async fn size_bytes(&self) -> Result<u64, StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let pages: i64 = sqlx::query_scalar(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(pages.max(0) as u64)
+            }
+            Backend::Postgres => {
+                let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(size.max(0) as u64)
+            }
+        }
+    }
+
     /// Rewrites `$N` placeholders for the backend. For SQLite they become plain positional `?`
     /// (numbered ones make sqlx look every parameter up by name, quadratic in a multi-row
     /// insert), so every query must use its placeholders once each, in ascending order.

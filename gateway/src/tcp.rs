@@ -260,11 +260,23 @@ impl Door for TcpDoor {
                 Ok(s) => s,
                 Err(e) => {
                     info!(error = %e, "TLS handshake failed");
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        self.count_refusal(
+                            peer,
+                            "handshake",
+                            &format!("TLS handshake failed: {e}"),
+                        );
+                    }
                     return;
                 }
             };
             self.connection(BufReader::new(tls), peer, &mut conn).await;
         })
+    }
+
+    fn count_refusal(&self, peer: SocketAddr, class: &'static str, reason: &str) {
+        self.admission
+            .count_refusal(crate::authn::token::Door::Tcp, peer, class, reason);
     }
 
     fn refuse(self: Arc<Self>, tcp: TcpStream, why: Refused) -> Serving {
@@ -308,6 +320,7 @@ impl TcpDoor {
                 Ok(h) => h,
                 Err(why) => {
                     info!(reason = %why, "hello refused");
+                    self.count_refusal(peer, "handshake", &format!("hello refused: {why}"));
                     refuse(&mut stream, &Answer::refused("protocol", why)).await;
                     return;
                 }
@@ -315,11 +328,17 @@ impl TcpDoor {
             Err(LineError::TooLong(max)) => {
                 info!("hello refused: longer than {max} bytes");
                 let why = format!("the hello line is longer than {max} bytes");
+                self.count_refusal(peer, "handshake", &why);
                 refuse(&mut stream, &Answer::refused("protocol", why)).await;
+                return;
+            }
+            Err(LineError::Closed) => {
+                info!("the client closed before its hello");
                 return;
             }
             Err(e) => {
                 info!(error = %e, "no hello");
+                self.count_refusal(peer, "handshake", &format!("no hello: {e}"));
                 return;
             }
         };

@@ -134,6 +134,19 @@ impl Web {
         peer: SocketAddr,
         detail: serde_json::Value,
     ) {
+        // Unauthenticated and the client's to repeat: counted per source, kind and reason
+        // (a few events a window, then a summary), like failed credentials.
+        let class: String = format!("web {} {action} {reason}", kind.as_str())
+            .chars()
+            .take(80)
+            .collect();
+        if !self
+            .admission
+            .failures
+            .note(kind, peer.ip(), &class, reason)
+        {
+            return;
+        }
         let mut e = NewEvent::new(kind);
         e.actor = if actor.is_empty() {
             "-".into()
@@ -264,6 +277,7 @@ pub async fn serve(
     let limits = Limits::new(web.config.http.max_connections, HEADER_TIMEOUT);
     let door = Arc::new(HttpsDoor {
         tls,
+        admission: web.admission.clone(),
         app: router(web),
         max_buf,
     });
@@ -275,6 +289,8 @@ pub async fn serve(
 /// bounds each request.
 struct HttpsDoor {
     tls: TlsAcceptor,
+    /// Counts refused connections (the listener's limits, failed TLS handshakes).
+    admission: Admission,
     app: Router,
     max_buf: usize,
 }
@@ -282,6 +298,11 @@ struct HttpsDoor {
 impl Door for HttpsDoor {
     fn name(&self) -> &'static str {
         "https"
+    }
+
+    fn count_refusal(&self, peer: SocketAddr, class: &'static str, reason: &str) {
+        self.admission
+            .count_refusal(crate::authn::token::Door::Api, peer, class, reason);
     }
 
     fn serve(self: Arc<Self>, mut conn: Conn) -> Serving {
@@ -294,9 +315,19 @@ impl Door for HttpsDoor {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     info!(error = %e, "https TLS handshake failed");
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        self.count_refusal(
+                            peer,
+                            "handshake",
+                            &format!("TLS handshake failed: {e}"),
+                        );
+                    }
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    self.count_refusal(peer, "timeout", "the TLS handshake did not finish in time");
+                    return;
+                }
             };
             conn.authenticated();
             let app = self.app.clone();

@@ -300,3 +300,96 @@ async fn a_flood_of_forged_credentials_is_a_few_events_and_a_count() -> anyhow::
     still_serves(&gw)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_authentication_are_counted_in_the_log() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .allow_plaintext(true)
+            .set("postgres", "handshake_timeout", "\"1s\"")
+            .resource(Resource::orders_dev(&pg, "orders-db")),
+    )?;
+    let refused = |gw: &Gateway| -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(gw
+            .audit_events()?
+            .into_iter()
+            .filter(|e| e["kind"] == "connection.refused")
+            .collect())
+    };
+    // A malformed startup, a name gatehouse never issues, a cancel for no session, a client
+    // that says nothing: each is answered as before, and each is now in the log.
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let _ = read_to_close(&mut s).await?;
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&startup_packet("al ice", "orders-db", &[]))
+        .await?;
+    let _ = read_to_close(&mut s).await?;
+    let mut s = raw_connect(gw.pg_addr()).await?;
+    s.write_all(&cancel_request(4242, 1)).await?;
+    let _ = read_to_close(&mut s).await?;
+    let mut idle = raw_connect(gw.pg_addr()).await?;
+    let _ = read_to_close(&mut idle).await?;
+    // A client that closes without a word (a health check) is no refusal.
+    drop(raw_connect(gw.pg_addr()).await?);
+    let classes = ["handshake", "names", "cancel", "timeout"];
+    let seen =
+        gatehouse_tests::util::poll(Duration::from_secs(10), Duration::from_millis(100), || {
+            let events = refused(&gw)?;
+            let all = classes
+                .iter()
+                .all(|c| events.iter().any(|e| e["detail"]["class"] == *c));
+            Ok(all.then_some(events))
+        })?
+        .ok_or_else(|| anyhow::anyhow!("not every refusal was counted: {:#?}", refused(&gw)))?;
+    assert_eq!(seen.len(), classes.len(), "{seen:#?}");
+    for e in &seen {
+        assert_eq!(e["detail"]["door"], "postgres", "{e}");
+        assert_eq!(
+            e["detail"]["client_addr"]
+                .as_str()
+                .map(|a| a.starts_with("127.0.0.1:")),
+            Some(true),
+            "{e}"
+        );
+        assert!(e["controls"].to_string().contains("8.20"), "{e}");
+    }
+    let cancel = seen
+        .iter()
+        .find(|e| e["detail"]["class"] == "cancel")
+        .map(|e| e["reason"].to_string())
+        .unwrap_or_default();
+    assert!(cancel.contains("4242"), "{cancel}");
+
+    // A flood of garbage is a few events and a count, like forged credentials: every
+    // malformed startup (the one above and the flood) is either an event of its own or in
+    // a summary's count.
+    let flood = 30;
+    for _ in 0..flood {
+        let mut s = raw_connect(gw.pg_addr()).await?;
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await?;
+        let _ = read_to_close(&mut s).await?;
+    }
+    let tally = |gw: &Gateway| -> anyhow::Result<(u64, u64)> {
+        let (mut single, mut counted) = (0, 0);
+        for e in refused(gw)? {
+            if e["detail"]["aggregated"] == true {
+                assert_eq!(e["detail"]["class"], "postgres handshake", "{e}");
+                counted += e["detail"]["count"].as_u64().unwrap_or(0);
+            } else if e["detail"]["class"] == "handshake" {
+                single += 1;
+            }
+        }
+        Ok((single, counted))
+    };
+    let done =
+        gatehouse_tests::util::poll(Duration::from_secs(25), Duration::from_millis(200), || {
+            let (single, counted) = tally(&gw)?;
+            Ok((single + counted == flood + 1).then_some(single))
+        })?
+        .ok_or_else(|| anyhow::anyhow!("the flood was not all counted: {:?}", tally(&gw)))?;
+    assert!(done <= 10, "{done} single events for one source's flood");
+    still_serves(&gw)?;
+    Ok(())
+}

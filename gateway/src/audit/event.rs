@@ -87,6 +87,13 @@ pub enum EventKind {
     /// (or for another user or resource than it was opened for): kept as evidence, not as the
     /// session's activity.
     AgentEventRefused,
+    /// A front door refused a connection before it authenticated: a malformed or timed-out
+    /// handshake, names it could not accept, the listener's limits, a cancel request that
+    /// matches no session, a store that could not answer. Counted per source like
+    /// [`EventKind::AuthFailed`] (a few events, then a summary).
+    ConnectionRefused,
+    /// The store crossed its alert level or its quota, or came back under it.
+    StoreCapacity,
     /// Rows in the audit log that no gateway's commit seal covers: written into the store
     /// directly (or by something without the audit key).
     AuditForeignRows,
@@ -135,6 +142,8 @@ impl EventKind {
             EventKind::AgentRenewed => "agent.renewed",
             EventKind::AgentEventRefused => "agent.event_refused",
             EventKind::AuditForeignRows => "audit.foreign_rows",
+            EventKind::ConnectionRefused => "connection.refused",
+            EventKind::StoreCapacity => "store.capacity",
         }
     }
 
@@ -196,6 +205,10 @@ impl EventKind {
             // Logging (the log keeps only what it can attribute); networks security.
             EventKind::AgentEventRefused => &["8.15", "8.20"],
             EventKind::AuditForeignRows => &["8.15", "5.28"],
+            // Networks security; monitoring for anomalous behaviour.
+            EventKind::ConnectionRefused => &["8.16", "8.20"],
+            // Capacity management; protection of the log; monitoring.
+            EventKind::StoreCapacity => &["8.6", "8.15", "8.16"],
         }
     }
 }

@@ -16,11 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use super::handshake::{self, refuse, send_error, ClientStream, Opening};
+use super::handshake::{self, refuse, send_error, ClientStream, HandshakeError, Opening};
 use super::sink::SessionSink;
 use crate::admission::{self, Admission, AdmitRequest, CredentialFault, Denial, StoreCheck};
 use crate::audit::{AuditLog, EventKind, NewEvent};
-use crate::authn::token::TokenError;
+use crate::authn::token::{Door as CredentialDoor, TokenError};
 use crate::config::{Config, PostgresDirect, Reach, Resource, ResourceKind};
 use crate::listener::{self, Conn, Door, Limits, Refused, Serving};
 use crate::registry::{Cancel, Canceller, Owner, Registry, SessionGrant};
@@ -90,6 +90,11 @@ impl Door for FrontDoor {
                 refuse(&mut stream, "53300", why.message()).await;
             }
         })
+    }
+
+    fn count_refusal(&self, peer: SocketAddr, class: &'static str, reason: &str) {
+        self.admission
+            .count_refusal(CredentialDoor::Postgres, peer, class, reason);
     }
 }
 
@@ -225,10 +230,24 @@ impl FrontDoor {
         {
             Err(_) => {
                 info!("client did not finish the startup handshake in time");
+                self.count_refusal(
+                    peer,
+                    "timeout",
+                    "the client did not finish the startup handshake in time",
+                );
                 return;
             }
             Ok(Err(e)) => {
                 info!(error = %e, "startup handshake refused");
+                // A client that closes without a word (a health check, a port scan) is no
+                // refusal worth a row.
+                if !matches!(e, HandshakeError::Wire(pgwire::WireError::Closed)) {
+                    self.count_refusal(
+                        peer,
+                        "handshake",
+                        &format!("startup handshake refused: {e}"),
+                    );
+                }
                 return;
             }
             Ok(Ok(o)) => o,
@@ -239,7 +258,7 @@ impl FrontDoor {
                 secret,
                 mut stream,
             } => {
-                self.cancel(pid, secret).await;
+                self.cancel(pid, secret, peer).await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             }
             Opening::Session {
@@ -251,7 +270,7 @@ impl FrontDoor {
         }
     }
 
-    async fn cancel(&self, pid: u32, secret: u32) {
+    async fn cancel(&self, pid: u32, secret: u32, peer: SocketAddr) {
         match self.registry.cancel_target(pid, secret) {
             Some((session, user, resource, handle)) => {
                 let outcome = handle.cancel().await;
@@ -265,7 +284,14 @@ impl FrontDoor {
                 info!(session.id = %session, "cancel request forwarded");
             }
             // PostgreSQL answers nothing to a cancel request; neither do we.
-            None => warn!(pid, "cancel request matches no live session; dropped"),
+            None => {
+                warn!(pid, "cancel request matches no live session; dropped");
+                self.count_refusal(
+                    peer,
+                    "cancel",
+                    &format!("a cancel request for backend {pid} matches no live session"),
+                );
+            }
         }
     }
 
@@ -291,6 +317,7 @@ impl FrontDoor {
                 "no user name given in the startup packet",
             )
             .await;
+            self.count_refusal(peer, "names", "no user name given in the startup packet");
             return;
         };
         let resource_name = param("database")
@@ -301,6 +328,7 @@ impl FrontDoor {
         if let Err(why) = crate::admission::check_names(&user, &resource_name) {
             info!(reason = why, "startup refused before authentication");
             refuse(&mut stream, "28000", why).await;
+            self.count_refusal(peer, "names", why);
             return;
         }
         tracing::Span::current().record("user", user.as_str());
@@ -326,6 +354,7 @@ impl FrontDoor {
             Err(_) => {
                 info!("client did not authenticate in time");
                 refuse(&mut stream, "08006", "authentication timed out").await;
+                self.count_refusal(peer, "timeout", "the client did not authenticate in time");
                 return;
             }
             Ok(Err(r)) => {
