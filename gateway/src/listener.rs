@@ -50,6 +50,15 @@ pub trait Door: Send + Sync + 'static {
     fn count_refusal(&self, peer: SocketAddr, class: &'static str, reason: &str) {
         let _ = (peer, class, reason);
     }
+
+    /// Logs a failed TLS handshake and counts it ([`count_refusal`](Self::count_refusal),
+    /// class `handshake`), unless the client closed without a word (a health check).
+    fn tls_failed(&self, peer: SocketAddr, e: &std::io::Error) {
+        info!(listener = self.name(), error = %e, "TLS handshake failed");
+        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+            self.count_refusal(peer, "handshake", &format!("TLS handshake failed: {e}"));
+        }
+    }
 }
 
 /// Why the loop refused a connection.

@@ -259,14 +259,7 @@ impl Door for TcpDoor {
             let tls = match self.tls.accept(tcp).await {
                 Ok(s) => s,
                 Err(e) => {
-                    info!(error = %e, "TLS handshake failed");
-                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                        self.count_refusal(
-                            peer,
-                            "handshake",
-                            &format!("TLS handshake failed: {e}"),
-                        );
-                    }
+                    self.tls_failed(peer, &e);
                     return;
                 }
             };

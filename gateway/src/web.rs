@@ -314,14 +314,7 @@ impl Door for HttpsDoor {
             let stream = match tokio::time::timeout(HEADER_TIMEOUT, self.tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    info!(error = %e, "https TLS handshake failed");
-                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                        self.count_refusal(
-                            peer,
-                            "handshake",
-                            &format!("TLS handshake failed: {e}"),
-                        );
-                    }
+                    self.tls_failed(peer, &e);
                     return;
                 }
                 Err(_) => {

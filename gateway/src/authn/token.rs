@@ -138,8 +138,8 @@ pub struct LoginClaims {
 enum Kind {
     /// An issued token the store does not know (tests, and tokens from before issue 14).
     Plain,
-    /// An issued service token with its login row (`sid`, also its `jti`).
-    Service(String),
+    /// An issued service token with its login row (`sid`, also its `jti`), for `Door`.
+    Service(String, Door),
     /// A credential after a single sign-on login.
     Login(LoginClaims),
 }
@@ -302,15 +302,7 @@ impl TokenAuthority {
         sid: &str,
         door: Door,
     ) -> Result<(String, Claims), TokenError> {
-        let (token, claims) = self.sign(user, groups, ttl, Kind::Service(sid.to_string()))?;
-        if door == Door::Api {
-            return Ok((token, claims));
-        }
-        let claims = Claims {
-            aud: door.audience(&self.audience),
-            ..claims
-        };
-        Ok((self.encode(&claims)?, claims))
+        self.sign(user, groups, ttl, Kind::Service(sid.to_string(), door))
     }
 
     /// A credential for `door` alone, derived from the verified API credential `from`: the
@@ -365,27 +357,28 @@ impl TokenAuthority {
                 self.max_ttl.as_secs()
             )));
         }
-        if matches!(&kind, Kind::Service(sid) if sid.is_empty() || sid.len() > 128) {
+        if matches!(&kind, Kind::Service(sid, _) if sid.is_empty() || sid.len() > 128) {
             return Err(TokenError::Sign(
                 "a service token's login id must be 1-128 bytes".into(),
             ));
         }
         let now = unix_now();
         let random_jti = || crate::audit::event::hex(&gatehouse_core::random::random_bytes::<16>());
-        let (jti, auth, sid, amr, mfa) = match kind {
+        let (jti, auth, sid, amr, mfa, door) = match kind {
             Kind::Login(l) => (
                 random_jti(),
                 Some("oidc".to_string()),
                 Some(l.sid),
                 l.amr,
                 l.mfa,
+                Door::Api,
             ),
-            Kind::Service(sid) => (sid.clone(), None, Some(sid), Vec::new(), false),
-            Kind::Plain => (random_jti(), None, None, Vec::new(), false),
+            Kind::Service(sid, door) => (sid.clone(), None, Some(sid), Vec::new(), false, door),
+            Kind::Plain => (random_jti(), None, None, Vec::new(), false, Door::Api),
         };
         let claims = Claims {
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: door.audience(&self.audience),
             sub: user.to_string(),
             groups: groups.to_vec(),
             exp: now + ttl.as_secs(),
