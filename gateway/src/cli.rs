@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod agents;
 mod audit;
+mod evidence;
 mod keys;
 mod operator;
 mod policy;
@@ -16,6 +17,7 @@ mod users;
 use clap::{Args, Parser, Subcommand};
 
 use self::audit::AuditCommand;
+use self::evidence::EvidenceCommand;
 use self::keys::KeysCommand;
 use self::policy::PolicyCommand;
 use self::sessions::SessionsArgs;
@@ -123,6 +125,11 @@ enum Command {
     /// Export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The auditor's evidence: `evidence bundle` (a signed bundle for a period: export,
+    /// report per Annex A control, registers, SoA), `evidence verify DIR` (offline, with the
+    /// public key), `evidence soa` (the Statement of Applicability draft).
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Users the gateway has seen; disable a leaver (their live sessions are cut within a
     /// second and every new connection is refused) or enable them again.
     #[command(subcommand)]
@@ -414,6 +421,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Audit(cmd) => {
             init_tracing(false, "warn");
             match audit::run(cmd).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Evidence(cmd) => {
+            init_tracing(false, "warn");
+            match evidence::run(cmd).await {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }

@@ -19,6 +19,7 @@ pub mod capacity;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod evidence;
 pub mod keys;
 pub mod listener;
 pub mod pg;

@@ -97,9 +97,58 @@ pub enum EventKind {
     /// Rows in the audit log that no gateway's commit seal covers: written into the store
     /// directly (or by something without the audit key).
     AuditForeignRows,
+    /// An evidence bundle was built for a period (who, which period, the manifest's hash).
+    EvidenceBundle,
 }
 
 impl EventKind {
+    /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
+    pub const ALL: [EventKind; 43] = [
+        EventKind::AuthFailed,
+        EventKind::AccessDecision,
+        EventKind::SessionStart,
+        EventKind::SessionFailed,
+        EventKind::SessionEnd,
+        EventKind::DbStatement,
+        EventKind::CancelForwarded,
+        EventKind::UserDisabled,
+        EventKind::UserEnabled,
+        EventKind::SessionCut,
+        EventKind::SessionKillRequested,
+        EventKind::GatewayStart,
+        EventKind::GatewayStop,
+        EventKind::LoginSucceeded,
+        EventKind::LoginFailed,
+        EventKind::CredentialIssued,
+        EventKind::CredentialRevoked,
+        EventKind::KeysRotated,
+        EventKind::HttpRefused,
+        EventKind::RequestCreated,
+        EventKind::RequestApproved,
+        EventKind::RequestDenied,
+        EventKind::RequestRefused,
+        EventKind::GrantStart,
+        EventKind::GrantEnd,
+        EventKind::GrantRevoked,
+        EventKind::BreakGlass,
+        EventKind::ReviewOpened,
+        EventKind::ReviewSigned,
+        EventKind::AgentJoinToken,
+        EventKind::AgentEnrolled,
+        EventKind::AgentEnrollRefused,
+        EventKind::AgentConnected,
+        EventKind::AgentDisconnected,
+        EventKind::AgentRefused,
+        EventKind::AgentRevoked,
+        EventKind::AgentSessionEnd,
+        EventKind::AgentRenewed,
+        EventKind::AgentEventRefused,
+        EventKind::ConnectionRefused,
+        EventKind::StoreCapacity,
+        EventKind::AuditForeignRows,
+        EventKind::EvidenceBundle,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::AuthFailed => "auth.failed",
@@ -144,6 +193,7 @@ impl EventKind {
             EventKind::AuditForeignRows => "audit.foreign_rows",
             EventKind::ConnectionRefused => "connection.refused",
             EventKind::StoreCapacity => "store.capacity",
+            EventKind::EvidenceBundle => "evidence.bundle",
         }
     }
 
@@ -209,6 +259,9 @@ impl EventKind {
             EventKind::ConnectionRefused => &["8.16", "8.20"],
             // Capacity management; protection of the log; monitoring.
             EventKind::StoreCapacity => &["8.6", "8.15", "8.16"],
+            // Collection of evidence, protection of records, independent review, audit testing
+            // from an export rather than live access.
+            EventKind::EvidenceBundle => &["5.28", "5.33", "5.35", "8.34"],
         }
     }
 }
@@ -481,6 +534,64 @@ mod tests {
             "2026-11-28T00:00:00.000000Z".into(),
             crate::audit::GENESIS_HASH.into(),
         )
+    }
+
+    #[test]
+    fn all_lists_every_kind_once() {
+        // Adding a kind fails to compile here until it is given its place in `ALL`.
+        fn index(k: EventKind) -> usize {
+            match k {
+                EventKind::AuthFailed => 0,
+                EventKind::AccessDecision => 1,
+                EventKind::SessionStart => 2,
+                EventKind::SessionFailed => 3,
+                EventKind::SessionEnd => 4,
+                EventKind::DbStatement => 5,
+                EventKind::CancelForwarded => 6,
+                EventKind::UserDisabled => 7,
+                EventKind::UserEnabled => 8,
+                EventKind::SessionCut => 9,
+                EventKind::SessionKillRequested => 10,
+                EventKind::GatewayStart => 11,
+                EventKind::GatewayStop => 12,
+                EventKind::LoginSucceeded => 13,
+                EventKind::LoginFailed => 14,
+                EventKind::CredentialIssued => 15,
+                EventKind::CredentialRevoked => 16,
+                EventKind::KeysRotated => 17,
+                EventKind::HttpRefused => 18,
+                EventKind::RequestCreated => 19,
+                EventKind::RequestApproved => 20,
+                EventKind::RequestDenied => 21,
+                EventKind::RequestRefused => 22,
+                EventKind::GrantStart => 23,
+                EventKind::GrantEnd => 24,
+                EventKind::GrantRevoked => 25,
+                EventKind::BreakGlass => 26,
+                EventKind::ReviewOpened => 27,
+                EventKind::ReviewSigned => 28,
+                EventKind::AgentJoinToken => 29,
+                EventKind::AgentEnrolled => 30,
+                EventKind::AgentEnrollRefused => 31,
+                EventKind::AgentConnected => 32,
+                EventKind::AgentDisconnected => 33,
+                EventKind::AgentRefused => 34,
+                EventKind::AgentRevoked => 35,
+                EventKind::AgentSessionEnd => 36,
+                EventKind::AgentRenewed => 37,
+                EventKind::AgentEventRefused => 38,
+                EventKind::ConnectionRefused => 39,
+                EventKind::StoreCapacity => 40,
+                EventKind::AuditForeignRows => 41,
+                EventKind::EvidenceBundle => 42,
+            }
+        }
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(index(*k), i, "{}", k.as_str());
+        }
+        let names: std::collections::BTreeSet<_> =
+            EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventKind::ALL.len());
     }
 
     #[test]

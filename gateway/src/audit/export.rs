@@ -193,7 +193,7 @@ fn csv_line(e: &AuditEvent) -> String {
 /// One CSV field, safe to open in a spreadsheet whatever separator it is set to: always
 /// quoted (so a `;` or `,` inside never starts a new cell), and a field that starts with a
 /// formula character (after any leading spaces) is prefixed with `'` so it stays text.
-fn csv_field(f: &str) -> String {
+pub(crate) fn csv_field(f: &str) -> String {
     let dangerous = f
         .trim_start_matches([' ', '"'])
         .starts_with(['=', '+', '-', '@', '\t', '\r', '|', '%']);
@@ -290,7 +290,7 @@ pub fn verify_export(input: impl BufRead, key: &PublicKey) -> Result<VerifyRepor
     chain.finish()
 }
 
-fn event_from_line(v: &Value) -> Option<AuditEvent> {
+pub(crate) fn event_from_line(v: &Value) -> Option<AuditEvent> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let list = |k: &str| -> Option<Vec<String>> {
         v.get(k)?

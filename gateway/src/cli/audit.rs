@@ -97,7 +97,7 @@ fn offline_needs_key(e: &ConfigError) -> String {
 }
 
 /// `--public-key`: the key in base64, or `@path` to a file that holds it.
-fn public_key_arg(arg: &str) -> anyhow::Result<PublicKey> {
+pub(super) fn public_key_arg(arg: &str) -> anyhow::Result<PublicKey> {
     let (text, given) = match arg.strip_prefix('@') {
         Some(path) => (
             std::fs::read_to_string(path).map_err(|e| {

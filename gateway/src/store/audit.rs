@@ -173,6 +173,14 @@ impl Store {
             .collect()
     }
 
+    /// The newest event's sequence number (0 for an empty log): a size for progress lines.
+    pub async fn audit_last_seq(&self) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
     /// The newest checkpoint's sequence number, if any.
     pub async fn last_checkpoint_seq(
         &self,
