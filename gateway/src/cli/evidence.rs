@@ -120,12 +120,25 @@ pub(super) async fn run(cmd: EvidenceCommand) -> anyhow::Result<ExitCode> {
             let store = Store::open(&config.store_url)
                 .await
                 .map_err(|e| CliError::Unavailable(format!("cannot open the store: {e}")))?;
+            let anchor = crate::server::audit_anchor_path(&config);
+            let store_chain = match super::audit::verify_store_anchored(
+                &store,
+                &key.public_key(),
+                super::audit::Anchor::Required(&anchor),
+            )
+            .await
+            .map_err(|e| CliError::Unavailable(format!("cannot read the audit log: {e:#}")))?
+            {
+                Ok(report) => Ok(report.to_string()),
+                Err(e) => Err(format!("at seq {}: {}", e.seq, e.problem)),
+            };
             let spec = bundle::Spec {
                 from: &from,
                 to: &to,
                 out: &out,
                 built_by: &operator.display(),
                 progress: bundle::stderr_is_terminal(),
+                store_chain,
             };
             let built = bundle::build(&config, &store, &key, &spec).await?;
             let mut e = NewEvent::new(EventKind::EvidenceBundle);

@@ -61,6 +61,10 @@ pub struct Spec<'a> {
     pub built_by: &'a str,
     /// Progress on stderr (a terminal).
     pub progress: bool,
+    /// The whole log in the store verified with its seals and anchor (the caller ran it):
+    /// the report, or where it broke. An export alone cannot show a row appended around the
+    /// gateway at its end; the store's seals do.
+    pub store_chain: Result<String, String>,
 }
 
 /// What was built.
@@ -282,11 +286,15 @@ pub async fn build(
 
     // 3. The chain: the export verified as an auditor would.
     let public = key.public_key();
-    let (chain_ok, chain) =
-        match verify_export(BufReader::new(File::open(dir.join(EXPORT))?), &public) {
-            Ok(report) => (true, format!("intact: {report}")),
-            Err(e) => (false, format!("BROKEN at seq {}: {}", e.seq, e.problem)),
-        };
+    let exported = verify_export(BufReader::new(File::open(dir.join(EXPORT))?), &public);
+    let (chain_ok, chain) = match (&spec.store_chain, exported) {
+        (Err(e), _) => (false, format!("BROKEN in the store: {e}")),
+        (Ok(_), Err(e)) => (
+            false,
+            format!("BROKEN in the export at seq {}: {}", e.seq, e.problem),
+        ),
+        (Ok(store), Ok(report)) => (true, format!("intact: export {report}; store {store}")),
+    };
     if !chain_ok {
         findings.add(
             Exception {
@@ -616,8 +624,17 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Verified, BundleProblem> {
     let info: Option<BundleInfo> = std::fs::read_to_string(dir.join("bundle.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
-    if info.is_none() {
+    let Some(meta) = &info else {
         return Err(problem("bundle.json", "malformed"));
+    };
+    if !meta.chain.starts_with("intact") {
+        return Err(problem(
+            "bundle.json",
+            format!(
+                "the log did not verify when the bundle was built: {}",
+                meta.chain
+            ),
+        ));
     }
     Ok(Verified {
         files: present.len() + 2,

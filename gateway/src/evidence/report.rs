@@ -61,7 +61,7 @@ fn bars(title: &str, rows: &[(String, u64)], max: usize, unit: &str) -> String {
     let top = rows.iter().map(|r| r.1).max().unwrap_or(1).max(1) as f64;
     let h = 20 * rows.len() + 28;
     let mut s = format!(
-        "<figure><svg role=\"img\" aria-label=\"{t}\" width=\"640\" height=\"{h}\" viewBox=\"0 0 640 {h}\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"0\" y=\"14\" font-weight=\"600\">{t}</text>",
+        "<figure><svg role=\"img\" aria-label=\"{t}\" width=\"640\" height=\"{h}\" viewBox=\"0 0 640 {h}\"><text x=\"0\" y=\"14\" font-weight=\"600\">{t}</text>",
         t = escape(title)
     );
     for (i, (label, v)) in rows.iter().enumerate() {
@@ -101,9 +101,9 @@ fn per_day(days: &BTreeMap<String, (u64, u64)>) -> String {
         .unwrap_or(1)
         .max(1) as f64;
     let col = (600 / shown.len().max(1)).clamp(3, 40);
-    let width = 40 + col * shown.len();
+    let width = (40 + col * shown.len()).max(640);
     let mut s = format!(
-        "<figure><svg role=\"img\" aria-label=\"Connection decisions per day\" width=\"{width}\" height=\"200\" viewBox=\"0 0 {width} 200\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"0\" y=\"14\" font-weight=\"600\">Connection decisions per day (blue allowed, red denied; max {top})</text>"
+        "<figure><svg role=\"img\" aria-label=\"Connection decisions per day\" width=\"{width}\" height=\"200\" viewBox=\"0 0 {width} 200\"><text x=\"0\" y=\"14\" font-weight=\"600\">Connection decisions per day (blue allowed, red denied; max {top})</text>"
     );
     for (i, (day, (a, d))) in shown.iter().enumerate() {
         let x = 40 + col * i;
@@ -117,11 +117,16 @@ fn per_day(days: &BTreeMap<String, (u64, u64)>) -> String {
             day = escape(day),
         ));
     }
-    if let (Some(first), Some(last)) = (shown.first(), shown.last()) {
+    if let Some(first) = shown.first() {
         s.push_str(&format!(
-            "<text x=\"40\" y=\"196\">{}</text><text x=\"{}\" y=\"196\" text-anchor=\"end\">{}</text>",
-            escape(first.0),
-            width,
+            "<text x=\"40\" y=\"196\">{}</text>",
+            escape(first.0)
+        ));
+    }
+    if let Some(last) = shown.last().filter(|_| shown.len() > 1) {
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"196\" text-anchor=\"end\">{}</text>",
+            40 + col * shown.len(),
             escape(last.0)
         ));
     }
