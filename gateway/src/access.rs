@@ -23,7 +23,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use gatehouse_policies::{AccessRequest, Action, PolicyEngine, RequestContext, ResourceAttrs};
+use gatehouse_policies::{AccessRequest, Action, RequestContext, ResourceAttrs};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -73,7 +73,7 @@ pub struct Caller {
 /// The just-in-time access service.
 pub struct Access {
     pub config: Arc<Config>,
-    pub policies: Arc<PolicyEngine>,
+    pub policies: crate::authz::Policies,
     pub store: Store,
     pub audit: AuditLog,
     pub registry: Registry,

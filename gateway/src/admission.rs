@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_core::session::SessionId;
-use gatehouse_policies::PolicyEngine;
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, EventKind, NewEvent};
@@ -113,7 +112,7 @@ pub mod failures;
 #[derive(Clone)]
 pub struct Admission {
     pub tokens: Arc<TokenAuthority>,
-    pub policies: Arc<PolicyEngine>,
+    pub policies: crate::authz::Policies,
     pub audit: AuditLog,
     pub store: Store,
     pub config: Arc<Config>,
@@ -733,7 +732,7 @@ mod tests {
         let (audit, _writer) = AuditLog::spawn(store.clone(), Arc::new(key), 1000, 64);
         let admission = Admission {
             tokens: Arc::new(tokens),
-            policies: Arc::new(policies),
+            policies: crate::authz::Policies::from_engine(policies),
             audit,
             store,
             config: Arc::new(config),

@@ -386,6 +386,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
             let (dir, test) = match cmd {
                 PolicyCommand::Check(d) => (d, false),
                 PolicyCommand::Test(d) => (d, true),
+                PolicyCommand::Reload(args) => match policy::reload(args).await {
+                    Ok(code) => return code,
+                    Err(e) => {
+                        return ExitCode::from({
+                            report(&e);
+                            exit_code(&e)
+                        })
+                    }
+                },
             };
             let dir = match dir.dir {
                 Some(d) => d,

@@ -23,6 +23,7 @@ pub mod evidence;
 pub mod keys;
 pub mod listener;
 pub mod pg;
+pub mod policy_reload;
 pub mod registry;
 pub mod server;
 pub mod session_record;

@@ -48,8 +48,13 @@ pub fn token_authority(config: &Config) -> anyhow::Result<TokenAuthority> {
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let policies = crate::authz::load_policies(&config.policies_dir)
+    let (loaded, tests_run) = crate::authz::load_with_tests(&config.policies_dir)
         .with_context(|| format!("loading policies from `{}`", config.policies_dir.display()))?;
+    for failed in &tests_run.failed {
+        tracing::warn!(test = %failed, "a policy test fails; `gatehouse policy reload` would refuse this set");
+    }
+    let (policy_sha, policy_tests) = (loaded.sha256.clone(), loaded.tests);
+    let policies = crate::authz::Policies::new(loaded);
     let tokens = token_authority(&config)?;
     let audit_key = Arc::new(
         SigningKey::load_or_create(&audit_key_path(&config))
@@ -157,6 +162,8 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         "sso_issuer": config.oidc.as_ref().map(|o| o.issuer.clone()),
         "resources": config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "policies": policies.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        "policy_set_sha256": policy_sha,
+        "policy_tests_passed": policy_tests,
         "token_key_id": tokens.key_id(),
         "audit_key_id": audit_key.key_id,
         "pid": std::process::id(),
@@ -181,7 +188,6 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     }
     let registry = Registry::default();
     let tokens = Arc::new(tokens);
-    let policies = Arc::new(policies);
     let admission = crate::admission::Admission {
         tokens: tokens.clone(),
         policies: policies.clone(),
@@ -211,6 +217,13 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         instance,
         links,
     });
+    // `gatehouse policy reload` (through the store) and SIGHUP swap the policy set in place.
+    let policy_watch = tokio::spawn(crate::policy_reload::watch(
+        store.clone(),
+        admission.policies.clone(),
+        config.policies_dir.clone(),
+        audit.clone(),
+    ));
     let watcher = tokio::spawn(watch_disabled_users(
         store.clone(),
         registry.clone(),
@@ -322,6 +335,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     let _ = stop_http.send(());
     let _ = stop_agents.send(());
     watcher.abort();
+    policy_watch.abort();
     capacity.abort();
     if let Some(r) = recheck {
         r.abort();

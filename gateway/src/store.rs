@@ -9,6 +9,7 @@ pub mod access;
 pub mod agents;
 pub mod audit;
 pub mod logins;
+pub mod policy_reloads;
 pub mod sessions;
 pub mod users;
 

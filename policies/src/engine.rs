@@ -153,6 +153,14 @@ impl PolicyEngine {
         self.policies.clone()
     }
 
+    /// The Cedar text of the policy with this `@id` (its source as loaded), for telling what a
+    /// reload changed.
+    pub fn policy_text(&self, id: &str) -> Option<String> {
+        self.policy_set
+            .policy(&cedar_policy::PolicyId::new(id))
+            .map(|p| p.to_string())
+    }
+
     /// Whether a policy with this `@id` is loaded.
     pub fn has_policy(&self, id: &str) -> bool {
         self.by_id.contains_key(id)

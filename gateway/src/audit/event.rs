@@ -99,11 +99,14 @@ pub enum EventKind {
     AuditForeignRows,
     /// An evidence bundle was built for a period (who, which period, the manifest's hash).
     EvidenceBundle,
+    /// The gateway loaded a new policy set (or refused one and kept the old): the set's hash,
+    /// the diff by policy id, who applied it and who approved it, the policy tests' result.
+    PolicyChanged,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 43] = [
+    pub const ALL: [EventKind; 44] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -147,6 +150,7 @@ impl EventKind {
         EventKind::StoreCapacity,
         EventKind::AuditForeignRows,
         EventKind::EvidenceBundle,
+        EventKind::PolicyChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -194,6 +198,7 @@ impl EventKind {
             EventKind::ConnectionRefused => "connection.refused",
             EventKind::StoreCapacity => "store.capacity",
             EventKind::EvidenceBundle => "evidence.bundle",
+            EventKind::PolicyChanged => "policy.changed",
         }
     }
 
@@ -262,6 +267,8 @@ impl EventKind {
             // Collection of evidence, protection of records, independent review, audit testing
             // from an export rather than live access.
             EventKind::EvidenceBundle => &["5.28", "5.33", "5.35", "8.34"],
+            // Access control policy; change management; configuration management.
+            EventKind::PolicyChanged => &["5.15", "8.32", "8.9"],
         }
     }
 }
@@ -584,6 +591,7 @@ mod tests {
                 EventKind::StoreCapacity => 40,
                 EventKind::AuditForeignRows => 41,
                 EventKind::EvidenceBundle => 42,
+                EventKind::PolicyChanged => 43,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

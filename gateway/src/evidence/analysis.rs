@@ -101,6 +101,18 @@ pub const CHECKS: &[CheckDef] = &[
         zero_expected: true,
     },
     CheckDef {
+        id: "policy_changes_unapproved",
+        title: "Policy changes applied without a second person's approval",
+        controls: &["8.32", "5.15", "5.3"],
+        zero_expected: true,
+    },
+    CheckDef {
+        id: "policy_changes_refused",
+        title: "Policy sets refused (failed checks or tests; the old set stayed)",
+        controls: &["8.32", "5.15"],
+        zero_expected: false,
+    },
+    CheckDef {
         id: "chain",
         title: "Chain verification of the export (breaks found)",
         controls: &["5.28", "5.33", "8.15"],
@@ -194,6 +206,7 @@ struct OpenSession {
 
 /// The registers written while streaming.
 struct Registers {
+    policy_changes: CsvFile,
     authentication: CsvFile,
     sessions: CsvFile,
     exceptions: CsvFile,
@@ -248,6 +261,24 @@ fn secs_between(a: &str, b: &str) -> Option<i64> {
 impl Analysis {
     pub fn new(dir: &Path) -> std::io::Result<Analysis> {
         let regs = Registers {
+            policy_changes: CsvFile::create(
+                &dir.join("policy-changes.csv"),
+                &[
+                    "seq",
+                    "ts",
+                    "applied_by",
+                    "outcome",
+                    "reason",
+                    "approved_by",
+                    "previous_sha256",
+                    "sha256",
+                    "added",
+                    "removed",
+                    "changed",
+                    "tests_passed",
+                    "request_id",
+                ],
+            )?,
             authentication: CsvFile::create(
                 &dir.join("authentication.csv"),
                 &[
@@ -730,6 +761,52 @@ impl Analysis {
                     }
                 }
             }
+            "policy.changed" => {
+                let approver = s(&d, "approved_by");
+                let list = |k: &str| -> String {
+                    d.get(k)
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default()
+                };
+                self.regs.policy_changes.row(&[
+                    e.seq.to_string(),
+                    e.ts.clone(),
+                    e.actor.clone(),
+                    e.decision.clone(),
+                    e.reason.clone(),
+                    approver.clone(),
+                    s(&d, "previous_sha256"),
+                    s(&d, "sha256"),
+                    list("added"),
+                    list("removed"),
+                    list("changed"),
+                    s(&d, "tests_passed"),
+                    s(&d, "request_id"),
+                ])?;
+                match e.decision.as_str() {
+                    "applied" if approver.is_empty() || approver == e.actor => self.flag(
+                        "policy_changes_unapproved",
+                        Some((e, line)),
+                        format!(
+                            "policy set {} applied by {} without a second person's approval",
+                            s(&d, "sha256"),
+                            e.actor
+                        ),
+                    )?,
+                    "refused" => self.flag(
+                        "policy_changes_refused",
+                        Some((e, line)),
+                        format!("refused: {}", e.reason),
+                    )?,
+                    _ => {}
+                }
+            }
             "audit.foreign_rows" => {
                 self.flag("foreign_rows", Some((e, line)), e.reason.clone())?;
             }
@@ -889,11 +966,13 @@ impl Analysis {
         }
         let leaver_rows = leavers.finish()?;
         let Registers {
+            policy_changes,
             authentication,
             sessions,
             exceptions,
         } = self.regs;
         let mut rows = BTreeMap::new();
+        rows.insert("policy-changes.csv", policy_changes.finish()?);
         rows.insert("authentication.csv", authentication.finish()?);
         rows.insert("sessions.csv", sessions.finish()?);
         rows.insert("exceptions.csv", exceptions.finish()?);

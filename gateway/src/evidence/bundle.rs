@@ -179,32 +179,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// SHA-256 over the policy directory's files (`*.cedar`, the schema, `tests/*.toml`), by name
-/// and content in name order: the identity of the policy set the gateway decides with.
-pub fn policy_set_sha256(dir: &Path) -> std::io::Result<String> {
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
-    for (sub, prefix) in [(dir.to_path_buf(), ""), (dir.join("tests"), "tests/")] {
-        let Ok(rd) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        for e in rd.filter_map(Result::ok) {
-            let p = e.path();
-            let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
-            if p.is_file() && matches!(ext, "cedar" | "cedarschema" | "toml") {
-                files.push((format!("{prefix}{}", e.file_name().to_string_lossy()), p));
-            }
-        }
-    }
-    files.sort();
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for (name, p) in files {
-        let body = std::fs::read(&p)?;
-        ctx.update(format!("{name}\n{}\n", body.len()).as_bytes());
-        ctx.update(&body);
-    }
-    Ok(hex(ctx.finish().as_ref()))
-}
-
 /// Builds the bundle for `spec` into `spec.out`.
 pub async fn build(
     config: &Config,
@@ -351,7 +325,7 @@ pub async fn build(
         dir.join("checks.json"),
         serde_json::to_string_pretty(&findings.checks_json()).unwrap_or_default(),
     )?;
-    let policy_hash = policy_set_sha256(&config.policies_dir)?;
+    let policy_hash = crate::authz::policy_set_sha256(&config.policies_dir)?;
     let info = BundleInfo {
         format: "gatehouse-evidence-bundle/v1".into(),
         from: spec.from.into(),

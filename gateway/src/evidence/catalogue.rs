@@ -160,6 +160,12 @@ pub const COVERAGE: &[Coverage] = &[
         gap: "Capacity planning for the rest of the infrastructure.",
     },
     Coverage {
+        id: "8.9",
+        level: Level::Records,
+        does: "Every load of the gateway's policy set is a policy.changed event with the set's hash, the diff by policy id, who applied and who approved it, and the policy tests' result; a set that fails its checks or tests is refused and the old one kept.",
+        gap: "Configuration management of everything else (hosts, networks, the gateway's own config file).",
+    },
+    Coverage {
         id: "8.15",
         level: Level::Enforces,
         does: "Every connection, decision, session and statement on brokered resources is logged in a tamper-evident chain that operators cannot edit; admin commands record who ran them.",
