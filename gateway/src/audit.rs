@@ -11,6 +11,7 @@
 
 pub mod event;
 pub mod export;
+pub mod ocsf;
 pub mod verify;
 pub mod writer;
 

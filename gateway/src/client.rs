@@ -10,6 +10,7 @@
 //! `~/.config/gatehouse`. `login --token-file` saves an issued (service) token the same way,
 //! and `GATEHOUSE_TOKEN` (with `GATEHOUSE_GATEWAY`, `GATEHOUSE_CA_FILE`) makes every command
 //! use an issued token without saving anything (`credentials`).
+pub mod audit;
 pub mod connect;
 
 mod access;
@@ -20,6 +21,7 @@ mod psql;
 mod status;
 
 pub use self::access::{decide, grant, grants, request, requests, resources, review, revoke};
+pub use self::audit::{audit_events, EventFilters};
 pub use self::credentials::{current, env_token, home, load, when, Saved};
 pub use self::login::login;
 pub use self::psql::{env, pg_env, psql};

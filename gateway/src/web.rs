@@ -14,6 +14,7 @@
 //!   [`openapi`] documents the whole API.
 
 pub mod api;
+pub mod audit;
 pub mod jit;
 pub mod login;
 pub mod openapi;
@@ -202,6 +203,7 @@ pub fn router(web: Arc<Web>) -> Router {
             get(jit::list_grants).post(jit::create_grant),
         )
         .route("/api/v1/grants/{id}/revoke", post(jit::revoke))
+        .route("/api/v1/audit/events", get(audit::events))
         .route("/api/v1/reviews", get(jit::list_reviews))
         .route("/api/v1/reviews/{id}/sign-off", post(jit::sign_off))
         .fallback(|| async { api::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })

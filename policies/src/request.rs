@@ -36,15 +36,19 @@ pub enum Action {
     Approve,
     /// Take a grant at once, without approval, in an emergency.
     BreakGlass,
+    /// Read the audit log and the evidence through the API (the resource is the log,
+    /// `audit-log`, protocol `audit`). Every read is itself recorded.
+    ReadAudit,
 }
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 4] = [
+    pub const ALL: [Action; 5] = [
         Action::Connect,
         Action::Request,
         Action::Approve,
         Action::BreakGlass,
+        Action::ReadAudit,
     ];
 
     /// The Cedar action id, e.g. `connect`, `break_glass`.
@@ -54,6 +58,7 @@ impl Action {
             Action::Request => "request",
             Action::Approve => "approve",
             Action::BreakGlass => "break_glass",
+            Action::ReadAudit => "read_audit",
         }
     }
 }
@@ -179,7 +184,8 @@ mod tests {
         assert_eq!(Action::Request.as_str(), "request");
         assert_eq!(Action::Approve.as_str(), "approve");
         assert_eq!(Action::BreakGlass.as_str(), "break_glass");
-        assert_eq!(Action::ALL.len(), 4);
+        assert_eq!(Action::ReadAudit.as_str(), "read_audit");
+        assert_eq!(Action::ALL.len(), 5);
     }
 
     #[test]

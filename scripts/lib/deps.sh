@@ -117,3 +117,17 @@ deps_oidc_packages() {
         npm ci --prefix "$1/tests/oidc" --no-audit --no-fund --loglevel=error >/dev/null
     fi
 }
+
+# The OCSF schema validator of tests/tests/ocsf.rs: pydantic-ocsf (which ships the compiled
+# OCSF schemas) in a virtual environment at $1/tests/ocsf/.venv.
+deps_ocsf_venv() {
+    local venv="$1/tests/ocsf/.venv"
+    if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import ocsf' 2>/dev/null; then
+        return 0
+    fi
+    command -v python3 >/dev/null || deps_apt_install python3
+    echo "gatehouse: installing pydantic-ocsf into tests/ocsf/.venv (pip)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" 2>/dev/null || { deps_apt_install python3-venv; rm -rf "$venv"; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q --disable-pip-version-check 'pydantic-ocsf==3.0.0'
+}

@@ -102,11 +102,14 @@ pub enum EventKind {
     /// The gateway loaded a new policy set (or refused one and kept the old): the set's hash,
     /// the diff by policy id, who applied it and who approved it, the policy tests' result.
     PolicyChanged,
+    /// Someone read the audit log through the API (or was refused): who, which filters, how
+    /// many events.
+    AuditRead,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 44] = [
+    pub const ALL: [EventKind; 45] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -151,6 +154,7 @@ impl EventKind {
         EventKind::AuditForeignRows,
         EventKind::EvidenceBundle,
         EventKind::PolicyChanged,
+        EventKind::AuditRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -199,6 +203,7 @@ impl EventKind {
             EventKind::StoreCapacity => "store.capacity",
             EventKind::EvidenceBundle => "evidence.bundle",
             EventKind::PolicyChanged => "policy.changed",
+            EventKind::AuditRead => "audit.read",
         }
     }
 
@@ -269,6 +274,8 @@ impl EventKind {
             EventKind::EvidenceBundle => &["5.28", "5.33", "5.35", "8.34"],
             // Access control policy; change management; configuration management.
             EventKind::PolicyChanged => &["5.15", "8.32", "8.9"],
+            // Protection of records: access to the log is restricted and itself logged.
+            EventKind::AuditRead => &["5.33", "8.15", "5.35"],
         }
     }
 }
@@ -592,6 +599,7 @@ mod tests {
                 EventKind::AuditForeignRows => 41,
                 EventKind::EvidenceBundle => 42,
                 EventKind::PolicyChanged => 43,
+                EventKind::AuditRead => 44,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

@@ -40,6 +40,8 @@ impl From<std::io::Error> for ExportError {
 pub enum Format {
     Jsonl,
     Csv,
+    /// One OCSF event per line (`audit::ocsf`), for SIEMs; no manifest, not verifiable.
+    Ocsf,
 }
 
 /// The signed last line of a JSONL export.
@@ -125,6 +127,7 @@ pub async fn export(
                     }
                 }
                 Format::Csv => writeln!(out, "{}", csv_line(e))?,
+                Format::Ocsf => writeln!(out, "{}", super::ocsf::event(e))?,
             }
         }
         after = page.last().map(|e| e.seq).unwrap_or(u64::MAX);
@@ -139,7 +142,7 @@ pub async fn export(
     Ok(manifest.count)
 }
 
-fn event_line(e: &AuditEvent) -> Value {
+pub(crate) fn event_line(e: &AuditEvent) -> Value {
     let detail: Value =
         serde_json::from_str(&e.detail).unwrap_or_else(|_| Value::String(e.detail.clone()));
     let mut line = json!({

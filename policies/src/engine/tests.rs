@@ -169,6 +169,11 @@ fn default_policies_are_listed_with_effect_controls_and_place() {
                 Effect::Permit,
                 s(&["5.15", "5.26", "8.2"])
             ),
+            (
+                "auditors-read-audit".to_owned(),
+                Effect::Permit,
+                s(&["5.33", "5.35", "8.15", "8.34"])
+            ),
         ]
     );
     let limits: Vec<(String, Option<u32>, Option<u64>)> = engine
@@ -982,7 +987,7 @@ fn schema_that_does_not_fit_requests_is_rejected() {
     );
 
     // A schema that lacks one of the actions.
-    let no_break_glass = DEFAULT_SCHEMA.replace(", break_glass appliesTo", " appliesTo");
+    let no_break_glass = DEFAULT_SCHEMA.replace(", break_glass, read_audit appliesTo", ", read_audit appliesTo");
     assert_ne!(
         no_break_glass, DEFAULT_SCHEMA,
         "precondition: the schema declares break_glass"
