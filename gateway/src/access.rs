@@ -15,6 +15,7 @@
 //! ([`watch_grants`]).
 
 mod break_glass;
+pub mod campaigns;
 mod grants;
 mod listing;
 mod requests;

@@ -612,6 +612,44 @@ impl Admission {
             decision_event.detail["grant_id"] = serde_json::json!(g.id);
             decision_event.detail["grant_expires"] = serde_json::json!(g.expires);
         }
+        // Standing access an access review revoked stays revoked, whatever the policies say
+        // (a grant, approved on its own, still opens it).
+        if grant.is_none() {
+            match bounded(self.store.access_revocation(user, name, role)).await {
+                Ok(None) => {}
+                Ok(Some((item, by))) => {
+                    decision_event.decision = "deny".into();
+                    decision_event.reason = format!(
+                        "standing access revoked by access review item {item} (reviewer {by})"
+                    );
+                    decision_event.detail["review_item"] = serde_json::json!(item);
+                    let reason = decision_event.reason.clone();
+                    let seq = match self.audit.record_durable(decision_event).await {
+                        Ok(seq) => seq,
+                        Err(e) => {
+                            return Err(Denial::Store {
+                                what: StoreCheck::Decision,
+                                error: e.to_string(),
+                            })
+                        }
+                    };
+                    info!(reason = %reason, "access denied");
+                    return Err(Denial::Policy {
+                        resource: named_as.to_string(),
+                        reason,
+                        seq,
+                        session_id,
+                    });
+                }
+                Err(error) => {
+                    warn!(error = %error, "cannot read access revocations; refusing the connection");
+                    return Err(Denial::Store {
+                        what: StoreCheck::Grants,
+                        error,
+                    });
+                }
+            }
+        }
         let request = crate::authz::connect_request(
             user,
             &claims.groups,

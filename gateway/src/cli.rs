@@ -10,6 +10,7 @@ mod evidence;
 mod keys;
 mod operator;
 mod policy;
+mod reviews;
 mod sessions;
 mod tokens;
 mod users;
@@ -20,6 +21,7 @@ use self::audit::AuditCommand;
 use self::evidence::EvidenceCommand;
 use self::keys::KeysCommand;
 use self::policy::PolicyCommand;
+use self::reviews::ReviewsCommand;
 use self::sessions::SessionsArgs;
 use self::tokens::TokenCommand;
 use self::users::UsersCommand;
@@ -125,6 +127,12 @@ enum Command {
     /// Export and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Access review campaigns: `reviews start --scope resource=NAME --reviewers group:NAME`
+    /// freezes who can reach a resource and assigns each item to a reviewer (never its
+    /// subject); `reviews items` and `reviews decide ID --keep|--revoke` are the reviewer's;
+    /// `reviews status` shows progress and what is overdue.
+    #[command(subcommand)]
+    Reviews(ReviewsCommand),
     /// The auditor's evidence: `evidence bundle` (a signed bundle for a period: export,
     /// report per Annex A control, registers, SoA), `evidence verify DIR` (offline, with the
     /// public key), `evidence soa` (the Statement of Applicability draft).
@@ -430,6 +438,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Audit(cmd) => {
             init_tracing(false, "warn");
             match audit::run(cmd).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Reviews(cmd) => {
+            init_tracing(false, "warn");
+            match reviews::run(cmd).await {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }

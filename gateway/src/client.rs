@@ -20,7 +20,10 @@ mod login;
 mod psql;
 mod status;
 
-pub use self::access::{decide, grant, grants, request, requests, resources, review, revoke};
+pub use self::access::{
+    decide, decide_review_item, grant, grants, request, requests, resources, review, review_items,
+    revoke,
+};
 pub use self::audit::{audit_events, EventFilters};
 pub use self::credentials::{current, env_token, home, load, when, Saved};
 pub use self::login::login;

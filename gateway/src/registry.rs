@@ -223,6 +223,26 @@ impl Registry {
         self.cut_where(|g| g.id == id, |_| reason.to_string())
     }
 
+    /// Ends every live session of `user` on `resource` that runs on standing access (no
+    /// grant), with `reason`: what an access review's revocation of standing access cuts.
+    pub fn cut_standing(&self, user: &str, resource: &str, reason: &str) -> Vec<CutSession> {
+        let map = self.lock();
+        map.by_id
+            .values()
+            .filter(|s| s.user == user && s.resource == resource && s.grant.is_none())
+            .filter(|s| s.kill.borrow().is_none())
+            .map(|s| {
+                let _ = s.kill.send(Some(reason.to_string()));
+                CutSession {
+                    id: s.id,
+                    user: s.user.clone(),
+                    resource: s.resource.clone(),
+                    grant: None,
+                }
+            })
+            .collect()
+    }
+
     fn cut_where(
         &self,
         pred: impl Fn(&SessionGrant) -> bool,

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod agents;
 pub mod audit;
+pub mod campaigns;
 pub mod logins;
 pub mod policy_reloads;
 pub mod sessions;

@@ -204,6 +204,11 @@ pub fn router(web: Arc<Web>) -> Router {
         )
         .route("/api/v1/grants/{id}/revoke", post(jit::revoke))
         .route("/api/v1/audit/events", get(audit::events))
+        .route("/api/v1/campaigns/items", get(jit::campaign_items))
+        .route(
+            "/api/v1/campaigns/items/{id}",
+            post(jit::decide_campaign_item),
+        )
         .route("/api/v1/reviews", get(jit::list_reviews))
         .route("/api/v1/reviews/{id}/sign-off", post(jit::sign_off))
         .fallback(|| async { api::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })

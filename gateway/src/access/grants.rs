@@ -210,6 +210,18 @@ impl Access {
                 return Err(self.refuse(caller, "revoke", &g.resource, e, detail).await);
             }
         }
+        self.end_grant(caller, id, reason, &g.resource).await
+    }
+
+    /// Revokes grant `id` for `caller`, who was found allowed to: the store, the event, the
+    /// live sessions under it cut, the webhook.
+    pub(crate) async fn end_grant(
+        &self,
+        caller: &Caller,
+        id: i64,
+        reason: &str,
+        resource: &str,
+    ) -> Result<serde_json::Value, AccessError> {
         let now = unix_now() as i64;
         let ts = crate::audit::event::now_ts();
         let Some(g) = self
@@ -219,7 +231,7 @@ impl Access {
         else {
             let e = AccessError::Conflict(format!("grant {id} has already ended"));
             let detail = json!({ "grant_id": id });
-            return Err(self.refuse(caller, "revoke", &g.resource, e, detail).await);
+            return Err(self.refuse(caller, "revoke", resource, e, detail).await);
         };
         let mut e = NewEvent::new(EventKind::GrantRevoked);
         e.actor = caller.user.clone();

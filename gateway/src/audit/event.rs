@@ -105,11 +105,16 @@ pub enum EventKind {
     /// Someone read the audit log through the API (or was refused): who, which filters, how
     /// many events.
     AuditRead,
+    /// An admin started an access review campaign: its scope, reviewers, due date, the frozen
+    /// snapshot's SHA-256 and its items.
+    ReviewCampaignStarted,
+    /// A reviewer kept or revoked an item of a campaign (with the event the revocation caused).
+    ReviewDecision,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 45] = [
+    pub const ALL: [EventKind; 47] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -155,6 +160,8 @@ impl EventKind {
         EventKind::EvidenceBundle,
         EventKind::PolicyChanged,
         EventKind::AuditRead,
+        EventKind::ReviewCampaignStarted,
+        EventKind::ReviewDecision,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -204,6 +211,8 @@ impl EventKind {
             EventKind::EvidenceBundle => "evidence.bundle",
             EventKind::PolicyChanged => "policy.changed",
             EventKind::AuditRead => "audit.read",
+            EventKind::ReviewCampaignStarted => "review.campaign_started",
+            EventKind::ReviewDecision => "review.decision",
         }
     }
 
@@ -276,6 +285,9 @@ impl EventKind {
             EventKind::PolicyChanged => &["5.15", "8.32", "8.9"],
             // Protection of records: access to the log is restricted and itself logged.
             EventKind::AuditRead => &["5.33", "8.15", "5.35"],
+            // Review of access rights by someone other than their holder; privileged access.
+            EventKind::ReviewCampaignStarted => &["5.18", "5.15"],
+            EventKind::ReviewDecision => &["5.18", "5.3", "8.2"],
         }
     }
 }
@@ -600,6 +612,8 @@ mod tests {
                 EventKind::EvidenceBundle => 42,
                 EventKind::PolicyChanged => 43,
                 EventKind::AuditRead => 44,
+                EventKind::ReviewCampaignStarted => 45,
+                EventKind::ReviewDecision => 46,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

@@ -208,13 +208,28 @@ pub(crate) fn csv_field(f: &str) -> String {
     format!("\"{}\"", f.replace('"', "\"\""))
 }
 
-/// Verifies a JSONL export with only the audit public key.
+/// Verifies a JSONL export with only the audit public key, in one streaming pass (memory does
+/// not grow with the export): each event is checked against the chain as it is read, held back
+/// only until the next line says whether a checkpoint signs it; the signed manifest at the end
+/// must then state exactly the range, count and boundary hashes that were read.
 pub fn verify_export(input: impl BufRead, key: &PublicKey) -> Result<VerifyReport, VerifyError> {
-    let mut events = Vec::new();
-    let mut checkpoints = Vec::new();
+    let mut chain: Option<ChainVerifier> = None;
+    let mut pending: Option<AuditEvent> = None;
     let mut manifest: Option<Manifest> = None;
+    let (mut count, mut first_seq, mut first_prev, mut last_seq) =
+        (0u64, 0u64, String::new(), 0u64);
+    // An export is a slice: it may start and end inside a commit, so its last rows need not
+    // carry a seal (the signed manifest covers them).
+    let flush = |chain: &mut Option<ChainVerifier>,
+                 pending: &mut Option<AuditEvent>|
+     -> Result<(), VerifyError> {
+        if let (Some(c), Some(e)) = (chain.as_mut(), pending.take()) {
+            c.push(&e)?;
+        }
+        Ok(())
+    };
     for (i, line) in input.lines().enumerate() {
-        let at = events.last().map(|e: &AuditEvent| e.seq + 1).unwrap_or(0);
+        let at = if count == 0 { 0 } else { last_seq + 1 };
         let line = line.map_err(|e| VerifyError {
             seq: at,
             problem: format!("line {}: cannot read: {e}", i + 1),
@@ -236,12 +251,30 @@ pub fn verify_export(input: impl BufRead, key: &PublicKey) -> Result<VerifyRepor
             serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         match v.get("type").and_then(Value::as_str) {
             Some("event") => {
-                events.push(event_from_line(&v).ok_or_else(|| bad("malformed event".into()))?)
+                let e = event_from_line(&v).ok_or_else(|| bad("malformed event".into()))?;
+                flush(&mut chain, &mut pending)?;
+                if chain.is_none() {
+                    first_seq = e.seq;
+                    first_prev = e.prev_hash.clone();
+                    chain = Some(
+                        ChainVerifier::new(key, Vec::new(), e.seq.max(1), e.prev_hash.clone())?
+                            .tail_may_be_unsealed(),
+                    );
+                }
+                count += 1;
+                last_seq = e.seq;
+                pending = Some(e);
             }
-            Some("checkpoint") => checkpoints.push(
-                serde_json::from_value(v).map_err(|e| bad(format!("malformed checkpoint: {e}")))?,
-            ),
+            Some("checkpoint") => {
+                let c: crate::audit::Checkpoint = serde_json::from_value(v)
+                    .map_err(|e| bad(format!("malformed checkpoint: {e}")))?;
+                match chain.as_mut() {
+                    Some(ch) => ch.add_checkpoint(c)?,
+                    None => return Err(bad("a checkpoint before any event".into())),
+                }
+            }
             Some("manifest") => {
+                flush(&mut chain, &mut pending)?;
                 manifest = Some(
                     serde_json::from_value(v)
                         .map_err(|e| bad(format!("malformed manifest: {e}")))?,
@@ -250,7 +283,7 @@ pub fn verify_export(input: impl BufRead, key: &PublicKey) -> Result<VerifyRepor
             _ => return Err(bad("unknown line type".into())),
         }
     }
-    let next = events.last().map(|e| e.seq + 1).unwrap_or(0);
+    let next = if count == 0 { 0 } else { last_seq + 1 };
     let manifest = manifest.ok_or(VerifyError {
         seq: next,
         problem:
@@ -267,27 +300,29 @@ pub fn verify_export(input: impl BufRead, key: &PublicKey) -> Result<VerifyRepor
             ),
         });
     }
-    let first_prev = if manifest.count == 0 {
-        GENESIS_HASH.to_string()
-    } else {
-        manifest.first_prev_hash.clone()
-    };
-    // An export is a slice: it may start and end inside a commit, so its last rows need not
-    // carry a seal (the signed manifest covers them).
-    let mut chain = ChainVerifier::new(key, checkpoints, manifest.first_seq.max(1), first_prev)?
-        .tail_may_be_unsealed();
-    for e in &events {
-        chain.push(e)?;
-    }
-    let got = events.len() as u64;
-    if got != manifest.count || (got > 0 && chain.last_hash() != manifest.last_hash) {
-        let seq = events
-            .last()
-            .map(|e| e.seq + 1)
-            .unwrap_or(manifest.first_seq);
+    if count > 0 && (first_seq != manifest.first_seq || first_prev != manifest.first_prev_hash) {
         return Err(VerifyError {
-            seq,
-            problem: format!("export holds {got} events but its manifest signs {} ending at seq {} (events removed)", manifest.count, manifest.last_seq),
+            seq: manifest.first_seq,
+            problem: format!(
+                "export starts at seq {first_seq} but its manifest signs a start at seq {} (events removed)",
+                manifest.first_seq
+            ),
+        });
+    }
+    let chain = match chain {
+        Some(c) => c,
+        None => ChainVerifier::new(
+            key,
+            Vec::new(),
+            manifest.first_seq.max(1),
+            GENESIS_HASH.to_string(),
+        )?
+        .tail_may_be_unsealed(),
+    };
+    if count != manifest.count || (count > 0 && chain.last_hash() != manifest.last_hash) {
+        return Err(VerifyError {
+            seq: next.max(manifest.first_seq),
+            problem: format!("export holds {count} events but its manifest signs {} ending at seq {} (events removed)", manifest.count, manifest.last_seq),
         });
     }
     chain.finish()

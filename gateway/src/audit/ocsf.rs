@@ -53,8 +53,13 @@ fn class_of(kind: &str) -> (u32, u32, u32) {
         "access.decision" => (3003, 3, 1),
         "request.approved" | "grant.start" | "breakglass.used" => (3005, 3, 1),
         "grant.end" | "grant.revoked" => (3005, 3, 2),
-        "request.created" | "request.denied" | "request.refused" | "review.opened"
-        | "review.signed" => (3005, 3, 99),
+        "request.created"
+        | "request.denied"
+        | "request.refused"
+        | "review.opened"
+        | "review.signed"
+        | "review.campaign_started" => (3005, 3, 99),
+        "review.decision" => (3005, 3, 99),
         "user.disabled" => (3001, 3, 5),
         "user.enabled" => (3001, 3, 2),
         "policy.changed" | "keys.rotated" | "agent.renewed" => (3004, 3, 3),

@@ -89,22 +89,9 @@ impl ChainVerifier {
         first_seq: u64,
         prev_hash: String,
     ) -> Result<Self, VerifyError> {
-        let mut map = BTreeMap::new();
-        for c in checkpoints {
-            let sig = B64
-                .decode(&c.signature)
-                .map_err(|_| fail(c.seq, "checkpoint signature is not base64"))?;
-            if !key.verify(&Checkpoint::message(c.seq, &c.hash, &c.ts), &sig) {
-                return Err(fail(
-                    c.seq,
-                    format!("checkpoint signature does not verify with key {} (checkpoint forged or edited)", key.key_id),
-                ));
-            }
-            map.insert(c.seq, c);
-        }
-        Ok(ChainVerifier {
+        let mut v = ChainVerifier {
             key: key.clone(),
-            checkpoints: map,
+            checkpoints: BTreeMap::new(),
             expected_seq: first_seq,
             prev_hash,
             report: VerifyReport {
@@ -113,7 +100,33 @@ impl ChainVerifier {
             },
             sealed_to: None,
             strict_tail: true,
-        })
+        };
+        for c in checkpoints {
+            v.add_checkpoint(c)?;
+        }
+        Ok(v)
+    }
+
+    /// Adds a checkpoint once its signature verifies; it is checked against the event at its
+    /// seq when that event is pushed (so a streaming caller adds it before that push).
+    pub fn add_checkpoint(&mut self, c: Checkpoint) -> Result<(), VerifyError> {
+        let sig = B64
+            .decode(&c.signature)
+            .map_err(|_| fail(c.seq, "checkpoint signature is not base64"))?;
+        if !self
+            .key
+            .verify(&Checkpoint::message(c.seq, &c.hash, &c.ts), &sig)
+        {
+            return Err(fail(
+                c.seq,
+                format!(
+                    "checkpoint signature does not verify with key {} (checkpoint forged or edited)",
+                    self.key.key_id
+                ),
+            ));
+        }
+        self.checkpoints.insert(c.seq, c);
+        Ok(())
     }
 
     /// For a slice of the log (an export): its newest events need not be sealed yet.

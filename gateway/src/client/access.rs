@@ -269,3 +269,50 @@ pub async fn review(id: Option<i64>, comment: &str, all: bool) -> anyhow::Result
     }
     Ok(())
 }
+
+/// `gatehouse reviews items`: the access review items assigned to the caller.
+pub async fn review_items() -> anyhow::Result<()> {
+    let v = api(reqwest::Method::GET, "/api/v1/campaigns/items", None).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<6} {:<9} {:<12} {:<16} {:<8} {:<9} {:<28} via",
+        "item", "campaign", "subject", "resource", "role", "access", "due"
+    )?;
+    for i in v["items"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<6} {:<9} {:<12} {:<16} {:<8} {:<9} {:<28} {}",
+            i["id"].as_i64().unwrap_or_default(),
+            i["campaign_id"].as_i64().unwrap_or_default(),
+            s(i, "subject"),
+            s(i, "resource"),
+            s(i, "role"),
+            s(i, "access"),
+            if i["overdue"] == true {
+                format!("{} OVERDUE", s(i, "due"))
+            } else {
+                s(i, "due").to_string()
+            },
+            s(i, "via"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `gatehouse reviews decide ID --keep|--revoke --comment ...`
+pub async fn decide_review_item(id: i64, decision: &str, comment: &str) -> anyhow::Result<()> {
+    let v = api(
+        reqwest::Method::POST,
+        &format!("/api/v1/campaigns/items/{id}"),
+        Some(serde_json::json!({ "decision": decision, "comment": comment })),
+    )
+    .await?;
+    writeln!(
+        std::io::stdout().lock(),
+        "review item {id}: {decision} (audit event {}; {} live sessions cut)",
+        v["seq"].as_u64().unwrap_or_default(),
+        v["sessions_cut"].as_u64().unwrap_or_default()
+    )?;
+    Ok(())
+}

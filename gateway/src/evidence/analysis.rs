@@ -101,6 +101,18 @@ pub const CHECKS: &[CheckDef] = &[
         zero_expected: true,
     },
     CheckDef {
+        id: "review_items_overdue",
+        title: "Access review items undecided past their due date",
+        controls: &["5.18"],
+        zero_expected: true,
+    },
+    CheckDef {
+        id: "review_revocations",
+        title: "Access revoked by review decisions",
+        controls: &["5.18", "8.2"],
+        zero_expected: false,
+    },
+    CheckDef {
         id: "policy_changes_unapproved",
         title: "Policy changes applied without a second person's approval",
         controls: &["8.32", "5.15", "5.3"],
@@ -806,6 +818,20 @@ impl Analysis {
                     )?,
                     _ => {}
                 }
+            }
+            "review.decision" if e.decision == "revoke" => {
+                self.flag(
+                    "review_revocations",
+                    Some((e, line)),
+                    format!(
+                        "{} revoked {}'s `{}` access ({}): {}",
+                        e.actor,
+                        s(&d, "subject"),
+                        s(&d, "role"),
+                        s(&d, "access"),
+                        e.reason
+                    ),
+                )?;
             }
             "audit.foreign_rows" => {
                 self.flag("foreign_rows", Some((e, line)), e.reason.clone())?;

@@ -4,7 +4,8 @@
 //! A bundle is a flat directory: `audit-export.jsonl` (the period's events, their checkpoints
 //! and the export's signed manifest), `checkpoints.jsonl` (the signed checkpoints inside the
 //! period), `report.html`, `soa.csv`, the registers (`access-rights.csv`, `jit-ledger.csv`,
-//! `authentication.csv`, `leavers.csv`, `sessions.csv`, `policies.csv`, `reviews.csv`),
+//! `authentication.csv`, `leavers.csv`, `sessions.csv`, `policies.csv`, `policy-changes.csv`,
+//! `reviews.csv`, `campaigns.csv`),
 //! `exceptions.csv`, `checks.json`, `bundle.json`, then `SHA256SUMS` (every other file with its
 //! SHA-256, in `sha256sum` format) and `SHA256SUMS.sig` (Ed25519 over it, with the audit key).
 //!
@@ -296,7 +297,24 @@ pub async fn build(
     }
 
     // 5. Registers of the state now, and the SoA.
-    let (mut rows, standing) = registers::write(dir, config, &engine, store).await?;
+    let (mut rows, standing, overdue) = registers::write(dir, config, &engine, store).await?;
+    for i in overdue {
+        findings.add(
+            Exception {
+                check: "review_items_overdue",
+                seq: 0,
+                line: 0,
+                ts: i.due.clone(),
+                actor: i.reviewer.clone(),
+                resource: i.resource.clone(),
+                what: format!(
+                    "campaign {} item {} ({}'s `{}` access) undecided past its due date {}",
+                    i.campaign_id, i.id, i.subject, i.role, i.due
+                ),
+            },
+            dir,
+        )?;
+    }
     for p in standing {
         findings.add(
             Exception {

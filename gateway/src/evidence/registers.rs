@@ -29,14 +29,21 @@ pub struct StandingPermit {
     pub policies: String,
 }
 
-/// Writes `access-rights.csv`, `policies.csv` and `reviews.csv`; returns rows per file and
-/// the standing privileged permits (an exception each).
+/// Writes `access-rights.csv`, `policies.csv`, `reviews.csv` and `campaigns.csv`; returns rows
+/// per file, the standing privileged permits and the overdue review items (an exception each).
 pub async fn write(
     dir: &Path,
     config: &Config,
     engine: &PolicyEngine,
     store: &Store,
-) -> Result<(Vec<(&'static str, u64)>, Vec<StandingPermit>), RegisterError> {
+) -> Result<
+    (
+        Vec<(&'static str, u64)>,
+        Vec<StandingPermit>,
+        Vec<crate::store::campaigns::ItemRow>,
+    ),
+    RegisterError,
+> {
     let mut standing = Vec::new();
     let mut rights = CsvFile::create(
         &dir.join("access-rights.csv"),
@@ -181,5 +188,49 @@ pub async fn write(
         ])?;
     }
     out.push(("reviews.csv", reviews.finish()?));
-    Ok((out, standing))
+
+    let mut campaigns = CsvFile::create(
+        &dir.join("campaigns.csv"),
+        &[
+            "item_id",
+            "campaign_id",
+            "subject",
+            "resource",
+            "role",
+            "access",
+            "grant_id",
+            "via",
+            "reviewer",
+            "decision",
+            "decided_at",
+            "comment",
+            "due",
+            "overdue",
+        ],
+    )?;
+    let mut overdue = Vec::new();
+    for i in store.campaign_items(None).await? {
+        let late = i.decision.is_none() && i.due_unix < now;
+        if late {
+            overdue.push(i.clone());
+        }
+        campaigns.row(&[
+            i.id.to_string(),
+            i.campaign_id.to_string(),
+            i.subject.clone(),
+            i.resource.clone(),
+            i.role.clone(),
+            i.access.clone(),
+            i.grant_id.map(|g| g.to_string()).unwrap_or_default(),
+            i.via.clone(),
+            i.reviewer.clone(),
+            i.decision.clone().unwrap_or_default(),
+            i.decided_at.clone().unwrap_or_default(),
+            i.comment.clone().unwrap_or_default(),
+            i.due.clone(),
+            late.to_string(),
+        ])?;
+    }
+    out.push(("campaigns.csv", campaigns.finish()?));
+    Ok((out, standing, overdue))
 }

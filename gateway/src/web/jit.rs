@@ -11,6 +11,8 @@
 //! | POST | `/api/v1/grants/{id}/revoke` | `{reason}` |
 //! | GET | `/api/v1/reviews?all=true` | |
 //! | POST | `/api/v1/reviews/{id}/sign-off` | `{comment}` |
+//! | GET | `/api/v1/campaigns/items` | |
+//! | POST | `/api/v1/campaigns/items/{id}` | `{decision: keep or revoke, comment}` |
 //!
 //! `/api/v1/openapi.json` describes all of it.
 
@@ -293,6 +295,49 @@ pub async fn sign_off(
         return bad_body();
     };
     respond(web.access.sign_off(&c, id, &b.comment).await)
+}
+
+/// `GET /api/v1/campaigns/items`: the open access review items assigned to the caller.
+pub async fn campaign_items(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let c = match caller(&web, &headers, peer, "review").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    respond(web.access.review_items(&c).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    decision: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// `POST /api/v1/campaigns/items/{id}`: keep or revoke.
+pub async fn decide_campaign_item(
+    State(web): State<Arc<Web>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: JsonBody<DecisionBody>,
+) -> Response {
+    let c = match caller(&web, &headers, peer, "review").await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Ok(Json(b)) = body else {
+        return bad_body();
+    };
+    respond(
+        web.access
+            .decide_item(&c, id, &b.decision, &b.comment)
+            .await,
+    )
 }
 
 /// `GET /api/v1/openapi.json`

@@ -987,7 +987,10 @@ fn schema_that_does_not_fit_requests_is_rejected() {
     );
 
     // A schema that lacks one of the actions.
-    let no_break_glass = DEFAULT_SCHEMA.replace(", break_glass, read_audit appliesTo", ", read_audit appliesTo");
+    let no_break_glass = DEFAULT_SCHEMA.replace(
+        ", break_glass, read_audit appliesTo",
+        ", read_audit appliesTo",
+    );
     assert_ne!(
         no_break_glass, DEFAULT_SCHEMA,
         "precondition: the schema declares break_glass"
