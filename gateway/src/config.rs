@@ -153,6 +153,8 @@ struct File {
     agents: Option<AgentsFile>,
     #[serde(default)]
     tcp: TcpFile,
+    #[serde(default)]
+    siem: SiemFile,
     /// Read key by key in [`resource`]: the common keys, then the kind's own.
     #[serde(default, rename = "resource")]
     resources: Vec<toml::Table>,
@@ -198,6 +200,14 @@ struct StoreFile {
     quota_bytes: Option<u64>,
     alert_percent: Option<u64>,
     capacity_check_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiemFile {
+    syslog_tcp: Option<String>,
+    lag_alert_events: Option<u64>,
+    lag_alert_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +307,17 @@ pub struct StoreCapacity {
     pub check_interval: Duration,
 }
 
+/// `[siem]`: the audit log streamed to a SIEM ([`crate::siem`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiemConfig {
+    /// `host:port` of a syslog receiver (RFC 5424 over TCP, octet-counted); `None`: no stream.
+    pub syslog_tcp: Option<String>,
+    /// Undelivered events above which the gateway records `siem.behind`.
+    pub lag_alert_events: u64,
+    /// How long the oldest undelivered event may wait before `siem.behind`.
+    pub lag_alert_after: Duration,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -319,6 +340,7 @@ pub struct Config {
     pub agents: Option<AgentsConfig>,
     /// The generic TCP front door (`[tcp]`); off unless `listen` is given.
     pub tcp: TcpConfig,
+    pub siem: SiemConfig,
     pub resources: Vec<Resource>,
 }
 
@@ -629,6 +651,35 @@ impl Config {
         let access = access_config(file.access)?;
         let agents = file.agents.map(agents_config).transpose()?;
         let tcp = tcp_config(file.tcp)?;
+        let siem = SiemConfig {
+            syslog_tcp: match file.siem.syslog_tcp {
+                Some(a) => {
+                    let ok = a.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            "siem.syslog_tcp",
+                            format!("`{a}` is not host:port"),
+                        ));
+                    }
+                    Some(a)
+                }
+                None => None,
+            },
+            lag_alert_events: bounded(
+                "siem.lag_alert_events",
+                file.siem.lag_alert_events,
+                10_000,
+                1,
+                u64::MAX >> 1,
+            )?,
+            lag_alert_after: duration(
+                "siem.lag_alert_after",
+                file.siem.lag_alert_after.as_deref(),
+                "60s",
+            )?,
+        };
 
         let resources = resource::parse(file.resources, agents.is_some(), env, secrets, &resolve)?;
 
@@ -647,6 +698,7 @@ impl Config {
             access,
             agents,
             tcp,
+            siem,
             resources,
         })
     }

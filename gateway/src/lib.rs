@@ -27,6 +27,7 @@ pub mod policy_reload;
 pub mod registry;
 pub mod server;
 pub mod session_record;
+pub mod siem;
 pub mod store;
 pub mod tcp;
 pub mod tls;

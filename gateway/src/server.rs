@@ -217,6 +217,12 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         instance,
         links,
     });
+    // The log's copy in the SIEM, read from the store (it never holds a decision up).
+    let siem = tokio::spawn(crate::siem::run(
+        store.clone(),
+        audit.clone(),
+        config.siem.clone(),
+    ));
     // `gatehouse policy reload` (through the store) and SIGHUP swap the policy set in place.
     let policy_watch = tokio::spawn(crate::policy_reload::watch(
         store.clone(),
@@ -336,6 +342,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     let _ = stop_agents.send(());
     watcher.abort();
     policy_watch.abort();
+    siem.abort();
     capacity.abort();
     if let Some(r) = recheck {
         r.abort();

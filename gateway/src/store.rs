@@ -12,6 +12,7 @@ pub mod campaigns;
 pub mod logins;
 pub mod policy_reloads;
 pub mod sessions;
+pub mod siem;
 pub mod users;
 
 use std::str::FromStr;

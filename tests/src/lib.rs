@@ -65,6 +65,7 @@ pub mod oidc;
 pub mod pg;
 pub mod readme;
 pub mod redis;
+pub mod rsyslog;
 pub mod sso;
 pub mod util;
 pub mod webhook;

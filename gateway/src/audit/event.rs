@@ -110,11 +110,13 @@ pub enum EventKind {
     ReviewCampaignStarted,
     /// A reviewer kept or revoked an item of a campaign (with the event the revocation caused).
     ReviewDecision,
+    /// A SIEM stream fell behind (undelivered events or their age over the alert), or caught up.
+    SiemLag,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 47] = [
+    pub const ALL: [EventKind; 48] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -162,6 +164,7 @@ impl EventKind {
         EventKind::AuditRead,
         EventKind::ReviewCampaignStarted,
         EventKind::ReviewDecision,
+        EventKind::SiemLag,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -213,6 +216,7 @@ impl EventKind {
             EventKind::AuditRead => "audit.read",
             EventKind::ReviewCampaignStarted => "review.campaign_started",
             EventKind::ReviewDecision => "review.decision",
+            EventKind::SiemLag => "siem.lag",
         }
     }
 
@@ -288,6 +292,8 @@ impl EventKind {
             // Review of access rights by someone other than their holder; privileged access.
             EventKind::ReviewCampaignStarted => &["5.18", "5.15"],
             EventKind::ReviewDecision => &["5.18", "5.3", "8.2"],
+            // Logging and monitoring: the log's copy in the SIEM is late.
+            EventKind::SiemLag => &["8.15", "8.16"],
         }
     }
 }
@@ -614,6 +620,7 @@ mod tests {
                 EventKind::AuditRead => 44,
                 EventKind::ReviewCampaignStarted => 45,
                 EventKind::ReviewDecision => 46,
+                EventKind::SiemLag => 47,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

@@ -195,6 +195,12 @@ pub async fn build(
         }
     }
     std::fs::create_dir_all(dir)?;
+    // The bundle holds statements and names: readable by its builder only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let engine = crate::authz::load_policies(&config.policies_dir)?;
     let policies = engine.policies();
     let head = store.audit_last_seq().await?;
