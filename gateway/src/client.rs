@@ -24,7 +24,7 @@ pub use self::access::{
     decide, decide_review_item, grant, grants, request, requests, resources, review, review_items,
     revoke,
 };
-pub use self::audit::{audit_events, EventFilters};
+pub use self::audit::{audit_events, download_bundle, EventFilters};
 pub use self::credentials::{current, env_token, home, load, when, Saved};
 pub use self::login::login;
 pub use self::psql::{env, pg_env, psql};

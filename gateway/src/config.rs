@@ -206,6 +206,8 @@ struct StoreFile {
 #[serde(deny_unknown_fields)]
 struct SiemFile {
     syslog_tcp: Option<String>,
+    http_url: Option<String>,
+    http_authorization_env: Option<String>,
     lag_alert_events: Option<u64>,
     lag_alert_after: Option<String>,
 }
@@ -308,10 +310,15 @@ pub struct StoreCapacity {
 }
 
 /// `[siem]`: the audit log streamed to a SIEM ([`crate::siem`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SiemConfig {
     /// `host:port` of a syslog receiver (RFC 5424 over TCP, octet-counted); `None`: no stream.
     pub syslog_tcp: Option<String>,
+    /// A collector taking batches of events as JSON over HTTP(S) POST; a 2xx is delivery.
+    /// `http://` only to a loopback address.
+    pub http_url: Option<String>,
+    /// The `Authorization` header's value for it (e.g. `Splunk <token>`), from the environment.
+    pub http_authorization: Option<gatehouse_core::secret::Secret<String>>,
     /// Undelivered events above which the gateway records `siem.behind`.
     pub lag_alert_events: u64,
     /// How long the oldest undelivered event may wait before `siem.behind`.
@@ -665,6 +672,41 @@ impl Config {
                     }
                     Some(a)
                 }
+                None => None,
+            },
+            http_url: match file.siem.http_url {
+                Some(u) => {
+                    let loopback = [
+                        "http://127.0.0.1:",
+                        "http://127.0.0.1/",
+                        "http://localhost:",
+                        "http://[::1]:",
+                    ]
+                    .iter()
+                    .any(|p| u.starts_with(p));
+                    if !(u.starts_with("https://") || loopback) || reqwest::Url::parse(&u).is_err()
+                    {
+                        return Err(invalid(
+                            "siem.http_url",
+                            format!(
+                                "`{u}` is not an https:// URL (http:// only to a loopback address)"
+                            ),
+                        ));
+                    }
+                    Some(u)
+                }
+                None => None,
+            },
+            http_authorization: match file.siem.http_authorization_env {
+                Some(_) if secrets == Secrets::Skip => None,
+                Some(var) => Some(gatehouse_core::secret::Secret::new(
+                    env.var(&var).ok_or_else(|| {
+                        invalid(
+                            "siem.http_authorization_env",
+                            format!("environment variable `{var}` is not set"),
+                        )
+                    })?,
+                )),
                 None => None,
             },
             lag_alert_events: bounded(

@@ -20,3 +20,4 @@ pub mod csv;
 pub mod registers;
 pub mod report;
 pub mod soa;
+pub mod tar;

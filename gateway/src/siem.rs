@@ -1,5 +1,7 @@
 //! The audit log streamed to a SIEM: syslog (RFC 5424, octet-counted framing of RFC 6587) over
-//! TCP to `[siem] syslog_tcp`.
+//! TCP to `[siem] syslog_tcp`, and/or batches of JSON events POSTed to `[siem] http_url` (a
+//! collector such as an HTTP event collector; a 2xx answer is its acknowledgement, so that
+//! stream's cursor moves on the answer).
 //!
 //! The stream reads committed events from the store, never from the writer's queue, so a slow
 //! or dead receiver holds nothing up: decisions are durable in the store whatever the SIEM does.
@@ -92,6 +94,7 @@ pub fn frame(e: &AuditEvent, host: &str) -> Vec<u8> {
 }
 
 struct Lag {
+    sink: &'static str,
     behind: bool,
 }
 
@@ -110,11 +113,17 @@ impl Lag {
         let caught_up = lag <= cfg.lag_alert_events / 2 && !late;
         if behind && !self.behind {
             self.behind = true;
-            warn!(lag, delivered, head, "the SIEM stream is behind");
+            warn!(
+                sink = self.sink,
+                lag, delivered, head, "the SIEM stream is behind"
+            );
             self.record(audit, "behind", lag, delivered, head).await;
         } else if self.behind && caught_up {
             self.behind = false;
-            info!(lag, delivered, "the SIEM stream caught up");
+            info!(
+                sink = self.sink,
+                lag, delivered, "the SIEM stream caught up"
+            );
             self.record(audit, "caught_up", lag, delivered, head).await;
         }
     }
@@ -122,17 +131,115 @@ impl Lag {
     async fn record(&self, audit: &AuditLog, level: &str, lag: u64, delivered: u64, head: u64) {
         let mut e = NewEvent::new(EventKind::SiemLag);
         e.actor = "gatehouse".into();
-        e.resource = SINK.into();
+        e.resource = self.sink.into();
         e.action = "stream".into();
         e.decision = level.into();
-        e.reason = format!("{lag} events not yet delivered to the SIEM");
-        e.detail = json!({ "sink": SINK, "lag_events": lag, "delivered_seq": delivered, "head_seq": head });
+        e.reason = format!("{lag} events not yet delivered to the SIEM ({})", self.sink);
+        e.detail = json!({ "sink": self.sink, "lag_events": lag, "delivered_seq": delivered, "head_seq": head });
         let _ = audit.record(e).await;
     }
 }
 
-/// Streams the log to the syslog receiver until the process ends.
+/// Streams the log to every configured SIEM sink until the process ends.
 pub async fn run(store: Store, audit: AuditLog, cfg: SiemConfig) {
+    tokio::join!(
+        run_syslog(store.clone(), audit.clone(), cfg.clone()),
+        run_http(store, audit, cfg)
+    );
+}
+
+/// Events per HTTP batch.
+const HTTP_BATCH: u32 = 200;
+
+/// POSTs batches of events (`{"source": "gatehouse", "host": ..., "events": [...]}`) to the
+/// collector; the cursor moves when it answers 2xx.
+async fn run_http(store: Store, audit: AuditLog, cfg: SiemConfig) {
+    const SINK_HTTP: &str = "http";
+    let Some(url) = cfg.http_url.clone() else {
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot build the SIEM's HTTP client; no HTTP stream");
+            return;
+        }
+    };
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "gatehouse".into());
+    let mut lag = Lag {
+        sink: SINK_HTTP,
+        behind: false,
+    };
+    let mut backoff = Duration::from_millis(250);
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        let delivered = match store.siem_cursor(SINK_HTTP).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the SIEM cursor");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let page = match store.audit_events(delivered, HTTP_BATCH, None, None).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot read the audit log for the SIEM");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let head = store.audit_last_seq().await.unwrap_or(delivered);
+        if page.is_empty() {
+            waiting_since = None;
+            lag.check(&audit, &cfg, head, delivered, None).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let since = *waiting_since.get_or_insert_with(Instant::now);
+        let body = json!({
+            "source": "gatehouse",
+            "host": host,
+            "events": page.iter().map(event_line).collect::<Vec<_>>(),
+        });
+        let mut req = client.post(&url).json(&body);
+        if let Some(a) = &cfg.http_authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a.expose().as_str());
+        }
+        let last = page.last().map(|e| e.seq).unwrap_or(delivered);
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                match store
+                    .set_siem_cursor(SINK_HTTP, last, &crate::audit::event::now_ts())
+                    .await
+                {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(250);
+                        waiting_since = None;
+                        lag.check(&audit, &cfg, head, last, None).await;
+                    }
+                    Err(e) => warn!(error = %e, "cannot save the SIEM cursor"),
+                }
+                continue;
+            }
+            Ok(r) => warn!(status = %r.status(), "the SIEM collector refused a batch; retrying"),
+            Err(e) => warn!(error = %e, "cannot deliver to the SIEM collector; retrying"),
+        }
+        lag.check(&audit, &cfg, head, delivered, Some(since)).await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Streams the log to the syslog receiver until the process ends.
+async fn run_syslog(store: Store, audit: AuditLog, cfg: SiemConfig) {
     let Some(addr) = cfg.syslog_tcp.clone() else {
         return;
     };
@@ -140,7 +247,10 @@ pub async fn run(store: Store, audit: AuditLog, cfg: SiemConfig) {
         .ok()
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|| "gatehouse".into());
-    let mut lag = Lag { behind: false };
+    let mut lag = Lag {
+        sink: SINK,
+        behind: false,
+    };
     let mut backoff = Duration::from_millis(250);
     loop {
         let delivered = match store.siem_cursor(SINK).await {

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod evidence;
 pub mod jit;
 pub mod login;
 pub mod openapi;
@@ -204,6 +205,7 @@ pub fn router(web: Arc<Web>) -> Router {
         )
         .route("/api/v1/grants/{id}/revoke", post(jit::revoke))
         .route("/api/v1/audit/events", get(audit::events))
+        .route("/api/v1/evidence/bundle", get(evidence::bundle))
         .route("/api/v1/campaigns/items", get(jit::campaign_items))
         .route(
             "/api/v1/campaigns/items/{id}",

@@ -133,5 +133,58 @@ fn auditors_read_the_log_page_by_page_and_every_read_is_recorded() -> anyhow::Re
         .collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(lines[0]["resource"], "orders-db");
+
+    // The evidence bundle, downloaded by the auditor and verified offline; not by an engineer.
+    let today = &gatehouse_gateway::audit::event::now_ts()[..10];
+    let work = gatehouse_tests::util::temp_dir("download")?;
+    let out = gw.as_user(
+        &bob,
+        &[
+            "evidence",
+            "download",
+            "--from",
+            today,
+            "--out",
+            &work.join("bob").to_string_lossy(),
+        ],
+    )?;
+    assert!(
+        !out.success() && out.stderr.contains("not permitted"),
+        "{out}"
+    );
+    let q = work.join("q");
+    let out = gw
+        .as_user(
+            &olga,
+            &[
+                "evidence",
+                "download",
+                "--from",
+                today,
+                "--out",
+                &q.to_string_lossy(),
+            ],
+        )?
+        .ok()?;
+    assert!(out.stdout.contains("files from"), "{out}");
+    let key = gw.cli(&["audit", "public-key"])?.ok()?.stdout;
+    std::fs::write(work.join("audit.pub"), key.trim())?;
+    let out = gatehouse_tests::gatehouse(&[
+        "evidence",
+        "verify",
+        &q.to_string_lossy(),
+        "--public-key",
+        &format!("@{}", work.join("audit.pub").display()),
+    ])?
+    .ok()?;
+    assert!(out.stdout.contains("bundle intact"), "{out}");
+    let events = gw.audit_events()?;
+    assert!(events.iter().any(|e| e["kind"] == "evidence.bundle"
+        && e["actor"] == "olga"
+        && e["detail"]["via"] == "api"));
+    assert!(events.iter().any(|e| e["kind"] == "audit.read"
+        && e["actor"] == "bob"
+        && e["action"] == "bundle"
+        && e["decision"] == "deny"));
     Ok(())
 }

@@ -206,13 +206,68 @@ fn a_period_gives_its_derived_checks_and_a_bundle_that_verifies() -> anyhow::Res
     let out = psql(&gw, &carol, "orders-db", "read", "select 1")?;
     assert!(!out.success(), "a disabled user is refused: {out}");
 
+    // A policy reload (the same set, approved by a second person) and an access review in
+    // which dana revokes bob's standing read access.
+    gw.cli(&["policy", "reload", "--by", "alice", "--approved-by", "dana"])?
+        .ok()?;
+    // A second DBA, so that nobody reviews their own access.
+    let erin = gw.engineer("erin", &["dba"])?;
+    psql(&gw, &erin, "orders-db", "read", "select 1")?.ok()?;
+    psql(&gw, &dana, "orders-db", "read", "select 1")?.ok()?;
+    poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let out = gw.cli(&["users", "list"])?.ok()?.stdout;
+        Ok((out.contains("erin") && out.contains("dana")).then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("erin and dana were not recorded"))?;
+    gw.cli(&[
+        "reviews",
+        "start",
+        "--scope",
+        "resource=orders-db",
+        "--reviewers",
+        "group:dba",
+    ])?
+    .ok()?;
+    let status = gw.cli(&["reviews", "status", "1"])?.ok()?;
+    let row: Vec<String> = status
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|f| {
+            f.get(2).map(String::as_str) == Some("bob")
+                && f.get(4).map(String::as_str) == Some("read")
+        })
+        .unwrap_or_default();
+    let reviewer = if row.get(6).map(String::as_str) == Some("erin") {
+        &erin
+    } else {
+        &dana
+    };
+    gw.as_user(
+        reviewer,
+        &[
+            "reviews",
+            "decide",
+            &row[0],
+            "--revoke",
+            "--comment",
+            "no longer on orders",
+        ],
+    )?
+    .ok()?;
+    let out = psql(&gw, &bob, "orders-db", "read", "select 1")?;
+    assert!(
+        !out.success() && out.stderr.contains("revoked by access review"),
+        "{out}"
+    );
+
     // Every session has its end event before the bundle is built.
     poll(Duration::from_secs(10), Duration::from_millis(100), || {
         let ev = gw.audit_events()?;
         let n = |k: &str| ev.iter().filter(|e| e["kind"] == k).count();
-        Ok((n("session.start") == n("session.end") && n("session.start") >= 4).then_some(()))
+        Ok((n("session.start") == n("session.end") && n("session.start") >= 6).then_some(()))
     })?
-    .ok_or_else(|| anyhow::anyhow!("the four sessions did not all end within 10 s"))?;
+    .ok_or_else(|| anyhow::anyhow!("the six sessions did not all end within 10 s"))?;
 
     let work = gatehouse_tests::util::temp_dir("evidence")?;
     let q = work.join("q4");
@@ -246,6 +301,9 @@ fn a_period_gives_its_derived_checks_and_a_bundle_that_verifies() -> anyhow::Res
         ("foreign_rows", 0, "pass"),
         ("agent_events_refused", 0, "pass"),
         ("chain", 0, "pass"),
+        ("policy_changes_unapproved", 0, "pass"),
+        ("review_items_overdue", 0, "pass"),
+        ("review_revocations", 1, "info"),
     ];
     for (id, n, status) in expect {
         assert_eq!(
@@ -285,7 +343,7 @@ fn a_period_gives_its_derived_checks_and_a_bundle_that_verifies() -> anyhow::Res
     assert_eq!(leavers[1][0], "carol");
     assert_eq!(leavers[1][col(&leavers, "access_after_disable")], "0");
     let sessions = csv_rows(&std::fs::read_to_string(q.join("sessions.csv"))?);
-    assert!(sessions.len() >= 5, "{sessions:?}");
+    assert!(sessions.len() >= 7, "{sessions:?}");
     let rights = csv_rows(&std::fs::read_to_string(q.join("access-rights.csv"))?);
     let (user, res, role, through) = (
         col(&rights, "user"),
@@ -294,11 +352,20 @@ fn a_period_gives_its_derived_checks_and_a_bundle_that_verifies() -> anyhow::Res
         col(&rights, "through"),
     );
     assert!(
-        rights.iter().any(|r| r[user] == "bob"
+        rights.iter().any(|r| r[user] == "erin"
             && r[res] == "orders-db"
             && r[role] == "read"
             && r[through] == "standing policy"),
         "{rights:?}"
+    );
+    let access = col(&rights, "access");
+    assert!(
+        rights.iter().any(|r| r[user] == "bob"
+            && r[res] == "orders-db"
+            && r[role] == "read"
+            && r[access] == "revoked"
+            && r[through].starts_with("access review item")),
+        "the review's revocation is in the register: {rights:?}"
     );
     assert!(
         !rights
@@ -517,4 +584,107 @@ fn which(bin: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
         .unwrap_or(false)
+}
+
+/// The period as people live it: sign-ins through the real OpenID provider (one with a second
+/// factor, one without), a connection MFA is required for and refused, a leaver whose sign-in
+/// the provider no longer allows; the report's facts and checks count them.
+#[test]
+fn sign_ins_through_the_real_provider_are_counted_in_the_report() -> anyhow::Result<()> {
+    use gatehouse_tests::oidc::{ALICE, ALICE_PASSWORD, DANA, DANA_PASSWORD};
+    let sso = gatehouse_tests::sso::Sso::start()?;
+    let alice = sso.cli_login(ALICE, ALICE_PASSWORD)?;
+    assert!(alice.output.success(), "{}", alice.output);
+    let dana = sso.cli_login(DANA, DANA_PASSWORD)?;
+    assert!(dana.output.success(), "{}", dana.output);
+    sso.cli(
+        alice.home.path(),
+        &["psql", "orders-db", "--", "-tAc", "select 1"],
+    )?
+    .ok()?;
+    // vault-db is restricted: the default policies want MFA, which alice's sign-in lacks.
+    let out = sso.cli(
+        alice.home.path(),
+        &["psql", "vault-db", "--", "-tAc", "select 1"],
+    )?;
+    assert!(
+        !out.success() && out.stderr.contains("forbid-restricted-without-mfa"),
+        "{out}"
+    );
+    sso.cli(
+        dana.home.path(),
+        &["psql", "vault-db", "--", "-tAc", "select 1"],
+    )?
+    .ok()?;
+    // alice leaves: disabled at the gateway, her next connection is refused.
+    sso.gw
+        .cli(&["users", "disable", "alice", "--reason", "left"])?
+        .ok()?;
+    let out = sso.cli(
+        alice.home.path(),
+        &["psql", "orders-db", "--", "-tAc", "select 1"],
+    )?;
+    assert!(!out.success(), "{out}");
+    poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let ev = sso.gw.audit_events()?;
+        let n = |k: &str| ev.iter().filter(|e| e["kind"] == k).count();
+        Ok((n("session.start") == n("session.end") && n("session.start") == 2).then_some(()))
+    })?
+    .ok_or_else(|| anyhow::anyhow!("the two sessions did not end within 10 s"))?;
+
+    let work = gatehouse_tests::util::temp_dir("evidence-sso")?;
+    let q = work.join("q");
+    let today = &gatehouse_gateway::audit::event::now_ts()[..10];
+    sso.gw
+        .cli(&[
+            "evidence",
+            "bundle",
+            "--from",
+            today,
+            "--out",
+            &q.to_string_lossy(),
+        ])?
+        .ok()?;
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(q.join("checks.json"))?)?;
+    assert_eq!(v["facts"]["logins"], 2, "{v}");
+    assert_eq!(v["facts"]["logins_mfa"], 1, "{v}");
+    assert_eq!(
+        v["facts"]["decisions_denied"].as_u64().map(|d| d >= 1),
+        Some(true),
+        "{v}"
+    );
+    let c = checks(&q)?;
+    assert_eq!(
+        c.get("access_after_disable"),
+        Some(&(0, "pass".to_string())),
+        "{c:?}"
+    );
+    let auth = csv_rows(&std::fs::read_to_string(q.join("authentication.csv"))?);
+    let mfa = auth[0]
+        .iter()
+        .position(|h| h == "mfa")
+        .unwrap_or(usize::MAX);
+    let logins: Vec<(&str, &str)> = auth
+        .iter()
+        .skip(1)
+        .filter(|r| r[2] == "login.succeeded")
+        .map(|r| (r[3].as_str(), r[mfa].as_str()))
+        .collect();
+    assert_eq!(
+        logins,
+        vec![("alice", "false"), ("dana", "true")],
+        "{auth:?}"
+    );
+    let html = std::fs::read_to_string(q.join("report.html"))?;
+    assert!(
+        html.contains("50.0 %"),
+        "the MFA share of sign-ins is in the report"
+    );
+    let leavers = csv_rows(&std::fs::read_to_string(q.join("leavers.csv"))?);
+    assert_eq!(
+        leavers.get(1).map(|r| r[0].as_str()),
+        Some("alice"),
+        "{leavers:?}"
+    );
+    Ok(())
 }

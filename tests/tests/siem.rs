@@ -1,13 +1,15 @@
 //! The audit log streamed to a SIEM: a real rsyslog on loopback receives RFC 5424 frames over
 //! TCP and parses their structured data (`mmpstrucdata`); stopped for 10 s while sessions go on
 //! and started again, it ends up with every event (at least once), and the gateway recorded
-//! that the stream fell behind and caught up.
+//! that the stream fell behind and caught up. An HTTP collector receives the same events in
+//! JSON batches; one that never answers holds no session up and is recorded as behind.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use gatehouse_tests::rsyslog::Rsyslog;
 use gatehouse_tests::util::poll;
+use gatehouse_tests::webhook::WebhookReceiver;
 use gatehouse_tests::{Gateway, GatewayConfig, PgServer, Resource, TempDir};
 
 fn select(gw: &Gateway, home: &TempDir) -> anyhow::Result<()> {
@@ -98,5 +100,66 @@ fn rsyslog_receives_every_event_across_a_10_s_outage() -> anyhow::Result<()> {
     assert!(lag.contains(&"caught_up".to_string()), "{lag:?}");
     // And the stream carries those events too.
     all_received(&gw, &rs, Duration::from_secs(20))?;
+    Ok(())
+}
+
+#[test]
+fn an_http_collector_gets_every_event_and_a_hung_one_holds_nothing_up() -> anyhow::Result<()> {
+    let pg = PgServer::start()?;
+    let live = WebhookReceiver::start()?;
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .resource(Resource::orders_dev(&pg, "orders-db"))
+            .set("siem", "http_url", &format!("\"{}\"", live.url())),
+    )?;
+    let bob = gw.engineer("bob", &["engineering"])?;
+    for _ in 0..3 {
+        select(&gw, &bob)?;
+    }
+    let head = gw
+        .audit_events()?
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .max()
+        .unwrap_or(0);
+    poll(Duration::from_secs(20), Duration::from_millis(100), || {
+        let got: BTreeSet<u64> = live
+            .bodies()
+            .iter()
+            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["seq"].as_u64())
+            .collect();
+        Ok((1..=head).all(|s| got.contains(&s)).then_some(()))
+    })?
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "the collector did not get seqs 1..={head}: {:?}",
+            live.bodies()
+        )
+    })?;
+    assert!(live.bodies().iter().all(|b| b["source"] == "gatehouse"));
+
+    // A collector that accepts and never answers: sessions do not wait, the lag is recorded.
+    let hung = WebhookReceiver::dead()?;
+    let gw2 = Gateway::start(
+        GatewayConfig::new()
+            .resource(Resource::orders_dev(&pg, "orders-db"))
+            .set("siem", "http_url", &format!("\"{}\"", hung.url()))
+            .set("siem", "lag_alert_after", "\"2s\""),
+    )?;
+    let bob2 = gw2.engineer("bob", &["engineering"])?;
+    for _ in 0..3 {
+        let t = Instant::now();
+        select(&gw2, &bob2)?;
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a session waited on the SIEM"
+        );
+    }
+    let events = gw2.wait_for_event(
+        |e| e["kind"] == "siem.lag" && e["decision"] == "behind" && e["detail"]["sink"] == "http",
+        Duration::from_secs(40),
+    )?;
+    assert!(events.iter().any(|e| e["kind"] == "session.end"));
     Ok(())
 }

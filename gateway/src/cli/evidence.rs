@@ -43,6 +43,20 @@ pub(super) enum EvidenceCommand {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Download the bundle for a period from the gateway as the signed-in auditor (`gatehouse
+    /// login`; the policies must permit `read_audit`), with no access to the store, into a new
+    /// directory; then verify it with `evidence verify`. The gateway records the download.
+    Download {
+        /// First day (2026-10-01) or instant (RFC 3339) of the period, UTC.
+        #[arg(long)]
+        from: String,
+        /// Last day, included, or an instant (excluded); default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// The directory to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify a bundle offline: SHA256SUMS is signed by the audit key and lists every file
     /// (none changed, removed or added), the export verifies and chains into the period's
     /// checkpoints.
@@ -183,6 +197,21 @@ pub(super) async fn run(cmd: EvidenceCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        EvidenceCommand::Download { from, to, out } => {
+            let from = bound("--from", &from, false)?;
+            let to = match to {
+                Some(t) => bound("--to", &t, true)?,
+                None => crate::audit::event::now_ts(),
+            };
+            let n = crate::client::download_bundle(&from, &to, &out).await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "evidence bundle {}: {n} files from {from} to {to}; verify it: gatehouse evidence verify {} --public-key @audit.pub",
+                out.display(),
+                out.display()
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
         EvidenceCommand::Verify { dir, public_key } => {
             let key = public_key_arg(&public_key)?;

@@ -66,3 +66,58 @@ pub async fn audit_events(f: EventFilters) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `gatehouse evidence download`: the bundle for `from..to` (RFC 3339) built by the gateway,
+/// unpacked into the new directory `out`. Verify it with `gatehouse evidence verify`.
+pub async fn download_bundle(from: &str, to: &str, out: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::{bail, Context};
+    use tokio::io::AsyncWriteExt;
+
+    let cred = super::credentials::credential()?;
+    // A year's bundle takes minutes to build and to send: no 30 s limit here.
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(6 * 3600));
+    if let Some(ca) = cred.ca_file() {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    let http = b.build()?;
+    let gateway = cred.gateway();
+    let url = format!(
+        "{gateway}/api/v1/evidence/bundle?from={}&to={}",
+        encode(from),
+        encode(to)
+    );
+    let mut resp = http
+        .get(url)
+        .bearer_auth(cred.token())
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    if !resp.status().is_success() {
+        bail!("{}", super::api::api_error(resp).await);
+    }
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!(
+            "`{}` exists and is not empty; give a new directory",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out)?;
+    let tar = out.with_extension("tar.part");
+    let mut f = tokio::fs::File::create(&tar).await?;
+    while let Some(chunk) = resp.chunk().await? {
+        f.write_all(&chunk).await?;
+    }
+    f.sync_all().await?;
+    drop(f);
+    let mut r = std::io::BufReader::new(std::fs::File::open(&tar)?);
+    let n = crate::evidence::tar::unpack(&mut r, out, 1 << 33)
+        .with_context(|| format!("unpacking the bundle into {}", out.display()))?;
+    let _ = std::fs::remove_file(&tar);
+    Ok(n)
+}

@@ -90,12 +90,37 @@ pub async fn write(
                 if !with_mfa.allowed && grant.is_none() {
                     continue;
                 }
-                let (access, through) = if with_mfa.allowed {
-                    ("allow", "standing policy")
+                let revoked = if with_mfa.allowed {
+                    store.access_revocation(&u.name, &r.name, role).await?
                 } else {
-                    ("allow", "grant")
+                    None
                 };
-                if with_mfa.allowed && role != "read" {
+                let (access, through) = match (&revoked, with_mfa.allowed) {
+                    (Some((item, by)), _) => {
+                        ("revoked", format!("access review item {item} (by {by})"))
+                    }
+                    (None, true) => ("allow", "standing policy".to_string()),
+                    (None, false) => ("allow", "grant".to_string()),
+                };
+                if revoked.is_some() && grant.is_none() {
+                    rights.row(&[
+                        u.name.clone(),
+                        u.last_groups.join(" "),
+                        u.disabled_at.clone().unwrap_or_default(),
+                        r.name.clone(),
+                        r.env.clone(),
+                        r.data_class.clone(),
+                        role.clone(),
+                        access.into(),
+                        through,
+                        with_mfa.policy_ids.join(" "),
+                        (!without.allowed).to_string(),
+                        String::new(),
+                        String::new(),
+                    ])?;
+                    continue;
+                }
+                if with_mfa.allowed && revoked.is_none() && role != "read" {
                     standing.push(StandingPermit {
                         user: u.name.clone(),
                         resource: r.name.clone(),
@@ -112,7 +137,7 @@ pub async fn write(
                     r.data_class.clone(),
                     role.clone(),
                     access.into(),
-                    through.into(),
+                    through,
                     if with_mfa.allowed {
                         with_mfa.policy_ids.join(" ")
                     } else {

@@ -53,6 +53,32 @@ fn ts(name: &str, v: &Option<String>) -> Result<Option<String>, String> {
         .transpose()
 }
 
+/// Whether the policies let `claims` read the audit log (action `read_audit` on `audit-log`).
+pub(crate) fn read_audit(
+    web: &Web,
+    claims: &crate::authn::token::Claims,
+    peer: SocketAddr,
+) -> gatehouse_policies::Decision {
+    web.access.policies.authorize(&AccessRequest {
+        user: claims.sub.clone(),
+        groups: claims.groups.clone(),
+        action: Action::ReadAudit,
+        resource: ResourceAttrs {
+            name: "audit-log".into(),
+            protocol: "audit".into(),
+            env: String::new(),
+            data_class: "restricted".into(),
+            tags: Default::default(),
+        },
+        context: RequestContext::new(
+            peer.ip(),
+            claims.auth_method(),
+            claims.mfa,
+            time::OffsetDateTime::now_utc().hour(),
+        ),
+    })
+}
+
 /// `GET /api/v1/audit/events`
 pub async fn events(
     State(web): State<std::sync::Arc<Web>>,
@@ -92,24 +118,7 @@ pub async fn events(
         "control": q.control, "session": q.session, "after": q.after, "limit": limit,
     });
 
-    let decision = web.access.policies.authorize(&AccessRequest {
-        user: claims.sub.clone(),
-        groups: claims.groups.clone(),
-        action: Action::ReadAudit,
-        resource: ResourceAttrs {
-            name: "audit-log".into(),
-            protocol: "audit".into(),
-            env: String::new(),
-            data_class: "restricted".into(),
-            tags: Default::default(),
-        },
-        context: RequestContext::new(
-            peer.ip(),
-            claims.auth_method(),
-            claims.mfa,
-            time::OffsetDateTime::now_utc().hour(),
-        ),
-    });
+    let decision = read_audit(&web, &claims, peer);
     let mut e = NewEvent::new(EventKind::AuditRead);
     e.actor = claims.sub.clone();
     e.resource = "audit-log".into();
