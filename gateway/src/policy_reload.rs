@@ -78,11 +78,13 @@ pub async fn reload(
 
 /// Acts on reload requests in the store and on SIGHUP until the process ends.
 pub async fn watch(store: Store, policies: Policies, dir: PathBuf, audit: AuditLog) {
-    let mut last = match store.last_policy_reload().await {
-        Ok(id) => id,
+    // Requests from before this start are already in effect: act on the ones after them. Until
+    // the store says where that is, ask again every tick.
+    let mut last: Option<i64> = match store.last_policy_reload().await {
+        Ok(id) => Some(id),
         Err(e) => {
-            warn!(error = %e, "cannot read policy reload requests; only SIGHUP reloads");
-            i64::MAX
+            warn!(error = %e, "cannot read policy reload requests yet; retrying");
+            None
         }
     };
     #[cfg(unix)]
@@ -106,15 +108,16 @@ pub async fn watch(store: Store, policies: Policies, dir: PathBuf, audit: AuditL
                 continue;
             }
         }
-        if last == i64::MAX {
+        let Some(after) = last else {
+            last = store.last_policy_reload().await.ok();
             continue;
-        }
-        match store.policy_reloads_after(last).await {
+        };
+        match store.policy_reloads_after(after).await {
             Ok(reqs) => {
                 for (id, by) in reqs {
                     let by: Value = serde_json::from_str(&by).unwrap_or(Value::Null);
                     reload(&policies, &dir, &audit, Some(id), by).await;
-                    last = id;
+                    last = Some(id);
                 }
             }
             Err(e) => warn!(error = %e, "cannot read policy reload requests"),

@@ -3,7 +3,7 @@
 //! builds where the store is. Who may is the Cedar decision on `read_audit`; the build is an
 //! `evidence.bundle` event naming the reader (and a refusal an `audit.read` deny). The bundle is
 //! built in a temporary directory under the state directory on a blocking thread, archived,
-//! streamed and removed.
+//! streamed and removed; one build runs at a time (another request is answered 429).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -107,6 +107,23 @@ pub async fn bundle(
         );
     }
 
+    // One build at a time per gateway: each takes a blocking thread and minutes for a long
+    // period, and any permitted reader could otherwise start many.
+    static BUILDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if BUILDING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "an evidence bundle is being built; ask again when it is done",
+        );
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            BUILDING.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _done = Done;
     let config = web.config.clone();
     let store = web.store.clone();
     let who = claims.sub.clone();
