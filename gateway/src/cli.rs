@@ -9,6 +9,7 @@ mod audit;
 mod evidence;
 mod keys;
 mod operator;
+pub(crate) use self::operator::local_hostname;
 mod policy;
 mod reviews;
 mod sessions;

@@ -142,9 +142,10 @@ impl Lag {
 
 /// Streams the log to every configured SIEM sink until the process ends.
 pub async fn run(store: Store, audit: AuditLog, cfg: SiemConfig) {
+    let host = crate::cli::local_hostname().unwrap_or_else(|| "gatehouse".into());
     tokio::join!(
-        run_syslog(store.clone(), audit.clone(), cfg.clone()),
-        run_http(store, audit, cfg)
+        run_syslog(store.clone(), audit.clone(), cfg.clone(), &host),
+        run_http(store, audit, cfg, &host)
     );
 }
 
@@ -153,7 +154,7 @@ const HTTP_BATCH: u32 = 200;
 
 /// POSTs batches of events (`{"source": "gatehouse", "host": ..., "events": [...]}`) to the
 /// collector; the cursor moves when it answers 2xx.
-async fn run_http(store: Store, audit: AuditLog, cfg: SiemConfig) {
+async fn run_http(store: Store, audit: AuditLog, cfg: SiemConfig, host: &str) {
     const SINK_HTTP: &str = "http";
     let Some(url) = cfg.http_url.clone() else {
         return;
@@ -169,10 +170,6 @@ async fn run_http(store: Store, audit: AuditLog, cfg: SiemConfig) {
             return;
         }
     };
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|| "gatehouse".into());
     let mut lag = Lag {
         sink: SINK_HTTP,
         behind: false,
@@ -239,14 +236,10 @@ async fn run_http(store: Store, audit: AuditLog, cfg: SiemConfig) {
 }
 
 /// Streams the log to the syslog receiver until the process ends.
-async fn run_syslog(store: Store, audit: AuditLog, cfg: SiemConfig) {
+async fn run_syslog(store: Store, audit: AuditLog, cfg: SiemConfig, host: &str) {
     let Some(addr) = cfg.syslog_tcp.clone() else {
         return;
     };
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|| "gatehouse".into());
     let mut lag = Lag {
         sink: SINK,
         behind: false,
@@ -328,7 +321,7 @@ async fn run_syslog(store: Store, audit: AuditLog, cfg: SiemConfig) {
             if !page.is_empty() {
                 let mut buf = Vec::with_capacity(page.len() * 512);
                 for e in &page {
-                    buf.extend_from_slice(&frame(e, &host));
+                    buf.extend_from_slice(&frame(e, host));
                 }
                 match tokio::time::timeout(Duration::from_secs(10), wr.write_all(&buf)).await {
                     Ok(Ok(())) => {

@@ -1099,6 +1099,42 @@ impl Gateway {
             .with_context(|| format!("connecting to the store {url}"))
     }
 
+    /// Appends `forged` at the head of the log as someone with write access to the store but
+    /// without the audit key can: the right seq and previous hash, a correct hash of its own
+    /// contents, no commit seal. Returns the row as written.
+    pub async fn append_unsealed_event(
+        &self,
+        forged: gatehouse_gateway::audit::NewEvent,
+        ts: &str,
+    ) -> anyhow::Result<gatehouse_gateway::audit::AuditEvent> {
+        let mut db = self.store_connection().await?;
+        let (head, prev): (i64, String) =
+            sqlx::query_as("select seq, hash from audit_events order by seq desc limit 1")
+                .fetch_one(&mut db)
+                .await?;
+        let row = forged.seal(head as u64 + 1, ts.to_string(), prev);
+        sqlx::query(
+            "insert into audit_events (seq, ts, kind, actor, resource, action, decision, reason, policy_ids, controls, session_id, detail, prev_hash, hash) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .bind(row.seq as i64)
+        .bind(&row.ts)
+        .bind(&row.kind)
+        .bind(&row.actor)
+        .bind(&row.resource)
+        .bind(&row.action)
+        .bind(&row.decision)
+        .bind(&row.reason)
+        .bind(serde_json::to_string(&row.policy_ids)?)
+        .bind(serde_json::to_string(&row.controls)?)
+        .bind(&row.session_id)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .execute(&mut db)
+        .await?;
+        Ok(row)
+    }
+
     /// The config file.
     pub fn config_path(&self) -> &Path {
         &self.config_path

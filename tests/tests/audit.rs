@@ -420,37 +420,14 @@ async fn a_row_written_into_the_store_without_the_audit_key_is_an_alarm_and_fail
 
     // Someone with write access to the store appends a well-formed row: the right seq, the
     // previous hash, a correct hash of its own contents. Only the audit key is missing.
-    let mut db = gw.store_connection().await?;
-    let (head, prev): (i64, String) =
-        sqlx::query_as("select seq, hash from audit_events order by seq desc limit 1")
-            .fetch_one(&mut db)
-            .await?;
     let mut forged = NewEvent::new(EventKind::RequestApproved);
     forged.actor = "mallory".into();
     forged.resource = "orders-db".into();
     forged.action = "approve".into();
     forged.decision = "allow".into();
-    let row = forged.seal(head as u64 + 1, "2026-12-02T00:00:00.000000Z".into(), prev);
-    sqlx::query(
-        "insert into audit_events (seq, ts, kind, actor, resource, action, decision, reason, policy_ids, controls, session_id, detail, prev_hash, hash) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )
-    .bind(row.seq as i64)
-    .bind(&row.ts)
-    .bind(&row.kind)
-    .bind(&row.actor)
-    .bind(&row.resource)
-    .bind(&row.action)
-    .bind(&row.decision)
-    .bind(&row.reason)
-    .bind(serde_json::to_string(&row.policy_ids)?)
-    .bind(serde_json::to_string(&row.controls)?)
-    .bind(&row.session_id)
-    .bind(&row.detail)
-    .bind(&row.prev_hash)
-    .bind(&row.hash)
-    .execute(&mut db)
-    .await?;
-    drop(db);
+    let row = gw
+        .append_unsealed_event(forged, "2026-12-02T00:00:00.000000Z")
+        .await?;
     assert_fails_at(&gw, row.seq, "a forged row at the head")?;
 
     // The next gateway to write sees a head no seal covers: an alarm in the log, and the

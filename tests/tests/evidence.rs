@@ -507,39 +507,14 @@ fn plant_access_after_disable(gw: &Gateway) -> anyhow::Result<u64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let mut db = gw.store_connection().await?;
-        let (head, prev): (i64, String) = sqlx::query_as("select seq, hash from audit_events order by seq desc limit 1")
-            .fetch_one(&mut db)
-            .await?;
-        let mut forged = NewEvent::new(EventKind::AccessDecision);
-        forged.actor = "carol".into();
-        forged.resource = "orders-db".into();
-        forged.action = "connect".into();
-        forged.decision = "allow".into();
-        forged.detail = serde_json::json!({ "role": "read" });
-        let row = forged.seal(head as u64 + 1, gatehouse_gateway::audit::event::now_ts(), prev);
-        sqlx::query(
-            "insert into audit_events (seq, ts, kind, actor, resource, action, decision, reason, policy_ids, controls, session_id, detail, prev_hash, hash) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )
-        .bind(row.seq as i64)
-        .bind(&row.ts)
-        .bind(&row.kind)
-        .bind(&row.actor)
-        .bind(&row.resource)
-        .bind(&row.action)
-        .bind(&row.decision)
-        .bind(&row.reason)
-        .bind(serde_json::to_string(&row.policy_ids)?)
-        .bind(serde_json::to_string(&row.controls)?)
-        .bind(&row.session_id)
-        .bind(&row.detail)
-        .bind(&row.prev_hash)
-        .bind(&row.hash)
-        .execute(&mut db)
-        .await?;
-        Ok(row.seq)
-    })
+    let mut forged = NewEvent::new(EventKind::AccessDecision);
+    forged.actor = "carol".into();
+    forged.resource = "orders-db".into();
+    forged.action = "connect".into();
+    forged.decision = "allow".into();
+    forged.detail = serde_json::json!({ "role": "read" });
+    let ts = gatehouse_gateway::audit::event::now_ts();
+    Ok(rt.block_on(gw.append_unsealed_event(forged, &ts))?.seq)
 }
 
 /// Opens the report in headless Chromium: a screenshot is taken and the console stays quiet

@@ -38,6 +38,21 @@ fn status(gw: &Gateway) -> anyhow::Result<Vec<Vec<String>>> {
         .collect())
 }
 
+/// `gatehouse reviews decide ITEM --keep|--revoke --comment COMMENT` as the reviewer whose
+/// home is `home`.
+fn decide(
+    gw: &Gateway,
+    home: &TempDir,
+    item: &str,
+    how: &str,
+    comment: &str,
+) -> anyhow::Result<gatehouse_tests::CmdOutput> {
+    gw.as_user(
+        home,
+        &["reviews", "decide", item, how, "--comment", comment],
+    )
+}
+
 fn item(rows: &[Vec<String>], subject: &str, role: &str, access: &str) -> Vec<String> {
     rows.iter()
         .find(|r| r[1] == subject && r[2] == role && r[3] == access)
@@ -193,16 +208,12 @@ fn a_campaign_freezes_access_and_a_revoke_acts_at_the_gateway() -> anyhow::Resul
 
     let (carol_item, carol_reviewer) = reviewer_of("carol", "read", "standing");
     // Only the assigned reviewer decides.
-    let out = gw.as_user(
+    let out = decide(
+        &gw,
         other(carol_reviewer),
-        &[
-            "reviews",
-            "decide",
-            &carol_item,
-            "--revoke",
-            "--comment",
-            "not mine",
-        ],
+        &carol_item,
+        "--revoke",
+        "not mine",
     )?;
     assert!(
         !out.success() && out.stderr.contains("is assigned to"),
@@ -210,19 +221,14 @@ fn a_campaign_freezes_access_and_a_revoke_acts_at_the_gateway() -> anyhow::Resul
     );
     let out = gw.as_user(carol_reviewer, &["reviews", "items"])?.ok()?;
     assert!(out.stdout.contains("carol"), "{out}");
-    let out = gw
-        .as_user(
-            carol_reviewer,
-            &[
-                "reviews",
-                "decide",
-                &carol_item,
-                "--revoke",
-                "--comment",
-                "left the team",
-            ],
-        )?
-        .ok()?;
+    let out = decide(
+        &gw,
+        carol_reviewer,
+        &carol_item,
+        "--revoke",
+        "left the team",
+    )?
+    .ok()?;
     assert!(
         out.stdout.contains("revoke") && out.stdout.contains("1 live sessions cut"),
         "{out}"
@@ -238,16 +244,12 @@ fn a_campaign_freezes_access_and_a_revoke_acts_at_the_gateway() -> anyhow::Resul
         "{out}"
     );
     // Once only.
-    let out = gw.as_user(
+    let out = decide(
+        &gw,
         carol_reviewer,
-        &[
-            "reviews",
-            "decide",
-            &carol_item,
-            "--keep",
-            "--comment",
-            "changed my mind",
-        ],
+        &carol_item,
+        "--keep",
+        "changed my mind",
     )?;
     assert!(
         !out.success() && out.stderr.contains("already decided"),
@@ -256,16 +258,12 @@ fn a_campaign_freezes_access_and_a_revoke_acts_at_the_gateway() -> anyhow::Resul
 
     // Revoking the grant ends it; keeping bob's read leaves it.
     let (grant_item, grant_reviewer) = reviewer_of("bob", "write", "grant");
-    gw.as_user(
+    decide(
+        &gw,
         grant_reviewer,
-        &[
-            "reviews",
-            "decide",
-            &grant_item,
-            "--revoke",
-            "--comment",
-            "migration done",
-        ],
+        &grant_item,
+        "--revoke",
+        "migration done",
     )?
     .ok()?;
     let out = gw.as_user(
@@ -285,18 +283,7 @@ fn a_campaign_freezes_access_and_a_revoke_acts_at_the_gateway() -> anyhow::Resul
         "{out}"
     );
     let (read_item, read_reviewer) = reviewer_of("bob", "read", "standing");
-    gw.as_user(
-        read_reviewer,
-        &[
-            "reviews",
-            "decide",
-            &read_item,
-            "--keep",
-            "--comment",
-            "on the team",
-        ],
-    )?
-    .ok()?;
+    decide(&gw, read_reviewer, &read_item, "--keep", "on the team")?.ok()?;
     assert_eq!(select(&gw, &bob)?.ok()?.stdout.trim(), "1");
     let decisions: Vec<Value> = gw
         .audit_events()?

@@ -34,11 +34,7 @@ impl Operator {
         let uid = real_uid(&status)
             .context("cannot tell which operating-system user runs this command: /proc/self/status has no readable `Uid:` line")?;
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .find_map(|text| hostname(&text))
-            .unwrap_or_else(|| "unknown".to_string());
+        let host = local_hostname().unwrap_or_else(|| "unknown".to_string());
         Operator::new(by, uid, &passwd, host)
     }
 
@@ -150,6 +146,15 @@ fn user_name(passwd: &str, uid: u32) -> Option<String> {
 }
 
 /// The host name in a hostname file: its first line, trimmed, if that is a usable name.
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `/etc/hostname`), if it has a
+/// valid one.
+pub(crate) fn local_hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| hostname(&text))
+}
+
 fn hostname(text: &str) -> Option<String> {
     let name = text.lines().next()?.trim();
     (!name.is_empty() && name.len() <= 255 && name.chars().all(printable) && !name.contains(' '))

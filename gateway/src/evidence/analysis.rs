@@ -144,6 +144,34 @@ pub struct Exception {
     pub what: String,
 }
 
+impl Exception {
+    /// Its row in `exceptions.csv`.
+    fn fields(&self) -> [String; 7] {
+        [
+            self.check.to_string(),
+            self.seq.to_string(),
+            self.line.to_string(),
+            self.ts.clone(),
+            self.actor.clone(),
+            self.resource.clone(),
+            self.what.clone(),
+        ]
+    }
+}
+
+/// Counts `ex` for its check and keeps it for the report, up to [`EXCEPTIONS_SHOWN`] per check.
+fn count_and_keep(
+    counts: &mut BTreeMap<&'static str, u64>,
+    shown: &mut BTreeMap<&'static str, Vec<Exception>>,
+    ex: Exception,
+) {
+    *counts.entry(ex.check).or_default() += 1;
+    let kept = shown.entry(ex.check).or_default();
+    if kept.len() < EXCEPTIONS_SHOWN {
+        kept.push(ex);
+    }
+}
+
 /// An event shown as a sample.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -371,7 +399,6 @@ impl Analysis {
         e: Option<(&AuditEvent, u64)>,
         what: String,
     ) -> std::io::Result<()> {
-        *self.counts.entry(check).or_default() += 1;
         let ex = Exception {
             check,
             seq: e.map(|(e, _)| e.seq).unwrap_or(0),
@@ -850,7 +877,6 @@ impl Analysis {
         let mut open: Vec<OpenSession> = self.open.drain().map(|(_, o)| o).collect();
         open.sort_by_key(|o| o.seq);
         for o in open {
-            *self.counts.entry("sessions_without_end").or_default() += 1;
             let ex = Exception {
                 check: "sessions_without_end",
                 seq: o.seq,
@@ -881,7 +907,6 @@ impl Analysis {
                         row.review_id.map(|g| g.to_string()).unwrap_or_default()
                     ),
                 };
-                *self.counts.entry("break_glass_unreviewed").or_default() += 1;
                 self.push_exception(ex)?;
             }
         }
@@ -1022,20 +1047,10 @@ impl Analysis {
         })
     }
 
+    /// Writes `ex` to `exceptions.csv`, counts and keeps it.
     fn push_exception(&mut self, ex: Exception) -> std::io::Result<()> {
-        self.regs.exceptions.row(&[
-            ex.check.to_string(),
-            ex.seq.to_string(),
-            ex.line.to_string(),
-            ex.ts.clone(),
-            ex.actor.clone(),
-            ex.resource.clone(),
-            ex.what.clone(),
-        ])?;
-        let shown = self.exceptions.entry(ex.check).or_default();
-        if shown.len() < EXCEPTIONS_SHOWN {
-            shown.push(ex);
-        }
+        self.regs.exceptions.row(&ex.fields())?;
+        count_and_keep(&mut self.counts, &mut self.exceptions, ex);
         Ok(())
     }
 }
@@ -1069,33 +1084,13 @@ pub struct Findings {
 impl Findings {
     /// Adds exceptions found outside the pass (the chain check, the access-rights register).
     pub fn add(&mut self, ex: Exception, dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        *self.counts.entry(ex.check).or_default() += 1;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join("exceptions.csv"))?;
-        let line = [
-            ex.check.to_string(),
-            ex.seq.to_string(),
-            ex.line.to_string(),
-            ex.ts.clone(),
-            ex.actor.clone(),
-            ex.resource.clone(),
-            ex.what.clone(),
-        ]
-        .iter()
-        .map(|f| crate::audit::export::csv_field(f))
-        .collect::<Vec<_>>()
-        .join(",");
-        writeln!(f, "{line}")?;
-        f.sync_all()?;
+        let mut f = CsvFile::append(&dir.join("exceptions.csv"))?;
+        f.row(&ex.fields())?;
+        f.finish()?;
         if let Some(r) = self.rows.get_mut("exceptions.csv") {
             *r += 1;
         }
-        let shown = self.exceptions.entry(ex.check).or_default();
-        if shown.len() < EXCEPTIONS_SHOWN {
-            shown.push(ex);
-        }
+        count_and_keep(&mut self.counts, &mut self.exceptions, ex);
         Ok(())
     }
 

@@ -20,6 +20,15 @@ impl CsvFile {
         Ok(CsvFile { w, rows: 0 })
     }
 
+    /// Opens an existing CSV file to add rows after the ones it holds.
+    pub fn append(path: &Path) -> std::io::Result<CsvFile> {
+        let f = std::fs::OpenOptions::new().append(true).open(path)?;
+        Ok(CsvFile {
+            w: BufWriter::new(f),
+            rows: 0,
+        })
+    }
+
     pub fn row<S: AsRef<str>>(&mut self, fields: &[S]) -> std::io::Result<()> {
         let line = fields
             .iter()

@@ -102,24 +102,6 @@ pub async fn write(
                     (None, true) => ("allow", "standing policy".to_string()),
                     (None, false) => ("allow", "grant".to_string()),
                 };
-                if revoked.is_some() && grant.is_none() {
-                    rights.row(&[
-                        u.name.clone(),
-                        u.last_groups.join(" "),
-                        u.disabled_at.clone().unwrap_or_default(),
-                        r.name.clone(),
-                        r.env.clone(),
-                        r.data_class.clone(),
-                        role.clone(),
-                        access.into(),
-                        through,
-                        with_mfa.policy_ids.join(" "),
-                        (!without.allowed).to_string(),
-                        String::new(),
-                        String::new(),
-                    ])?;
-                    continue;
-                }
                 if with_mfa.allowed && revoked.is_none() && role != "read" {
                     standing.push(StandingPermit {
                         user: u.name.clone(),

@@ -43,23 +43,29 @@ pub struct EventsQuery {
     limit: Option<u32>,
 }
 
-fn ts(name: &str, v: &Option<String>) -> Result<Option<String>, String> {
-    v.as_deref()
-        .map(|s| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(crate::audit::event::format_ts)
-                .map_err(|_| format!("`{name}` is not an RFC 3339 time like 2026-11-01T00:00:00Z"))
-        })
-        .transpose()
+/// An RFC 3339 query parameter as the log's timestamp text.
+pub(crate) fn rfc3339(name: &str, v: &str) -> Result<String, String> {
+    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .map(crate::audit::event::format_ts)
+        .map_err(|_| format!("`{name}` is not an RFC 3339 time like 2026-11-01T00:00:00Z"))
 }
 
-/// Whether the policies let `claims` read the audit log (action `read_audit` on `audit-log`).
-pub(crate) fn read_audit(
+fn ts(name: &str, v: &Option<String>) -> Result<Option<String>, String> {
+    v.as_deref().map(|s| rfc3339(name, s)).transpose()
+}
+
+/// The policies' decision on `claims` reading the audit log (action `read_audit` on
+/// `audit-log`). A refusal is recorded as an `audit.read` deny (`action`, `detail`) and comes
+/// back as the 403 to answer.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn authorize_read(
     web: &Web,
     claims: &crate::authn::token::Claims,
     peer: SocketAddr,
-) -> gatehouse_policies::Decision {
-    web.access.policies.authorize(&AccessRequest {
+    action: &str,
+    mut detail: serde_json::Value,
+) -> Result<gatehouse_policies::Decision, Response> {
+    let decision = web.access.policies.authorize(&AccessRequest {
         user: claims.sub.clone(),
         groups: claims.groups.clone(),
         action: Action::ReadAudit,
@@ -76,7 +82,29 @@ pub(crate) fn read_audit(
             claims.mfa,
             time::OffsetDateTime::now_utc().hour(),
         ),
-    })
+    });
+    if decision.allowed {
+        return Ok(decision);
+    }
+    let mut e = NewEvent::new(EventKind::AuditRead);
+    e.actor = claims.sub.clone();
+    e.resource = "audit-log".into();
+    e.action = action.into();
+    e.decision = "deny".into();
+    e.reason = decision.reason.clone();
+    e.policy_ids = decision.policy_ids.clone();
+    e.controls = decision.controls.clone();
+    detail["client_addr"] = json!(peer.to_string());
+    e.detail = detail;
+    let _ = web.audit.record_durable(e).await;
+    Err(error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        &format!(
+            "reading the audit log is not permitted for {} ({})",
+            claims.sub, decision.reason
+        ),
+    ))
 }
 
 /// `GET /api/v1/audit/events`
@@ -118,27 +146,24 @@ pub async fn events(
         "control": q.control, "session": q.session, "after": q.after, "limit": limit,
     });
 
-    let decision = read_audit(&web, &claims, peer);
+    let decision = match authorize_read(
+        &web,
+        &claims,
+        peer,
+        "read",
+        json!({ "filters": filter_detail.clone() }),
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     let mut e = NewEvent::new(EventKind::AuditRead);
     e.actor = claims.sub.clone();
     e.resource = "audit-log".into();
     e.action = "read".into();
     e.policy_ids = decision.policy_ids.clone();
     e.controls = decision.controls.clone();
-    if !decision.allowed {
-        e.decision = "deny".into();
-        e.reason = decision.reason.clone();
-        e.detail = json!({ "filters": filter_detail, "client_addr": peer.to_string() });
-        let _ = web.audit.record_durable(e).await;
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            &format!(
-                "reading the audit log is not permitted for {} ({})",
-                claims.sub, decision.reason
-            ),
-        );
-    }
 
     let mut out = Vec::new();
     let mut after = q.after.unwrap_or(0);

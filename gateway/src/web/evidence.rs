@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use super::api::{authenticate, error};
-use super::audit::read_audit;
+use super::audit::{authorize_read, rfc3339};
 use super::Web;
 use crate::audit::{EventKind, NewEvent};
 use crate::evidence::bundle;
@@ -46,12 +46,6 @@ impl http_body::Body for ChannelBody {
             .poll_recv(cx)
             .map(|o| o.map(|r| r.map(http_body::Frame::data)))
     }
-}
-
-fn rfc3339(name: &str, v: &str) -> Result<String, String> {
-    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-        .map(crate::audit::event::format_ts)
-        .map_err(|_| format!("`{name}` is not an RFC 3339 time like 2026-10-01T00:00:00Z"))
 }
 
 /// `GET /api/v1/evidence/bundle`
@@ -87,25 +81,18 @@ pub async fn bundle(
             "the period is empty: from is not before to",
         );
     }
-    let decision = read_audit(&web, &claims, peer);
-    if !decision.allowed {
-        let mut e = NewEvent::new(EventKind::AuditRead);
-        e.actor = claims.sub.clone();
-        e.resource = "audit-log".into();
-        e.action = "bundle".into();
-        e.decision = "deny".into();
-        e.reason = decision.reason.clone();
-        e.detail = json!({ "from": from, "to": to, "client_addr": peer.to_string() });
-        let _ = web.audit.record_durable(e).await;
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            &format!(
-                "reading the audit log is not permitted for {} ({})",
-                claims.sub, decision.reason
-            ),
-        );
-    }
+    let decision = match authorize_read(
+        &web,
+        &claims,
+        peer,
+        "bundle",
+        json!({ "from": from, "to": to }),
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
 
     // One build at a time per gateway: each takes a blocking thread and minutes for a long
     // period, and any permitted reader could otherwise start many.
