@@ -11,6 +11,7 @@ use gatehouse_tests::{
 use serde_json::Value;
 
 const QUOTA: u64 = 4 << 20;
+const ALERT_PERCENT: u64 = 25;
 
 fn capacity_events(gw: &Gateway) -> anyhow::Result<Vec<Value>> {
     Ok(gw
@@ -27,7 +28,7 @@ async fn over_its_quota_the_store_alerts_and_sheds_unauthenticated_noise() -> an
         GatewayConfig::new()
             .allow_plaintext(true)
             .set("store", "quota_bytes", &QUOTA.to_string())
-            .set("store", "alert_percent", "60")
+            .set("store", "alert_percent", &ALERT_PERCENT.to_string())
             .set("store", "capacity_check_interval", "\"1s\"")
             .resource(Resource::orders_dev(&pg, "orders-db")),
     )?;
@@ -35,28 +36,38 @@ async fn over_its_quota_the_store_alerts_and_sheds_unauthenticated_noise() -> an
     let psql = Psql::new(gw.pg_addr(), "orders-db", "alice")
         .password(&token)
         .timeout(Duration::from_secs(120));
-    // Each statement is logged as 8 KiB (its head and tail, with its hash): a few hundred
-    // of them grow the store past the alert level, then past the quota.
+    // Each statement is logged as 8 KiB (its head and tail, with its hash). The alert level
+    // is a quarter of the quota, so 3 MiB lie between the two levels: small steps (ten
+    // statements, one psql each) until the alert, so that no step outruns a check (one a
+    // second) across that whole band; then larger ones until the quota.
     let filler = format!("select 1 /* {} */;\n", "x".repeat(9000));
+    let alert = poll(Duration::from_secs(240), Duration::from_millis(10), || {
+        let out = psql.run_script(&filler.repeat(10))?;
+        anyhow::ensure!(out.success(), "{out}");
+        let events = capacity_events(&gw)?;
+        anyhow::ensure!(
+            !events.iter().any(|e| e["detail"]["level"] == "over_quota"),
+            "over the quota with no alert before it: {events:#?}"
+        );
+        Ok(events
+            .iter()
+            .find(|e| e["detail"]["level"] == "alert")
+            .cloned())
+    })?
+    .ok_or_else(|| anyhow::anyhow!("no alert while the store grew"))?;
     let over = poll(Duration::from_secs(240), Duration::from_millis(10), || {
         let out = psql.run_script(&filler.repeat(30))?;
         anyhow::ensure!(out.success(), "{out}");
-        let events = capacity_events(&gw)?;
-        Ok(events
-            .iter()
-            .find(|e| e["detail"]["level"] == "over_quota")
-            .cloned())
+        Ok(capacity_events(&gw)?
+            .into_iter()
+            .find(|e| e["detail"]["level"] == "over_quota"))
     })?
     .ok_or_else(|| anyhow::anyhow!("the store never went over its quota"))?;
     let events = capacity_events(&gw)?;
-    let alert = events
-        .iter()
-        .find(|e| e["detail"]["level"] == "alert")
-        .ok_or_else(|| anyhow::anyhow!("no alert before the quota: {events:#?}"))?;
     assert!(alert["seq"].as_u64() < over["seq"].as_u64(), "{events:#?}");
     let size = alert["detail"]["size_bytes"].as_u64().unwrap_or(0);
     assert!(
-        (QUOTA * 60 / 100..QUOTA).contains(&size),
+        (QUOTA * ALERT_PERCENT / 100..QUOTA).contains(&size),
         "alerted at {size} bytes"
     );
     assert!(over["detail"]["size_bytes"].as_u64().unwrap_or(0) >= QUOTA);
