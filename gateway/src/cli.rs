@@ -225,6 +225,11 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Get an SSH certificate for your credential (valid as long as it, at most 12 h): writes
+    /// a key, the certificate and the gateway's host key under $GATEHOUSE_HOME/ssh/, and prints
+    /// the `Host` block for ~/.ssh/config. Then plain `ssh web-1.gh` (or `ssh root%web-1@...`)
+    /// goes through the gateway's SSH door.
+    SshCert,
     /// Print `export PG...` lines for a resource, for `eval "$(gatehouse env orders-db)"`.
     /// The output contains your credential: do not paste it anywhere.
     Env {
@@ -465,6 +470,16 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             keys::rotate(&config, by.as_deref()).await
         }
+        Command::Keys(KeysCommand::SshUpstreamCa { config }) => {
+            init_tracing(false, "warn");
+            let config = match load_config_with(&config.config, Secrets::Skip) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            keys::ssh_upstream_ca(&config).map(|line| {
+                let _ = writeln!(std::io::stdout(), "{line}");
+            })
+        }
         Command::Login {
             gateway,
             device,
@@ -516,6 +531,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             match crate::client::connect::run(args).await {
                 Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::SshCert => {
+            init_tracing(false, "warn");
+            match crate::client::ssh::ssh_cert().await {
+                Ok(w) => {
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "{}",
+                        crate::client::ssh::config_block(&w)
+                    );
+                    Ok(())
+                }
                 Err(e) => Err(e),
             }
         }

@@ -18,6 +18,7 @@ mod api;
 mod credentials;
 mod login;
 mod psql;
+pub mod ssh;
 mod status;
 
 pub use self::access::{

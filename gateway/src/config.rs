@@ -15,7 +15,7 @@ mod resource;
 
 pub use resource::{
     PostgresDirect, PostgresResource, Reach, Resource, ResourceKind, ResourceSpec, RoleCredential,
-    TcpResource, DEFAULT_ROLE,
+    SshResource, TcpResource, DEFAULT_ROLE,
 };
 
 /// Reads the environment. Tests pass a map instead of mutating the process environment.
@@ -154,6 +154,8 @@ struct File {
     #[serde(default)]
     tcp: TcpFile,
     #[serde(default)]
+    ssh: SshFile,
+    #[serde(default)]
     siem: SiemFile,
     /// Read key by key in [`resource`]: the common keys, then the kind's own.
     #[serde(default, rename = "resource")]
@@ -191,6 +193,15 @@ struct TcpFile {
     listen: Option<String>,
     max_connections: Option<u64>,
     handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshFile {
+    listen: Option<String>,
+    max_connections: Option<u64>,
+    auth_timeout: Option<String>,
+    certificate_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,8 +358,22 @@ pub struct Config {
     pub agents: Option<AgentsConfig>,
     /// The generic TCP front door (`[tcp]`); off unless `listen` is given.
     pub tcp: TcpConfig,
+    /// The SSH front door (`[ssh]`); off unless `listen` is given.
+    pub ssh: SshConfig,
     pub siem: SiemConfig,
     pub resources: Vec<Resource>,
+}
+
+/// The SSH front door ([`crate::ssh`]).
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// Where it listens; `None` (the default) leaves the door closed.
+    pub listen: Option<SocketAddr>,
+    pub max_connections: usize,
+    /// How long a client has to authenticate.
+    pub auth_timeout: Duration,
+    /// The longest an SSH user certificate lives (never past the credential it comes from).
+    pub certificate_ttl: Duration,
 }
 
 /// The generic TCP front door ([`crate::tcp`]).
@@ -658,6 +683,7 @@ impl Config {
         let access = access_config(file.access)?;
         let agents = file.agents.map(agents_config).transpose()?;
         let tcp = tcp_config(file.tcp)?;
+        let ssh = ssh_config(file.ssh)?;
         let siem = SiemConfig {
             syslog_tcp: match file.siem.syslog_tcp {
                 Some(a) => {
@@ -740,6 +766,7 @@ impl Config {
             access,
             agents,
             tcp,
+            ssh,
             siem,
             resources,
         })
@@ -763,6 +790,7 @@ impl Config {
         let what = match kind {
             ResourceKind::Postgres => "PostgreSQL resources",
             ResourceKind::Tcp => "TCP resources",
+            ResourceKind::Ssh => "SSH resources",
         };
         if names.is_empty() {
             return format!("the gateway has no {what}");
@@ -811,6 +839,24 @@ fn tcp_config(t: TcpFile) -> Result<TcpConfig, ConfigError> {
             t.handshake_timeout.as_deref(),
             "3s",
         )?,
+    })
+}
+
+fn ssh_config(t: SshFile) -> Result<SshConfig, ConfigError> {
+    let listen = t
+        .listen
+        .as_deref()
+        .map(|text| {
+            text.parse::<SocketAddr>()
+                .map_err(|_| invalid("ssh.listen", format!("`{text}` is not an ip:port address")))
+        })
+        .transpose()?;
+    Ok(SshConfig {
+        listen,
+        max_connections: bounded("ssh.max_connections", t.max_connections, 1024, 1, 100_000)?
+            as usize,
+        auth_timeout: duration("ssh.auth_timeout", t.auth_timeout.as_deref(), "20s")?,
+        certificate_ttl: duration("ssh.certificate_ttl", t.certificate_ttl.as_deref(), "12h")?,
     })
 }
 

@@ -28,6 +28,7 @@ pub mod registry;
 pub mod server;
 pub mod session_record;
 pub mod siem;
+pub mod ssh;
 pub mod store;
 pub mod tcp;
 pub mod tls;

@@ -118,6 +118,20 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         None => None,
     };
     let tcp_addr = tcp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    // The SSH door, when `[ssh] listen` is set; its keys always (the API signs certificates).
+    let ssh_keys = Arc::new(
+        crate::ssh::ca::SshKeys::load_or_create(&config.state_dir.join("keys"))
+            .context("loading the SSH keys")?,
+    );
+    let ssh_listener = match config.ssh.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the ssh front door to {addr}"))?,
+        ),
+        None => None,
+    };
+    let ssh_addr = ssh_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let agents = match (&config.agents, agents_addr) {
         (Some(a), Some(bound)) => {
             let mut a = a.clone();
@@ -159,6 +173,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         "https_listen": http_addr.to_string(),
         "agents_listen": agents_addr.map(|a| a.to_string()),
         "tcp_listen": tcp_addr.map(|a| a.to_string()),
+        "ssh_listen": ssh_addr.map(|a| a.to_string()),
         "sso_issuer": config.oidc.as_ref().map(|o| o.issuer.clone()),
         "resources": config.resources.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "policies": policies.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
@@ -207,6 +222,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         instance: instance.clone(),
         links: links.clone(),
     });
+    let ssh_instance = instance.clone();
     let door = Arc::new(FrontDoor {
         config: config.clone(),
         tls,
@@ -278,7 +294,9 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
         access,
         postgres_public(&config, pg_addr),
         agents.clone(),
-        admission,
+        admission.clone(),
+        ssh_keys.clone(),
+        ssh_addr.map(|a| a.to_string()),
     ));
     let (stop_agents, agents_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_listener = match (agents_listener, &agents) {
@@ -317,6 +335,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
             "https": http_addr.to_string(),
             "agents": agents_addr.map(|a| a.to_string()),
             "tcp": tcp_addr.map(|a| a.to_string()),
+            "ssh": ssh_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         let tmp = path.with_extension("tmp");
@@ -325,6 +344,24 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     }
     info!(postgres = %pg_addr, https = %http_addr, sso = rp.is_some(), resources = config.resources.len(), "gatehouse is serving");
 
+    let (stop_ssh, ssh_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ssh_front = ssh_listener.map(|l| {
+        let door = Arc::new(crate::ssh::frontdoor::SshDoor {
+            config: config.clone(),
+            admission: admission.clone(),
+            audit: audit.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            instance: ssh_instance.clone(),
+            server: Arc::new(crate::ssh::frontdoor::server_config(&ssh_keys)),
+            keys: ssh_keys.clone(),
+        });
+        let limits =
+            crate::listener::Limits::new(config.ssh.max_connections, config.ssh.auth_timeout);
+        tokio::spawn(crate::listener::serve(l, door, limits, async move {
+            let _ = ssh_stopped.await;
+        }))
+    });
     let (stop_tcp, tcp_stopped) = tokio::sync::oneshot::channel::<()>();
     let tcp_front = tcp_listener.map(|l| {
         let limits =
@@ -338,6 +375,7 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     // Stop every listener and background task at once; each listener returns as soon as it
     // stops accepting (its open connections are the registry's to end).
     let _ = stop_tcp.send(());
+    let _ = stop_ssh.send(());
     let _ = stop_http.send(());
     let _ = stop_agents.send(());
     watcher.abort();
@@ -351,6 +389,9 @@ pub async fn run(config: Config, ready_file: Option<&Path>) -> anyhow::Result<()
     grants.abort();
     summaries_stop.send_replace(true);
     if let Some(t) = tcp_front {
+        let _ = t.await;
+    }
+    if let Some(t) = ssh_front {
         let _ = t.await;
     }
     let _ = https.await;

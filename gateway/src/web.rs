@@ -21,6 +21,7 @@ pub mod login;
 pub mod openapi;
 pub mod page;
 pub mod session;
+pub mod ssh;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -90,6 +91,10 @@ pub struct Web {
     pub refresh: std::sync::Mutex<HashMap<String, session::LiveLogin>>,
     /// The credential checks the front doors use, for bearer credentials.
     pub admission: Admission,
+    /// The SSH keys: the user CA signs `POST /api/v1/credentials/ssh`.
+    pub ssh: Arc<crate::ssh::ca::SshKeys>,
+    /// The SSH front door's address as clients reach it, when it is open.
+    pub ssh_public: Option<String>,
 }
 
 impl Web {
@@ -105,9 +110,13 @@ impl Web {
         postgres_public: String,
         agents: Option<Arc<crate::agents::AgentService>>,
         admission: Admission,
+        ssh: Arc<crate::ssh::ca::SshKeys>,
+        ssh_public: Option<String>,
     ) -> Web {
         Web {
             admission,
+            ssh,
+            ssh_public,
             agents,
             config,
             tokens,
@@ -191,6 +200,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/whoami", get(api::whoami))
         .route("/api/v1/logout", post(api::logout))
         .route("/api/v1/credentials/postgres", post(api::door_credential))
+        .route(
+            "/api/v1/credentials/ssh",
+            post(crate::web::ssh::certificate),
+        )
         .route("/api/v1/openapi.json", get(jit::openapi))
         .route("/api/v1/resources", get(jit::resources))
         .route(

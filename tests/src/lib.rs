@@ -66,6 +66,7 @@ pub mod pg;
 pub mod readme;
 pub mod redis;
 pub mod rsyslog;
+pub mod sshd;
 pub mod sso;
 pub mod util;
 pub mod webhook;

@@ -112,11 +112,16 @@ pub enum EventKind {
     ReviewDecision,
     /// A SIEM stream fell behind (undelivered events or their age over the alert), or caught up.
     SiemLag,
+    /// What an SSH session ran: an `exec` command or a subsystem (sftp), as asked.
+    SshCommand,
+    /// The SSH door refused a channel or a request on one (port forwarding, agent or X11
+    /// forwarding, an environment variable, a subsystem): the session goes on without it.
+    SshRefused,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 48] = [
+    pub const ALL: [EventKind; 50] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -165,6 +170,8 @@ impl EventKind {
         EventKind::ReviewCampaignStarted,
         EventKind::ReviewDecision,
         EventKind::SiemLag,
+        EventKind::SshCommand,
+        EventKind::SshRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -217,6 +224,8 @@ impl EventKind {
             EventKind::ReviewCampaignStarted => "review.campaign_started",
             EventKind::ReviewDecision => "review.decision",
             EventKind::SiemLag => "siem.lag",
+            EventKind::SshCommand => "ssh.command",
+            EventKind::SshRefused => "ssh.refused",
         }
     }
 
@@ -294,6 +303,10 @@ impl EventKind {
             EventKind::ReviewDecision => &["5.18", "5.3", "8.2"],
             // Logging and monitoring: the log's copy in the SIEM is late.
             EventKind::SiemLag => &["8.15", "8.16"],
+            // Logging of brokered activity; what a session may use (information access
+            // restriction, networks: no tunnel past the gateway).
+            EventKind::SshCommand => &["8.15"],
+            EventKind::SshRefused => &["8.3", "8.15", "8.20"],
         }
     }
 }
@@ -621,6 +634,8 @@ mod tests {
                 EventKind::ReviewCampaignStarted => 45,
                 EventKind::ReviewDecision => 46,
                 EventKind::SiemLag => 47,
+                EventKind::SshCommand => 48,
+                EventKind::SshRefused => 49,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

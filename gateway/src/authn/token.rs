@@ -90,6 +90,10 @@ pub enum Door {
     Postgres,
     /// The generic TCP door, whose only client is `gatehouse connect`.
     Tcp,
+    /// The SSH door. Its credentials travel only inside an SSH user certificate the gateway
+    /// signed ([`crate::ssh::ca`]), so only a client holding that certificate's private key
+    /// presents one: it takes nothing but its own audience.
+    Ssh,
 }
 
 impl Door {
@@ -98,6 +102,7 @@ impl Door {
             Door::Api => "api",
             Door::Postgres => "postgres",
             Door::Tcp => "tcp",
+            Door::Ssh => "ssh",
         }
     }
 
@@ -122,6 +127,7 @@ impl Door {
             // audiences; a sign-in's credential only where gatehouse itself is the client.
             Door::Postgres => aud == base && !sign_in,
             Door::Tcp => aud == base,
+            Door::Ssh => false,
         }
     }
 }

@@ -1,4 +1,5 @@
 //! `gatehouse keys rotate`: retire the credential signing key and create a new one, audited.
+//! `gatehouse keys ssh-upstream-ca`: the line SSH targets put in `TrustedUserCAKeys`.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -19,6 +20,20 @@ pub(super) enum KeysCommand {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Print the gateway's upstream SSH CA public key (created if missing): put this line in
+    /// each SSH target's `TrustedUserCAKeys` file, so that the gateway can log in there. Only
+    /// the gateway holds certificates of this CA; people's certificates come from another.
+    SshUpstreamCa {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub(super) fn ssh_upstream_ca(config: &Config) -> anyhow::Result<String> {
+    let dir = config.state_dir.join("keys");
+    let keys = crate::ssh::ca::SshKeys::load_or_create(&dir)
+        .with_context(|| format!("loading the SSH keys in {}", dir.display()))?;
+    Ok(keys.upstream_ca_line())
 }
 
 pub(super) async fn rotate(config: &Config, by: Option<&str>) -> anyhow::Result<()> {

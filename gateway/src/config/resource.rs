@@ -17,9 +17,11 @@ use serde::Deserialize;
 use super::{invalid, valid_name, ConfigError, Env, Secrets};
 
 mod postgres;
+mod ssh;
 mod tcp;
 
 pub use postgres::{PostgresDirect, PostgresResource};
+pub use ssh::SshResource;
 pub use tcp::TcpResource;
 
 /// The role every resource has: its `credential` (a tcp resource's only role).
@@ -45,6 +47,8 @@ pub enum ResourceSpec {
     Postgres(PostgresResource),
     /// Any TCP service, relayed as bytes through the TCP front door ([`crate::tcp`]).
     Tcp(TcpResource),
+    /// An SSH server, through the SSH front door ([`crate::ssh`]).
+    Ssh(SshResource),
 }
 
 /// Where a resource is reached from: the embedded agent, with what it needs to connect, or a
@@ -79,16 +83,20 @@ pub enum ResourceKind {
     Postgres,
     /// Any TCP service, relayed as bytes through the TCP front door ([`crate::tcp`]).
     Tcp,
+    /// An SSH server, through the SSH front door ([`crate::ssh`]).
+    Ssh,
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 2] = [ResourceKind::Postgres, ResourceKind::Tcp];
+    pub const ALL: [ResourceKind; 3] =
+        [ResourceKind::Postgres, ResourceKind::Tcp, ResourceKind::Ssh];
 
     /// The `kind` key's value, and the `protocol` policies see.
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Postgres => "postgres",
             ResourceKind::Tcp => "tcp",
+            ResourceKind::Ssh => "ssh",
         }
     }
 }
@@ -98,6 +106,7 @@ impl ResourceSpec {
         match self {
             ResourceSpec::Postgres(_) => ResourceKind::Postgres,
             ResourceSpec::Tcp(_) => ResourceKind::Tcp,
+            ResourceSpec::Ssh(_) => ResourceKind::Ssh,
         }
     }
 }
@@ -112,6 +121,7 @@ impl Resource {
         match &self.spec {
             ResourceSpec::Postgres(pg) => pg.reach.agent(),
             ResourceSpec::Tcp(tcp) => tcp.reach.agent(),
+            ResourceSpec::Ssh(_) => None,
         }
     }
 
@@ -120,6 +130,7 @@ impl Resource {
         match &self.spec {
             ResourceSpec::Postgres(pg) => pg.reach.direct().map(|d| d.address.as_str()),
             ResourceSpec::Tcp(tcp) => tcp.reach.direct().map(|t| t.address.as_str()),
+            ResourceSpec::Ssh(ssh) => Some(ssh.address.as_str()),
         }
     }
 
@@ -127,6 +138,14 @@ impl Resource {
     pub fn postgres(&self) -> Option<&PostgresResource> {
         match &self.spec {
             ResourceSpec::Postgres(pg) => Some(pg),
+            _ => None,
+        }
+    }
+
+    /// The SSH part, for a `kind = "ssh"` resource.
+    pub fn ssh(&self) -> Option<&SshResource> {
+        match &self.spec {
+            ResourceSpec::Ssh(ssh) => Some(ssh),
             _ => None,
         }
     }
@@ -318,6 +337,11 @@ pub(super) fn parse(
                 ResourceSpec::Postgres(pg)
             }
             ResourceKind::Tcp => ResourceSpec::Tcp(tcp::parse(rest, &cx)?),
+            ResourceKind::Ssh => {
+                let (ssh, roles) = ssh::parse(rest, &cx)?;
+                role_names.extend(roles);
+                ResourceSpec::Ssh(ssh)
+            }
         };
         resources.push(Resource {
             name,

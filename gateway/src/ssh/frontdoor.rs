@@ -1,0 +1,1001 @@
+//! The SSH front door: the gateway is the SSH server engineers' plain OpenSSH clients talk to.
+//!
+//! A connection's life, top to bottom:
+//!
+//! 1. Public-key authentication with a user certificate of the gateway's user CA
+//!    ([`super::ca::check_user_cert`]); plain keys and every other method are refused, each
+//!    refusal counted per source ([`crate::admission::failures`]).
+//! 2. The SSH user name says where to: `web-1` (role `read`) or `root%web-1` (the role whose
+//!    upstream login is `root`, or the role named so). Admission verifies the certificate's
+//!    credential, asks the policies and records the decision durably, as for every door.
+//!    A refusal after a valid certificate is explained on the client's terminal (the SSH
+//!    disconnect message), after the decision is in the log.
+//! 3. The gateway logs in to the target ([`super::connector`]); only then does it accept
+//!    channels. Session channels carry a pty, a shell, `exec` (each command an `ssh.command`
+//!    event) and the `sftp` subsystem; environment variables only from a short list of
+//!    locale and terminal names. Port forwarding, agent forwarding and X11 are refused and
+//!    recorded (`ssh.refused`).
+//! 4. The registry can end the session (kill, disable, grant expiry or revocation, logout):
+//!    each open channel gets the reason on its stderr and exit status 255, then the
+//!    connection is closed with the same reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::random::random_bytes;
+use gatehouse_core::session::{EndReason, SessionId, SessionSummary};
+use russh::keys::{Certificate, HashAlg};
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet, Pty, Sig};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::ca::SshKeys;
+use super::connector;
+use crate::admission::{Admission, AdmitRequest, CredentialFault, Denial};
+use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::authn::token::Door as CredentialDoor;
+use crate::config::{Config, ResourceKind};
+use crate::listener::{Conn, Door, Serving};
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Environment variables a client may pass on: locale and terminal, nothing that changes
+/// what a program loads or runs (`LD_PRELOAD`, `PATH`, `BASH_ENV` ... are refused).
+const ALLOWED_ENV: &[&str] = &["LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ"];
+
+/// Commands (and subsystem names) are recorded up to this many bytes, with their full length.
+const MAX_COMMAND_RECORDED: usize = 8 * 1024;
+
+/// Messages waiting between a client channel and its upstream channel: a slow side slows the
+/// other, nothing is dropped.
+const CHANNEL_QUEUE: usize = 64;
+
+/// Everything a connection needs; shared by all connections.
+pub struct SshDoor {
+    pub config: Arc<Config>,
+    pub admission: Admission,
+    pub audit: AuditLog,
+    pub registry: Registry,
+    pub store: Store,
+    /// This gateway process's id in the sessions table.
+    pub instance: String,
+    pub keys: Arc<SshKeys>,
+    pub server: Arc<server::Config>,
+}
+
+/// russh's server settings for the door.
+/// The listener enforces the pre-authentication deadline (`[ssh] auth_timeout`); russh needs
+/// none of its own.
+pub fn server_config(keys: &SshKeys) -> server::Config {
+    server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-gatehouse_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![keys.host.clone()],
+        max_auth_attempts: 8,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        // Bounded: a client's unread messages wait here, then back-pressure the socket.
+        channel_buffer_size: 64,
+        event_buffer_size: 64,
+        ..server::Config::default()
+    }
+}
+
+impl Door for SshDoor {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn serve(self: Arc<Self>, mut conn: Conn) -> Serving {
+        Box::pin(async move {
+            let Some(tcp) = conn.take_stream() else {
+                return;
+            };
+            let _ = tcp.set_nodelay(true);
+            let peer = conn.peer();
+            let live: Arc<Mutex<Option<LiveEnd>>> = Arc::default();
+            let client = Client {
+                door: self.clone(),
+                conn,
+                peer,
+                session_id: SessionId(random_bytes::<16>()),
+                state: State::Unauthenticated,
+                live_end: live.clone(),
+                channels: HashMap::new(),
+                open: Arc::default(),
+            };
+            let running = match server::run_stream(self.server.clone(), tcp, client).await {
+                Ok(r) => r,
+                Err(e) => {
+                    info!(error = %e, "SSH handshake failed");
+                    self.count_refusal(peer, "handshake", &format!("SSH handshake failed: {e}"));
+                    return;
+                }
+            };
+            // If this future is dropped (the pre-authentication deadline), the session goes too.
+            let guard = DisconnectOnDrop(Some(running.handle()));
+            let _ = running.await;
+            drop(guard);
+            let end = live.lock().ok().and_then(|mut l| l.take());
+            if let Some(end) = end {
+                end.finish(&self.audit).await;
+            }
+        })
+    }
+
+    fn count_refusal(&self, peer: SocketAddr, class: &'static str, reason: &str) {
+        self.admission
+            .count_refusal(CredentialDoor::Ssh, peer, class, reason);
+    }
+}
+
+struct DisconnectOnDrop(Option<server::Handle>);
+
+impl Drop for DisconnectOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = h
+                    .disconnect(
+                        Disconnect::ByApplication,
+                        "gatehouse: the connection did not authenticate in time".into(),
+                        String::new(),
+                    )
+                    .await;
+            });
+        }
+    }
+}
+
+/// What recording a live session's end needs once the connection is over.
+struct LiveEnd {
+    record: crate::session_record::SessionRecord,
+    counters: Arc<Counters>,
+    started: Instant,
+    /// Why the gateway ended it, if it did.
+    cut: Arc<Mutex<Option<String>>>,
+    _registration: crate::registry::Registration,
+}
+
+impl LiveEnd {
+    async fn finish(self, audit: &AuditLog) {
+        let reason = match self.cut.lock().ok().and_then(|c| c.clone()) {
+            Some(why) => EndReason::Killed(why),
+            None => EndReason::ClientClosed,
+        };
+        let summary = SessionSummary {
+            bytes_from_client: self.counters.from_client.load(Ordering::Relaxed),
+            bytes_to_client: self.counters.to_client.load(Ordering::Relaxed),
+            statements: self.counters.commands.load(Ordering::Relaxed),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            reason,
+            client_terminated: true,
+        };
+        info!(
+            reason = %summary.reason,
+            bytes_from_client = summary.bytes_from_client,
+            bytes_to_client = summary.bytes_to_client,
+            "ssh session ended"
+        );
+        self.record.end(audit, &summary).await;
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    commands: AtomicU64,
+}
+
+enum State {
+    Unauthenticated,
+    /// Authenticated, but refused: the client is told why and disconnected.
+    Refused(String),
+    Live(Box<Live>),
+}
+
+struct Live {
+    user: String,
+    resource: String,
+    upstream: Arc<connector::Handle>,
+    counters: Arc<Counters>,
+    kill: tokio::sync::watch::Receiver<Option<String>>,
+    cut: Arc<Mutex<Option<String>>>,
+}
+
+/// One client connection.
+struct Client {
+    door: Arc<SshDoor>,
+    conn: Conn,
+    peer: SocketAddr,
+    session_id: SessionId,
+    state: State,
+    live_end: Arc<Mutex<Option<LiveEnd>>>,
+    channels: HashMap<ChannelId, mpsc::Sender<Cmd>>,
+    /// The open channels, which the kill task writes the reason to.
+    open: Arc<Mutex<Vec<ChannelId>>>,
+}
+
+/// What a client channel asks of its upstream channel.
+enum Cmd {
+    Data(Bytes),
+    Eof,
+    Close,
+    Pty {
+        term: String,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: Vec<(Pty, u32)>,
+    },
+    Env(String, String),
+    Shell,
+    Exec(Vec<u8>),
+    Subsystem(String),
+    WindowChange(u32, u32, u32, u32),
+    Signal(Sig),
+}
+
+/// `root%web-1` -> (`root`, `web-1`); `web-1` -> (None, `web-1`).
+pub fn parse_target(name: &str) -> (Option<&str>, &str) {
+    match name.rsplit_once('%') {
+        Some((login, resource)) => (Some(login), resource),
+        None => (None, name),
+    }
+}
+
+/// What the client's terminal shows for a refusal after its certificate was valid.
+fn refusal_text(denial: &Denial, config: &Config) -> String {
+    match denial {
+        Denial::Credential { fault, .. } => match fault {
+            CredentialFault::Invalid(_) => "gatehouse: the certificate's credential is not valid any more; run `gatehouse ssh-cert` for a new one".into(),
+            CredentialFault::Disabled => "gatehouse: your user is disabled; ask an administrator".into(),
+            CredentialFault::Revoked | CredentialFault::UnknownLogin => "gatehouse: your sign-in was revoked; run `gatehouse login` and `gatehouse ssh-cert` again".into(),
+        },
+        Denial::UnknownResource { name } => format!(
+            "gatehouse: resource \"{name}\" is not known to the gateway ({})",
+            config.known_resources(ResourceKind::Ssh)
+        ),
+        Denial::UnknownRole { resource, role, roles } => format!(
+            "gatehouse: resource \"{resource}\" has no login or role \"{role}\" (roles: {})",
+            roles.join(", ")
+        ),
+        Denial::Policy { resource, reason, seq, session_id } => format!(
+            "gatehouse: access to {resource} denied by policy: {reason} (decision recorded as audit event {seq}, session {session_id})"
+        ),
+        Denial::Store { .. } => "gatehouse: the gateway cannot check or record this access right now; the connection is refused (fail closed)".into(),
+    }
+}
+
+impl Client {
+    fn refuse_auth(&self, reason: &str) -> Auth {
+        info!(reason = %reason, "ssh authentication refused");
+        self.door
+            .admission
+            .count_refusal(CredentialDoor::Ssh, self.peer, "credential", reason);
+        Auth::reject()
+    }
+
+    fn refused(&mut self, why: String) -> Auth {
+        // The certificate was good: the client authenticated, and is told why it goes no
+        // further (in `auth_succeeded`), once the reason is in the log.
+        self.conn.authenticated();
+        self.state = State::Refused(why);
+        Auth::Accept
+    }
+
+    async fn record(
+        &self,
+        kind: EventKind,
+        action: &str,
+        reason: String,
+        detail: serde_json::Value,
+    ) {
+        let (user, resource) = match &self.state {
+            State::Live(l) => (l.user.clone(), l.resource.clone()),
+            _ => ("-".to_string(), String::new()),
+        };
+        let mut e = NewEvent::new(kind);
+        e.actor = user;
+        e.resource = resource;
+        e.action = action.into();
+        e.reason = reason;
+        e.session_id = self.session_id.to_string();
+        e.detail = detail;
+        let _ = self.door.audit.record(e).await;
+    }
+
+    async fn refuse_request(&self, what: &str, detail: serde_json::Value) {
+        info!(what, "ssh request refused");
+        self.record(
+            EventKind::SshRefused,
+            what,
+            format!("{what} is not allowed through the gateway"),
+            detail,
+        )
+        .await;
+    }
+
+    async fn send(&mut self, channel: ChannelId, cmd: Cmd) {
+        if let Some(tx) = self.channels.get(&channel) {
+            if tx.send(cmd).await.is_err() {
+                self.channels.remove(&channel);
+            }
+        }
+    }
+
+    async fn admit(&mut self, name: &str, cert: &Certificate) -> Auth {
+        let door = self.door.clone();
+        let now = crate::authn::token::unix_now();
+        let checked = match super::ca::check_user_cert(cert, door.keys.user_ca.public_key(), now) {
+            Ok(c) => c,
+            Err(e) => return self.refuse_auth(&e.to_string()),
+        };
+        let span = tracing::Span::current();
+        span.record("user", checked.user.as_str());
+        span.record("session.id", tracing::field::display(self.session_id));
+        let (asked, resource_name) = parse_target(name);
+        let role = match (
+            asked,
+            door.config.resource(resource_name).and_then(|r| r.ssh()),
+        ) {
+            (None, _) => crate::config::DEFAULT_ROLE.to_string(),
+            (Some(a), Some(ssh)) => ssh.role_for(a).unwrap_or(a).to_string(),
+            (Some(a), None) => a.to_string(),
+        };
+        if crate::admission::check_names(&checked.user, resource_name).is_err() {
+            return self.refuse_auth("the SSH user name is not `[login%]resource`");
+        }
+        let admitted = door
+            .admission
+            .admit(AdmitRequest {
+                user: &checked.user,
+                credential: &checked.credential,
+                resource: resource_name,
+                role: &role,
+                named_as: name,
+                action: "connect",
+                peer: self.peer,
+                tls: true,
+                session_id: self.session_id,
+                door: CredentialDoor::Ssh,
+            })
+            .await;
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(Denial::Credential {
+                fault: CredentialFault::Invalid(_),
+                ..
+            }) => {
+                // A certificate whose credential does not verify is no valid certificate.
+                return Auth::reject();
+            }
+            Err(denial) => return self.refused(refusal_text(&denial, &door.config)),
+        };
+        let resource = admitted.resource;
+        let Some(ssh) = resource.ssh() else {
+            let kind = resource.kind().as_str();
+            return self.refused(format!(
+                "gatehouse: resource \"{}\" is a {kind} resource, not an ssh one; use its own front door",
+                resource.name
+            ));
+        };
+        let Some(login) = ssh.logins.get(&admitted.role).cloned() else {
+            return self.refused(format!(
+                "gatehouse: resource \"{}\" has no login for role \"{}\"",
+                resource.name, admitted.role
+            ));
+        };
+        let key_id = format!(
+            "gatehouse session {} user {} cert {}",
+            self.session_id, checked.user, checked.key_fingerprint
+        );
+        let upstream = match connector::connect(ssh, &login, &door.keys.upstream_ca, &key_id).await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(upstream = %ssh.address, error = %e, "ssh upstream failed");
+                let mut ev = NewEvent::new(EventKind::SessionFailed);
+                ev.actor = checked.user.clone();
+                ev.resource = resource.name.clone();
+                ev.action = "connect".into();
+                ev.session_id = self.session_id.to_string();
+                ev.reason = e.to_string();
+                ev.detail = serde_json::json!({ "protocol": "ssh", "upstream": ssh.address, "login": login });
+                let _ = door.audit.record(ev).await;
+                return self.refused(format!(
+                    "gatehouse: cannot open resource \"{}\": {e}",
+                    resource.name
+                ));
+            }
+        };
+        self.conn.authenticated();
+        let owner = crate::registry::Owner {
+            user: checked.user.clone(),
+            resource: resource.name.clone(),
+            login: admitted.claims.sid.clone(),
+        };
+        let (_pid, _secret, kill, registration) =
+            door.registry
+                .register(self.session_id, owner, None, admitted.grant);
+        let mut start = NewEvent::new(EventKind::SessionStart);
+        start.actor = checked.user.clone();
+        start.resource = resource.name.clone();
+        start.action = "connect".into();
+        start.session_id = self.session_id.to_string();
+        start.detail = serde_json::json!({
+            "protocol": "ssh",
+            "upstream": ssh.address,
+            "login": login,
+            "role": admitted.role,
+            "grant_id": admitted.grant.map(|g| g.id),
+            "client_addr": self.peer.to_string(),
+            "certificate_serial": checked.serial,
+            "certificate_key": checked.key_fingerprint,
+        });
+        if door.audit.record(start).await.is_err() {
+            return self.refused(
+                "gatehouse: the audit log cannot record the session; refused (fail closed)".into(),
+            );
+        }
+        let record = crate::session_record::list(
+            &door.store,
+            crate::session_record::Listing {
+                instance: &door.instance,
+                id: self.session_id,
+                user: &checked.user,
+                resource: &resource.name,
+                client_addr: self.peer,
+                role: &admitted.role,
+                grant: admitted.grant,
+                protocol: "ssh",
+            },
+        );
+        let counters = Arc::new(Counters::default());
+        let cut = Arc::new(Mutex::new(None));
+        if let Ok(mut slot) = self.live_end.lock() {
+            *slot = Some(LiveEnd {
+                record,
+                counters: counters.clone(),
+                started: Instant::now(),
+                cut: cut.clone(),
+                _registration: registration,
+            });
+        }
+        info!(resource = %resource.name, login = %login, "ssh session started");
+        self.state = State::Live(Box::new(Live {
+            user: checked.user,
+            resource: resource.name.clone(),
+            upstream: Arc::new(upstream),
+            counters,
+            kill,
+            cut,
+        }));
+        Auth::Accept
+    }
+}
+
+impl server::Handler for Client {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = key.public_key.fingerprint(HashAlg::Sha256);
+        Ok(self.refuse_auth(&format!(
+            "a plain public key ({fp}) was offered; the gateway takes only its own certificates (`gatehouse ssh-cert`)"
+        )))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if !matches!(self.state, State::Unauthenticated) {
+            return Ok(Auth::reject());
+        }
+        Ok(self.admit(user, certificate).await)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let handle = session.handle();
+        match &self.state {
+            State::Refused(why) => {
+                let why = why.clone();
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(Disconnect::ByApplication, why, String::new())
+                        .await;
+                });
+            }
+            State::Live(live) => {
+                // The registry's kill: the reason on every channel's stderr, then the close.
+                let mut kill = live.kill.clone();
+                let cut = live.cut.clone();
+                let upstream = live.upstream.clone();
+                let channels = self.open.clone();
+                tokio::spawn(async move {
+                    let why = loop {
+                        if let Some(why) = kill.borrow_and_update().clone() {
+                            break why;
+                        }
+                        if kill.changed().await.is_err() {
+                            return;
+                        }
+                    };
+                    if let Ok(mut c) = cut.lock() {
+                        *c = Some(why.clone());
+                    }
+                    info!(reason = %why, "ssh session cut");
+                    let text = format!("\r\ngatehouse: this session was ended: {why}\r\n");
+                    let ids: Vec<ChannelId> =
+                        channels.lock().map(|c| c.clone()).unwrap_or_default();
+                    for id in ids {
+                        let _ = handle.extended_data(id, 1, Bytes::from(text.clone())).await;
+                        let _ = handle.exit_status_request(id, 255).await;
+                        let _ = handle.eof(id).await;
+                        let _ = handle.close(id).await;
+                    }
+                    let _ = upstream
+                        .disconnect(
+                            Disconnect::ByApplication,
+                            "session ended by the gateway",
+                            "",
+                        )
+                        .await;
+                    let _ = handle
+                        .disconnect(
+                            Disconnect::ByApplication,
+                            format!("gatehouse: session ended: {why}"),
+                            String::new(),
+                        )
+                        .await;
+                });
+            }
+            State::Unauthenticated => {}
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let State::Live(live) = &self.state else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let up = match live.upstream.channel_open_session().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "the target refused a session channel");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        let id = channel.id();
+        drop(channel);
+        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+        self.channels.insert(id, tx);
+        if let Ok(mut open) = self.open.lock() {
+            open.push(id);
+        }
+        reply.accept().await;
+        tokio::spawn(pump(up, session.handle(), id, rx, live.counters.clone()));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.refuse_request(
+            "port forwarding",
+            serde_json::json!({ "channel": "direct-tcpip", "to": format!("{}:{port}", host.chars().take(255).collect::<String>()) }),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.refuse_request(
+            "socket forwarding",
+            serde_json::json!({ "channel": "direct-streamlocal" }),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        self.refuse_request("X11 forwarding", serde_json::json!({ "channel": "x11" }))
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request(
+            "remote port forwarding",
+            serde_json::json!({ "request": "tcpip-forward", "listen": format!("{}:{port}", address.chars().take(255).collect::<String>()) }),
+        )
+        .await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        _path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request(
+            "remote socket forwarding",
+            serde_json::json!({ "request": "streamlocal-forward" }),
+        )
+        .await;
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request(
+            "agent forwarding",
+            serde_json::json!({ "request": "auth-agent-req@openssh.com" }),
+        )
+        .await;
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        self.refuse_request(
+            "X11 forwarding",
+            serde_json::json!({ "request": "x11-req" }),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let cmd = Cmd::Pty {
+            term: term.chars().take(64).collect(),
+            cols,
+            rows,
+            pix_width,
+            pix_height,
+            modes: modes.to_vec(),
+        };
+        self.send(channel, cmd).await;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = ALLOWED_ENV.contains(&name) || (name.starts_with("LC_") && name.len() <= 32);
+        if !allowed || value.len() > 1024 {
+            session.channel_failure(channel)?;
+            self.refuse_request(
+                "environment variable",
+                serde_json::json!({ "request": "env", "name": name.chars().take(64).collect::<String>() }),
+            )
+            .await;
+            return Ok(());
+        }
+        session.channel_success(channel)?;
+        self.send(channel, Cmd::Env(name.to_string(), value.to_string()))
+            .await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.record(
+            EventKind::SshCommand,
+            "shell",
+            String::new(),
+            serde_json::json!({ "request": "shell", "channel": channel_number(channel) }),
+        )
+        .await;
+        self.send(channel, Cmd::Shell).await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        if let State::Live(l) = &self.state {
+            l.counters.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        let shown = &data[..data.len().min(MAX_COMMAND_RECORDED)];
+        self.record(
+            EventKind::SshCommand,
+            "exec",
+            String::new(),
+            serde_json::json!({
+                "request": "exec",
+                "command": String::from_utf8_lossy(shown),
+                "command_bytes": data.len(),
+                "truncated": data.len() > MAX_COMMAND_RECORDED,
+                "channel": channel_number(channel),
+            }),
+        )
+        .await;
+        self.send(channel, Cmd::Exec(data.to_vec())).await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            session.channel_failure(channel)?;
+            self.refuse_request("subsystem", serde_json::json!({ "request": "subsystem", "name": name.chars().take(64).collect::<String>() })).await;
+            return Ok(());
+        }
+        session.channel_success(channel)?;
+        if let State::Live(l) = &self.state {
+            l.counters.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        self.record(EventKind::SshCommand, "subsystem", String::new(), serde_json::json!({ "request": "subsystem", "name": "sftp", "channel": channel_number(channel) })).await;
+        self.send(channel, Cmd::Subsystem(name.to_string())).await;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(
+            channel,
+            Cmd::WindowChange(cols, rows, pix_width, pix_height),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Signal(signal)).await;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let State::Live(l) = &self.state {
+            l.counters
+                .from_client
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        self.send(channel, Cmd::Data(Bytes::copy_from_slice(data)))
+            .await;
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Eof).await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(channel, Cmd::Close).await;
+        self.channels.remove(&channel);
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|c| *c != channel);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let State::Live(live) = &self.state {
+            let upstream = live.upstream.clone();
+            tokio::spawn(async move {
+                let _ = upstream
+                    .disconnect(Disconnect::ByApplication, "client left", "")
+                    .await;
+            });
+        }
+    }
+}
+
+fn channel_number(id: ChannelId) -> String {
+    format!("{id}")
+}
+
+/// Moves one session channel's traffic between the client and the target until either closes.
+async fn pump(
+    mut up: Channel<russh::client::Msg>,
+    client: server::Handle,
+    id: ChannelId,
+    mut rx: mpsc::Receiver<Cmd>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let r = match cmd {
+                    None | Some(Cmd::Close) => {
+                        let _ = up.close().await;
+                        return;
+                    }
+                    Some(Cmd::Data(b)) => up.data_bytes(b).await,
+                    Some(Cmd::Eof) => up.eof().await,
+                    Some(Cmd::Pty { term, cols, rows, pix_width, pix_height, modes }) => {
+                        up.request_pty(false, &term, cols, rows, pix_width, pix_height, &modes).await
+                    }
+                    Some(Cmd::Env(k, v)) => up.set_env(false, k, v).await,
+                    Some(Cmd::Shell) => up.request_shell(true).await,
+                    Some(Cmd::Exec(c)) => up.exec(true, c).await,
+                    Some(Cmd::Subsystem(n)) => up.request_subsystem(true, n).await,
+                    Some(Cmd::WindowChange(c, r, w, h)) => up.window_change(c, r, w, h).await,
+                    Some(Cmd::Signal(s)) => up.signal(s).await,
+                };
+                if r.is_err() {
+                    let _ = client.close(id).await;
+                    return;
+                }
+            }
+            msg = up.wait() => {
+                match msg {
+                    None | Some(ChannelMsg::Close) => {
+                        let _ = client.close(id).await;
+                        return;
+                    }
+                    Some(ChannelMsg::Data { data }) => {
+                        counters.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if client.data(id, data).await.is_err() {
+                            let _ = up.close().await;
+                            return;
+                        }
+                    }
+                    Some(ChannelMsg::ExtendedData { data, ext }) => {
+                        counters.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let _ = client.extended_data(id, ext, data).await;
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        let _ = client.eof(id).await;
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        let _ = client.exit_status_request(id, exit_status).await;
+                    }
+                    Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
+                        let _ = client.exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag).await;
+                    }
+                    Some(ChannelMsg::Failure) => {
+                        let text = "gatehouse: the target refused the request\r\n";
+                        let _ = client.extended_data(id, 1, Bytes::from_static(text.as_bytes())).await;
+                        let _ = client.exit_status_request(id, 255).await;
+                        let _ = client.eof(id).await;
+                        let _ = client.close(id).await;
+                        let _ = up.close().await;
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_name_names_login_and_resource() {
+        assert_eq!(parse_target("web-1"), (None, "web-1"));
+        assert_eq!(parse_target("root%web-1"), (Some("root"), "web-1"));
+        assert_eq!(parse_target("a%b%web-1"), (Some("a%b"), "web-1"));
+    }
+}

@@ -1,0 +1,369 @@
+//! SSH through the gateway's SSH door, with the real OpenSSH client and a real `sshd` as the
+//! target: a certificate from `gatehouse ssh-cert`, commands with their exit status and bytes
+//! both ways, what the audit log holds of it, and the refusals (plain keys, a foreign CA, a
+//! policy denial, forwarding, a dangerous environment variable, a changed host key), each
+//! recorded with its reason; `sessions kill` ends a live session with a message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::sshd::Sshd;
+use gatehouse_tests::util::{run_command, temp_dir, CmdOutput, TempDir};
+use gatehouse_tests::{Gateway, GatewayConfig, Resource};
+use serde_json::Value;
+
+/// Until the gateway's upstream CA is known, sshd trusts a CA nobody holds.
+const NOBODY_CA: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl nobody";
+
+struct Setup {
+    sshd: Sshd,
+    gw: Gateway,
+    ssh_port: u16,
+}
+
+fn setup() -> anyhow::Result<Setup> {
+    let sshd = Sshd::start(NOBODY_CA)?;
+    let resource = Resource::postgres("web-1", sshd.address(), "unused")
+        .kind("ssh")
+        .database(None)
+        .labels(&[("env", "dev"), ("data_class", "internal")])
+        .raw("host_key", &toml_string(&sshd.host_key()?))
+        .raw(
+            "logins",
+            &format!("{{ read = {} }}", toml_string(&sshd.login())),
+        );
+    let gw = Gateway::start(
+        GatewayConfig::new()
+            .set("ssh", "listen", "\"127.0.0.1:0\"")
+            .resource(resource),
+    )?;
+    let cfg = gw.config_path().to_string_lossy().into_owned();
+    let ca = gw
+        .cli(&["keys", "ssh-upstream-ca", "--config", &cfg])?
+        .ok()?;
+    sshd.trust_ca(ca.stdout.trim())?;
+    let ssh_port = gw
+        .ready()
+        .get("ssh")
+        .and_then(Value::as_str)
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the ready file has no ssh address: {}", gw.ready()))?;
+    Ok(Setup { sshd, gw, ssh_port })
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// `ssh` with nothing from the machine's own configuration, in batch mode, with `key` (and
+/// its `-cert.pub` when there is one) and `known_hosts`.
+fn ssh_cmd(port: u16, key: &Path, known_hosts: &Path, target: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .env_remove("SSH_AUTH_SOCK")
+        .arg(format!("{target}@127.0.0.1"));
+    let cert = PathBuf::from(format!("{}-cert.pub", key.display()));
+    if cert.exists() {
+        cmd.arg("-o")
+            .arg(format!("CertificateFile={}", cert.display()));
+    }
+    cmd
+}
+
+/// alice's home, with her certificate from `gatehouse ssh-cert`.
+fn alice(s: &Setup) -> anyhow::Result<(TempDir, PathBuf, PathBuf)> {
+    let home = s.gw.engineer("alice", &["engineering"])?;
+    let out = s.gw.as_user(&home, &["ssh-cert"])?.ok()?;
+    assert!(out.stdout.contains("Host *.gh"), "{out}");
+    assert!(out.stdout.contains("CertificateFile"), "{out}");
+    let dir = home.join("ssh");
+    Ok((home, dir.join("id_ed25519"), dir.join("known_hosts")))
+}
+
+fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<CmdOutput> {
+    run_command(cmd, stdin, Duration::from_secs(60))
+}
+
+fn events_of(gw: &Gateway, kind: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(gw
+        .audit_events()?
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect())
+}
+
+#[test]
+fn a_certificate_from_the_gateway_runs_commands_on_the_target_and_each_is_recorded(
+) -> anyhow::Result<()> {
+    let s = setup()?;
+    let (_home, key, known_hosts) = alice(&s)?;
+
+    let out = run(
+        ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1").arg("echo hello-$((6*7)); exit 3"),
+        None,
+    )?;
+    assert_eq!(out.code(), Some(3), "{out}\n{}", s.sshd.log());
+    assert_eq!(out.stdout.trim(), "hello-42", "{out}");
+
+    // A megabyte there and its hash back: both directions carry every byte.
+    let data: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let out = run(
+        ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1").arg("sha256sum"),
+        Some(&data),
+    )?
+    .ok()?;
+    let expected = {
+        let mut c = Command::new("sha256sum");
+        run(&mut c, Some(&data))?.ok()?.stdout
+    };
+    assert_eq!(
+        out.stdout.split_whitespace().next(),
+        expected.split_whitespace().next()
+    );
+
+    // The log: the certificate issued, the decision, the commands, the sessions.
+    let gw = &s.gw;
+    let issued = events_of(gw, "credential.issued")?;
+    assert!(
+        issued
+            .iter()
+            .any(|e| e["detail"]["door"] == "ssh" && e["actor"] == "alice"),
+        "{issued:#?}"
+    );
+    let decisions = events_of(gw, "access.decision")?;
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e["actor"] == "alice" && e["resource"] == "web-1" && e["decision"] == "allow"),
+        "{decisions:#?}"
+    );
+    let commands = gw.wait_for_event(
+        |e| e["kind"] == "ssh.command" && e["detail"]["command"] == "sha256sum",
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        commands.iter().any(|e| e["kind"] == "ssh.command"
+            && e["detail"]["command"] == "echo hello-$((6*7)); exit 3"
+            && e["actor"] == "alice"),
+        "{commands:#?}"
+    );
+    let starts = events_of(gw, "session.start")?;
+    assert!(
+        starts
+            .iter()
+            .any(|e| e["detail"]["protocol"] == "ssh"
+                && e["detail"]["login"] == s.sshd.login().as_str()),
+        "{starts:#?}"
+    );
+    let ends = gw.wait_for_event(
+        |e| {
+            e["kind"] == "session.end"
+                && e["detail"]["protocol"] == "ssh"
+                && e["detail"]["bytes_from_client"].as_u64() >= Some(1_000_000)
+        },
+        Duration::from_secs(10),
+    )?;
+    assert!(!ends.is_empty());
+    Ok(())
+}
+
+#[test]
+fn keys_certificates_and_requests_the_gateway_does_not_take_are_refused_and_recorded(
+) -> anyhow::Result<()> {
+    let mut s = setup()?;
+    let (_home, key, known_hosts) = alice(&s)?;
+    let work = temp_dir("ssh-attacks")?;
+    let keygen = |args: &[&str]| -> anyhow::Result<()> {
+        run(Command::new("ssh-keygen").args(args), None)?.ok()?;
+        Ok(())
+    };
+
+    // A plain key, and a certificate of a CA the gateway does not know, for alice.
+    let plain = work.join("plain");
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &plain.to_string_lossy(),
+    ])?;
+    let out = run(
+        ssh_cmd(s.ssh_port, &plain, &known_hosts, "web-1").arg("true"),
+        None,
+    )?;
+    assert_eq!(out.code(), Some(255), "{out}");
+    assert!(out.stderr.contains("Permission denied"), "{out}");
+    let rogue_ca = work.join("rogue_ca");
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &rogue_ca.to_string_lossy(),
+    ])?;
+    let forged = work.join("forged");
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        &forged.to_string_lossy(),
+    ])?;
+    keygen(&[
+        "-q",
+        "-s",
+        &rogue_ca.to_string_lossy(),
+        "-I",
+        "forged",
+        "-n",
+        "alice",
+        "-V",
+        "+5m",
+        "-O",
+        "extension:credential@gatehouse=forged",
+        &format!("{}.pub", forged.display()),
+    ])?;
+    let out = run(
+        ssh_cmd(s.ssh_port, &forged, &known_hosts, "web-1").arg("true"),
+        None,
+    )?;
+    assert_eq!(out.code(), Some(255), "{out}");
+    let refused = s.gw.wait_for_event(
+        |e| {
+            e["kind"] == "connection.refused"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("not signed by the gateway's user CA"))
+        },
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        refused.iter().any(|e| e["kind"] == "connection.refused"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("plain public key"))),
+        "{refused:#?}"
+    );
+
+    // Forwarding through the gateway is refused; the session itself goes on.
+    let out = run(
+        ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1").args(["-W", &s.sshd.address()]),
+        None,
+    )?;
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert!(out.stderr.contains("prohibited"), "{out}");
+    // LD_PRELOAD never reaches the target; LANG does.
+    let out = run(
+        ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1")
+            .args(["-o", "SetEnv=LD_PRELOAD=/tmp/evil.so LANG=C.UTF-8"])
+            .arg("echo preload=${LD_PRELOAD:-unset}"),
+        None,
+    )?
+    .ok()?;
+    assert_eq!(out.stdout.trim(), "preload=unset", "{out}");
+    let refusals = s.gw.wait_for_event(
+        |e| e["kind"] == "ssh.refused" && e["detail"]["name"] == "LD_PRELOAD",
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        refusals.iter().any(|e| e["kind"] == "ssh.refused"
+            && e["detail"]["channel"] == "direct-tcpip"
+            && e["actor"] == "alice"),
+        "{refusals:#?}"
+    );
+
+    // Someone no policy lets in is told so on the terminal, after the decision is recorded.
+    let home = s.gw.engineer("mallory", &["sales"])?;
+    s.gw.as_user(&home, &["ssh-cert"])?.ok()?;
+    let dir = home.join("ssh");
+    let out = run(
+        ssh_cmd(
+            s.ssh_port,
+            &dir.join("id_ed25519"),
+            &dir.join("known_hosts"),
+            "web-1",
+        )
+        .arg("true"),
+        None,
+    )?;
+    assert_eq!(out.code(), Some(255), "{out}");
+    assert!(out.stderr.contains("denied by policy"), "{out}");
+    let denied = events_of(&s.gw, "access.decision")?;
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["actor"] == "mallory" && e["decision"] == "deny"),
+        "{denied:#?}"
+    );
+
+    // A target that shows another host key than the pinned one is not logged in to.
+    s.sshd.rotate_host_key()?;
+    let out = run(
+        ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1").arg("true"),
+        None,
+    )?;
+    assert_eq!(out.code(), Some(255), "{out}");
+    assert!(out.stderr.contains("host key"), "{out}");
+    let failed = events_of(&s.gw, "session.failed")?;
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("host key"))),
+        "{failed:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_killed_session_ends_within_a_second_with_the_reason_on_the_terminal() -> anyhow::Result<()> {
+    let s = setup()?;
+    let (_home, key, known_hosts) = alice(&s)?;
+    let cfg = s.gw.config_path().to_string_lossy().into_owned();
+    let session = ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1")
+        .arg("echo started; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let events = s.gw.wait_for_event(
+        |e| e["kind"] == "session.start" && e["detail"]["protocol"] == "ssh",
+        Duration::from_secs(20),
+    )?;
+    let id = events
+        .iter()
+        .find(|e| e["kind"] == "session.start" && e["detail"]["protocol"] == "ssh")
+        .and_then(|e| e["session_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    s.gw.cli(&[
+        "sessions", "kill", &id, "--config", &cfg, "--reason", "INC-7", "--by", "oncall",
+    ])?
+    .ok()?;
+    let killed = Instant::now();
+    let out = session.wait_with_output()?;
+    assert!(
+        killed.elapsed() <= Duration::from_secs(1),
+        "ended after {:?}",
+        killed.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INC-7"), "{stderr}");
+    assert_ne!(out.status.code(), Some(0));
+    Ok(())
+}
