@@ -177,6 +177,76 @@ fn a_certificate_from_the_gateway_runs_commands_on_the_target_and_each_is_record
     Ok(())
 }
 
+/// `scp` and `sftp` run the sftp subsystem through the gateway: 50 MB each way, hashes equal.
+#[test]
+fn scp_and_sftp_move_files_both_ways_intact() -> anyhow::Result<()> {
+    let s = setup()?;
+    let (_home, key, known_hosts) = alice(&s)?;
+    let work = temp_dir("ssh-files")?;
+    let local = work.join("big.bin");
+    let mut data = vec![0u8; 50 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&local, &data)?;
+    let remote = work.join("remote.bin");
+    let back = work.join("back.bin");
+    let opts = |cmd: &mut Command| {
+        cmd.args(["-F", "/dev/null", "-P", &s.ssh_port.to_string(), "-i"])
+            .arg(&key)
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .arg("-o")
+            .arg(format!("CertificateFile={}-cert.pub", key.display()))
+            .env_remove("SSH_AUTH_SOCK");
+    };
+    let mut up = Command::new("scp");
+    opts(&mut up);
+    up.arg(&local)
+        .arg(format!("web-1@127.0.0.1:{}", remote.display()));
+    run(&mut up, None)?.ok()?;
+    let mut down = Command::new("scp");
+    opts(&mut down);
+    down.arg(format!("web-1@127.0.0.1:{}", remote.display()))
+        .arg(&back);
+    run(&mut down, None)?.ok()?;
+    assert!(std::fs::read(&back)? == data, "the file came back changed");
+
+    // sftp: ls, get, rm, in batch mode.
+    let batch = work.join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "ls -l {r}\nget {r} {b2}\nrm {r}\n",
+            r = remote.display(),
+            b2 = work.join("again.bin").display()
+        ),
+    )?;
+    let mut sftp = Command::new("sftp");
+    opts(&mut sftp);
+    sftp.arg("-b").arg(&batch).arg("web-1@127.0.0.1");
+    let out = run(&mut sftp, None)?.ok()?;
+    assert!(out.stdout.contains("remote.bin"), "{out}");
+    assert!(std::fs::read(work.join("again.bin"))? == data);
+    assert!(!remote.exists(), "sftp rm did not remove the file");
+    let subsystems = events_of(&s.gw, "ssh.command")?;
+    assert!(
+        subsystems
+            .iter()
+            .filter(|e| e["detail"]["request"] == "subsystem" && e["detail"]["name"] == "sftp")
+            .count()
+            >= 3,
+        "{subsystems:#?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn keys_certificates_and_requests_the_gateway_does_not_take_are_refused_and_recorded(
 ) -> anyhow::Result<()> {

@@ -30,7 +30,10 @@ use gatehouse_core::random::random_bytes;
 use gatehouse_core::session::{EndReason, SessionId, SessionSummary};
 use russh::keys::{Certificate, HashAlg};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
-use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet, Pty, Sig};
+use russh::{
+    Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, MethodKind,
+    MethodSet, Pty, Sig,
+};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -577,7 +580,7 @@ impl server::Handler for Client {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let State::Live(live) = &self.state else {
             reply
@@ -594,14 +597,18 @@ impl server::Handler for Client {
             }
         };
         let id = channel.id();
-        drop(channel);
+        // What the client sends arrives through the handler's callbacks; the channel's own
+        // copy of it is not read (its receiver dropped, russh skips it).
+        let (_unread, client_write) = channel.split();
+        let (up_read, up_write) = up.split();
         let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
         self.channels.insert(id, tx);
         if let Ok(mut open) = self.open.lock() {
             open.push(id);
         }
         reply.accept().await;
-        tokio::spawn(pump(up, session.handle(), id, rx, live.counters.clone()));
+        tokio::spawn(to_upstream(up_write, rx));
+        tokio::spawn(to_client(up_read, client_write, live.counters.clone()));
         Ok(())
     }
 
@@ -913,79 +920,92 @@ fn channel_number(id: ChannelId) -> String {
     format!("{id}")
 }
 
-/// Moves one session channel's traffic between the client and the target until either closes.
-async fn pump(
-    mut up: Channel<russh::client::Msg>,
-    client: server::Handle,
-    id: ChannelId,
-    mut rx: mpsc::Receiver<Cmd>,
+/// Carries what the client asks of one session channel to its upstream channel, in order.
+/// Writes wait for the target's window, so a slow target slows the client (through
+/// [`CHANNEL_QUEUE`] and russh's own bounded queue), and nothing piles up in memory.
+async fn to_upstream(up: ChannelWriteHalf<russh::client::Msg>, mut rx: mpsc::Receiver<Cmd>) {
+    while let Some(cmd) = rx.recv().await {
+        let r = match cmd {
+            Cmd::Close => break,
+            Cmd::Data(b) => up.data_bytes(b).await,
+            Cmd::Eof => up.eof().await,
+            Cmd::Pty {
+                term,
+                cols,
+                rows,
+                pix_width,
+                pix_height,
+                modes,
+            } => {
+                up.request_pty(false, &term, cols, rows, pix_width, pix_height, &modes)
+                    .await
+            }
+            Cmd::Env(k, v) => up.set_env(false, k, v).await,
+            Cmd::Shell => up.request_shell(true).await,
+            Cmd::Exec(c) => up.exec(true, c).await,
+            Cmd::Subsystem(n) => up.request_subsystem(true, n).await,
+            Cmd::WindowChange(c, r, w, h) => up.window_change(c, r, w, h).await,
+            Cmd::Signal(s) => up.signal(s).await,
+        };
+        if r.is_err() {
+            break;
+        }
+    }
+    let _ = up.close().await;
+}
+
+/// Carries what the target sends on one session channel to the client, until it closes.
+/// Writes wait for the client's window: a client that stops reading stops the target's
+/// output (the target's window closes), it does not fill the gateway's memory.
+async fn to_client(
+    mut up: ChannelReadHalf,
+    client: ChannelWriteHalf<Msg>,
     counters: Arc<Counters>,
 ) {
     loop {
-        tokio::select! {
-            cmd = rx.recv() => {
-                let r = match cmd {
-                    None | Some(Cmd::Close) => {
-                        let _ = up.close().await;
-                        return;
-                    }
-                    Some(Cmd::Data(b)) => up.data_bytes(b).await,
-                    Some(Cmd::Eof) => up.eof().await,
-                    Some(Cmd::Pty { term, cols, rows, pix_width, pix_height, modes }) => {
-                        up.request_pty(false, &term, cols, rows, pix_width, pix_height, &modes).await
-                    }
-                    Some(Cmd::Env(k, v)) => up.set_env(false, k, v).await,
-                    Some(Cmd::Shell) => up.request_shell(true).await,
-                    Some(Cmd::Exec(c)) => up.exec(true, c).await,
-                    Some(Cmd::Subsystem(n)) => up.request_subsystem(true, n).await,
-                    Some(Cmd::WindowChange(c, r, w, h)) => up.window_change(c, r, w, h).await,
-                    Some(Cmd::Signal(s)) => up.signal(s).await,
-                };
-                if r.is_err() {
-                    let _ = client.close(id).await;
-                    return;
+        match up.wait().await {
+            None | Some(ChannelMsg::Close) => break,
+            Some(ChannelMsg::Data { data }) => {
+                counters
+                    .to_client
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if client.data_bytes(data).await.is_err() {
+                    break;
                 }
             }
-            msg = up.wait() => {
-                match msg {
-                    None | Some(ChannelMsg::Close) => {
-                        let _ = client.close(id).await;
-                        return;
-                    }
-                    Some(ChannelMsg::Data { data }) => {
-                        counters.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if client.data(id, data).await.is_err() {
-                            let _ = up.close().await;
-                            return;
-                        }
-                    }
-                    Some(ChannelMsg::ExtendedData { data, ext }) => {
-                        counters.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        let _ = client.extended_data(id, ext, data).await;
-                    }
-                    Some(ChannelMsg::Eof) => {
-                        let _ = client.eof(id).await;
-                    }
-                    Some(ChannelMsg::ExitStatus { exit_status }) => {
-                        let _ = client.exit_status_request(id, exit_status).await;
-                    }
-                    Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
-                        let _ = client.exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag).await;
-                    }
-                    Some(ChannelMsg::Failure) => {
-                        let text = "gatehouse: the target refused the request\r\n";
-                        let _ = client.extended_data(id, 1, Bytes::from_static(text.as_bytes())).await;
-                        let _ = client.exit_status_request(id, 255).await;
-                        let _ = client.eof(id).await;
-                        let _ = client.close(id).await;
-                        let _ = up.close().await;
-                        return;
-                    }
-                    Some(_) => {}
+            Some(ChannelMsg::ExtendedData { data, ext }) => {
+                counters
+                    .to_client
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if client.extended_data_bytes(ext, data).await.is_err() {
+                    break;
                 }
             }
+            Some(ChannelMsg::Eof) => {
+                let _ = client.eof().await;
+            }
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                let _ = client.exit_status(exit_status).await;
+            }
+            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                // The client learns the program died of a signal through the usual exit
+                // status a shell reports (128 + n is not portable; 255 says "abnormal").
+                warn!(signal = ?signal_name, "the target's program was killed by a signal");
+                let _ = client.exit_status(255).await;
+            }
+            Some(ChannelMsg::Failure) => {
+                let text = "gatehouse: the target refused the request\r\n";
+                let _ = client
+                    .extended_data_bytes(1, Bytes::from_static(text.as_bytes()))
+                    .await;
+                let _ = client.exit_status(255).await;
+                let _ = client.eof().await;
+                break;
+            }
+            Some(_) => {}
         }
     }
+    let _ = client.close().await;
 }
 
 #[cfg(test)]
