@@ -1316,7 +1316,7 @@ mod tests {
         .into();
         let config = Config::load(&path, &env, Secrets::Skip).unwrap();
         let names: Vec<&str> = config.resources.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["orders-db", "ledger-db", "cache"]);
+        assert_eq!(names, ["orders-db", "ledger-db", "cache", "web-1"]);
         assert_eq!(
             config.oidc.as_ref().map(|o| o.issuer.as_str()),
             Some("https://login.example.com")
@@ -1326,6 +1326,9 @@ mod tests {
             Some("gw.example:8444")
         );
         assert_eq!(config.tcp.listen.map(|a| a.port()), Some(6380));
+        assert_eq!(config.ssh.listen.map(|a| a.port()), Some(2222));
+        let web = config.resource("web-1").unwrap().ssh().unwrap();
+        assert_eq!(web.role_for("root"), Some("admin"));
         assert_eq!(config.state_dir, Path::new("/var/lib/gatehouse"));
         let _ = std::fs::remove_dir_all(&dir);
     }
