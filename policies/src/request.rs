@@ -39,16 +39,20 @@ pub enum Action {
     /// Read the audit log and the evidence through the API (the resource is the log,
     /// `audit-log`, protocol `audit`). Every read is itself recorded.
     ReadAudit,
+    /// Forward a port through a session on an SSH resource (`ssh -L`, `ssh -W`), as
+    /// `context.role`. Denied unless a policy permits it.
+    Forward,
 }
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::Connect,
         Action::Request,
         Action::Approve,
         Action::BreakGlass,
         Action::ReadAudit,
+        Action::Forward,
     ];
 
     /// The Cedar action id, e.g. `connect`, `break_glass`.
@@ -59,6 +63,7 @@ impl Action {
             Action::Approve => "approve",
             Action::BreakGlass => "break_glass",
             Action::ReadAudit => "read_audit",
+            Action::Forward => "forward",
         }
     }
 }
@@ -185,7 +190,8 @@ mod tests {
         assert_eq!(Action::Approve.as_str(), "approve");
         assert_eq!(Action::BreakGlass.as_str(), "break_glass");
         assert_eq!(Action::ReadAudit.as_str(), "read_audit");
-        assert_eq!(Action::ALL.len(), 5);
+        assert_eq!(Action::Forward.as_str(), "forward");
+        assert_eq!(Action::ALL.len(), 6);
     }
 
     #[test]

@@ -400,6 +400,44 @@ fn keys_certificates_and_requests_the_gateway_does_not_take_are_refused_and_reco
     Ok(())
 }
 
+/// Port forwarding is its own policy decision (`forward`): the default policies let DBAs
+/// tunnel from non-production SSH resources and nobody else (alice, an engineer, is refused
+/// in the test above).
+#[test]
+fn a_policy_permits_port_forwarding_for_dbas_only() -> anyhow::Result<()> {
+    let s = setup()?;
+    let home = s.gw.engineer("dora", &["dba"])?;
+    s.gw.as_user(&home, &["ssh-cert"])?.ok()?;
+    let dir = home.join("ssh");
+    // Through the tunnel to the target's own SSH port: its banner comes back.
+    let out = run(
+        ssh_cmd(
+            s.ssh_port,
+            &dir.join("id_ed25519"),
+            &dir.join("known_hosts"),
+            "web-1",
+        )
+        .args(["-W", &s.sshd.address()]),
+        None,
+    )?;
+    assert!(out.stdout.starts_with("SSH-2.0-"), "{out}");
+    let allowed = s.gw.wait_for_event(
+        |e| e["kind"] == "ssh.command" && e["action"] == "forward" && e["actor"] == "dora",
+        Duration::from_secs(10),
+    )?;
+    let e = allowed
+        .iter()
+        .find(|e| e["kind"] == "ssh.command" && e["action"] == "forward")
+        .ok_or_else(|| anyhow::anyhow!("no forward event"))?;
+    assert_eq!(e["decision"], "allow", "{e}");
+    assert_eq!(e["detail"]["to"], s.sshd.address().as_str(), "{e}");
+    assert!(
+        e["policy_ids"].to_string().contains("dba-forward-nonprod"),
+        "{e}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_killed_session_ends_within_a_second_with_the_reason_on_the_terminal() -> anyhow::Result<()> {
     let s = setup()?;

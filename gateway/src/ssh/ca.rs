@@ -238,6 +238,9 @@ pub fn sign_upstream_cert(
     b.cert_type(CertType::User).map_err(sign)?;
     b.valid_principal(login).map_err(sign)?;
     b.extension("permit-pty", "").map_err(sign)?;
+    // The gateway decides forwarding (Cedar `forward`) before it asks the target for it;
+    // the target must not refuse what was allowed. Agent and X11 forwarding stay off.
+    b.extension("permit-port-forwarding", "").map_err(sign)?;
     b.sign(ca).map_err(sign)
 }
 

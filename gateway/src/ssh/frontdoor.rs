@@ -13,8 +13,10 @@
 //! 3. The gateway logs in to the target ([`super::connector`]); only then does it accept
 //!    channels. Session channels carry a pty, a shell, `exec` (each command an `ssh.command`
 //!    event) and the `sftp` subsystem; environment variables only from a short list of
-//!    locale and terminal names. Port forwarding, agent forwarding and X11 are refused and
-//!    recorded (`ssh.refused`).
+//!    locale and terminal names. Port forwarding (`direct-tcpip`: `ssh -L`, `ssh -W`) is its
+//!    own policy decision (Cedar action `forward`), recorded durably before the channel
+//!    opens. Remote forwarding, agent forwarding and X11 are refused and recorded
+//!    (`ssh.refused`).
 //! 4. The registry can end the session (kill, disable, grant expiry or revocation, logout):
 //!    each open channel gets the reason on its stderr and exit status 255, then the
 //!    connection is closed with the same reason.
@@ -212,6 +214,12 @@ enum State {
 struct Live {
     user: String,
     resource: String,
+    /// What a later decision in the session (`forward`) asks the policies.
+    groups: Vec<String>,
+    auth_method: String,
+    mfa: bool,
+    role: String,
+    has_grant: bool,
     upstream: Arc<connector::Handle>,
     counters: Arc<Counters>,
     kill: tokio::sync::watch::Receiver<Option<String>>,
@@ -482,12 +490,42 @@ impl Client {
         self.state = State::Live(Box::new(Live {
             user: checked.user,
             resource: resource.name.clone(),
+            groups: admitted.claims.groups.clone(),
+            auth_method: admitted.claims.auth_method().to_string(),
+            mfa: admitted.claims.mfa,
+            role: admitted.role.clone(),
+            has_grant: admitted.grant.is_some(),
             upstream: Arc::new(upstream),
             counters,
             kill,
             cut,
         }));
         Auth::Accept
+    }
+}
+
+impl Client {
+    /// Accepts a client channel whose upstream channel is open, and starts carrying both.
+    async fn open_channel(
+        &mut self,
+        channel: Channel<Msg>,
+        up: Channel<russh::client::Msg>,
+        reply: ChannelOpenHandle,
+        counters: Arc<Counters>,
+    ) {
+        let id = channel.id();
+        // What the client sends arrives through the handler's callbacks; the channel's own
+        // copy of it is not read (its receiver dropped, russh skips it).
+        let (_unread, client_write) = channel.split();
+        let (up_read, up_write) = up.split();
+        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+        self.channels.insert(id, tx);
+        if let Ok(mut open) = self.open.lock() {
+            open.push(id);
+        }
+        reply.accept().await;
+        tokio::spawn(to_upstream(up_write, rx));
+        tokio::spawn(to_client(up_read, client_write, counters));
     }
 }
 
@@ -596,40 +634,88 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let id = channel.id();
-        // What the client sends arrives through the handler's callbacks; the channel's own
-        // copy of it is not read (its receiver dropped, russh skips it).
-        let (_unread, client_write) = channel.split();
-        let (up_read, up_write) = up.split();
-        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
-        self.channels.insert(id, tx);
-        if let Ok(mut open) = self.open.lock() {
-            open.push(id);
-        }
-        reply.accept().await;
-        tokio::spawn(to_upstream(up_write, rx));
-        tokio::spawn(to_client(up_read, client_write, live.counters.clone()));
+        let counters = live.counters.clone();
+        self.open_channel(channel, up, reply, counters).await;
         Ok(())
     }
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host: &str,
         port: u32,
-        _originator: &str,
-        _originator_port: u32,
+        originator: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        self.refuse_request(
-            "port forwarding",
-            serde_json::json!({ "channel": "direct-tcpip", "to": format!("{}:{port}", host.chars().take(255).collect::<String>()) }),
-        )
-        .await;
+        let to = format!("{}:{port}", host.chars().take(255).collect::<String>());
+        let State::Live(live) = &self.state else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // Forwarding reaches past the target: its own policy decision (`forward`).
+        let Some(resource) = self.door.config.resource(&live.resource) else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let request = crate::authz::connect_request(
+            &live.user,
+            &live.groups,
+            resource,
+            self.peer.ip(),
+            &live.auth_method,
+            live.mfa,
+            &live.role,
+            live.has_grant,
+        );
+        let request = gatehouse_policies::AccessRequest {
+            action: gatehouse_policies::Action::Forward,
+            ..request
+        };
+        let decision = self.door.admission.policies.authorize(&request);
+        let mut e = NewEvent::new(if decision.allowed {
+            EventKind::SshCommand
+        } else {
+            EventKind::SshRefused
+        });
+        e.actor = live.user.clone();
+        e.resource = live.resource.clone();
+        e.action = "forward".into();
+        e.decision = if decision.allowed { "allow" } else { "deny" }.into();
+        e.reason = decision.reason.clone();
+        e.policy_ids = decision.policy_ids.clone();
+        e.controls = decision.controls.clone();
+        e.session_id = self.session_id.to_string();
+        e.detail =
+            serde_json::json!({ "request": "direct-tcpip", "channel": "direct-tcpip", "to": to });
+        // The decision is in the log before a byte is forwarded.
+        let recorded = self.door.audit.record_durable(e).await.is_ok();
+        if !decision.allowed || !recorded {
+            info!(to = %to, "port forwarding refused");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let up = match live
+            .upstream
+            .channel_open_direct_tcpip(host, port, originator, originator_port)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                info!(to = %to, error = %e, "the target could not forward");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        let counters = live.counters.clone();
+        self.open_channel(channel, up, reply, counters).await;
         Ok(())
     }
 

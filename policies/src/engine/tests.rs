@@ -134,6 +134,11 @@ fn default_policies_are_listed_with_effect_controls_and_place() {
                 s(&["5.15", "8.5"])
             ),
             (
+                "dba-forward-nonprod".to_owned(),
+                Effect::Permit,
+                s(&["5.15", "8.20"])
+            ),
+            (
                 "privileged-role-needs-grant".to_owned(),
                 Effect::Forbid,
                 s(&["5.15", "5.18", "8.2"])
