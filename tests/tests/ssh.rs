@@ -92,6 +92,43 @@ fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<CmdOutput> {
     run_command(cmd, stdin, Duration::from_secs(60))
 }
 
+/// The child's output, or an error (and the child killed) after `limit`: a hung relay fails
+/// the test instead of hanging it.
+fn wait_output(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> anyhow::Result<std::process::Output> {
+    let pid = child.id();
+    let (done, waiting) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if waiting.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            return true;
+        }
+        false
+    });
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = Vec::new();
+        if let Some(o) = stdout.as_mut() {
+            let _ = o.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let out = child.wait_with_output()?;
+    let _ = done.send(());
+    let timed_out = watchdog.join().unwrap_or(true);
+    anyhow::ensure!(
+        !timed_out,
+        "the ssh command did not finish within {limit:?}"
+    );
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+    Ok(std::process::Output { stdout, ..out })
+}
+
 fn events_of(gw: &Gateway, kind: &str) -> anyhow::Result<Vec<Value>> {
     Ok(gw
         .audit_events()?
@@ -129,6 +166,42 @@ fn a_certificate_from_the_gateway_runs_commands_on_the_target_and_each_is_record
     assert_eq!(
         out.stdout.split_whitespace().next(),
         expected.split_whitespace().next()
+    );
+
+    // Both directions at full speed at once: 20 MB through `cat` and back.
+    let big: Vec<u8> = data.iter().cycle().take(20_000_000).copied().collect();
+    let mut echo = ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1");
+    echo.arg("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = echo.spawn()?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let writer = {
+        let big = big.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let r = stdin.write_all(&big);
+            drop(stdin);
+            r
+        })
+    };
+    let out = wait_output(child, Duration::from_secs(60))?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == big,
+        "cat returned {} bytes, not the 20 MB sent",
+        out.stdout.len()
     );
 
     // The log: the certificate issued, the decision, the commands, the sessions.

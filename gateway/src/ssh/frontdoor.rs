@@ -18,8 +18,9 @@
 //!    opens. Remote forwarding, agent forwarding and X11 are refused and recorded
 //!    (`ssh.refused`).
 //! 4. The registry can end the session (kill, disable, grant expiry or revocation, logout):
-//!    each open channel gets the reason on its stderr and exit status 255, then the
-//!    connection is closed with the same reason.
+//!    the upstream is closed first, each open channel gets the reason on its stderr and exit
+//!    status 255, then the connection is closed with the same reason; each step is bounded,
+//!    so a client that reads nothing is cut all the same.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,7 +119,6 @@ impl Door for SshDoor {
                 state: State::Unauthenticated,
                 live_end: live.clone(),
                 channels: HashMap::new(),
-                open: Arc::default(),
             };
             let running = match server::run_stream(self.server.clone(), tcp, client).await {
                 Ok(r) => r,
@@ -224,6 +224,81 @@ struct Live {
     counters: Arc<Counters>,
     kill: tokio::sync::watch::Receiver<Option<String>>,
     cut: Arc<Mutex<Option<String>>>,
+    /// The channel tasks still running.
+    running: Arc<Running>,
+}
+
+impl Live {
+    fn channel_ctx(&self) -> ChannelCtx {
+        ChannelCtx {
+            counters: self.counters.clone(),
+            kill: self.kill.clone(),
+            cut: self.cut.clone(),
+            running: self.running.clone(),
+        }
+    }
+}
+
+/// How long each step of a cut may take (upstream close, channels' last words, disconnect).
+const CUT_STEP: Duration = Duration::from_millis(300);
+
+/// Counts a session's channel tasks, so that a cut can wait for their last words.
+#[derive(Default)]
+struct Running {
+    count: AtomicU64,
+    idle: tokio::sync::Notify,
+}
+
+impl Running {
+    fn enter(self: &Arc<Self>) -> RunningGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        RunningGuard(self.clone())
+    }
+
+    /// Waits until no task runs, at most `limit`.
+    async fn wait_idle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let idle = self.idle.notified();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+}
+
+struct RunningGuard(Arc<Running>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once the registry ended the session (never, if it ends otherwise).
+async fn cut_signal(mut kill: tokio::sync::watch::Receiver<Option<String>>) {
+    loop {
+        if kill.borrow_and_update().is_some() {
+            return;
+        }
+        if kill.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What a channel's two tasks share with the session.
+#[derive(Clone)]
+struct ChannelCtx {
+    counters: Arc<Counters>,
+    kill: tokio::sync::watch::Receiver<Option<String>>,
+    cut: Arc<Mutex<Option<String>>>,
+    running: Arc<Running>,
 }
 
 /// One client connection.
@@ -235,8 +310,6 @@ struct Client {
     state: State,
     live_end: Arc<Mutex<Option<LiveEnd>>>,
     channels: HashMap<ChannelId, mpsc::Sender<Cmd>>,
-    /// The open channels, which the kill task writes the reason to.
-    open: Arc<Mutex<Vec<ChannelId>>>,
 }
 
 /// What a client channel asks of its upstream channel.
@@ -499,6 +572,7 @@ impl Client {
             counters,
             kill,
             cut,
+            running: Arc::default(),
         }));
         Auth::Accept
     }
@@ -511,7 +585,7 @@ impl Client {
         channel: Channel<Msg>,
         up: Channel<russh::client::Msg>,
         reply: ChannelOpenHandle,
-        counters: Arc<Counters>,
+        cx: ChannelCtx,
     ) {
         let id = channel.id();
         // What the client sends arrives through the handler's callbacks; the channel's own
@@ -520,12 +594,9 @@ impl Client {
         let (up_read, up_write) = up.split();
         let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
         self.channels.insert(id, tx);
-        if let Ok(mut open) = self.open.lock() {
-            open.push(id);
-        }
         reply.accept().await;
-        tokio::spawn(to_upstream(up_write, rx));
-        tokio::spawn(to_client(up_read, client_write, counters));
+        tokio::spawn(to_upstream(up_write, rx, cx.clone()));
+        tokio::spawn(to_client(up_read, client_write, cx));
     }
 }
 
@@ -566,11 +637,15 @@ impl server::Handler for Client {
                 });
             }
             State::Live(live) => {
-                // The registry's kill: the reason on every channel's stderr, then the close.
+                // The registry's kill. The upstream goes first, so that nothing the client
+                // still sends reaches the target and no task waits on it any more; each
+                // channel's task then writes the reason to the client's stderr with exit
+                // status 255 and closes it; then the connection, with the reason. Every step
+                // is bounded: a client that reads nothing is cut all the same.
                 let mut kill = live.kill.clone();
                 let cut = live.cut.clone();
                 let upstream = live.upstream.clone();
-                let channels = self.open.clone();
+                let running = live.running.clone();
                 tokio::spawn(async move {
                     let why = loop {
                         if let Some(why) = kill.borrow_and_update().clone() {
@@ -584,29 +659,25 @@ impl server::Handler for Client {
                         *c = Some(why.clone());
                     }
                     info!(reason = %why, "ssh session cut");
-                    let text = format!("\r\ngatehouse: this session was ended: {why}\r\n");
-                    let ids: Vec<ChannelId> =
-                        channels.lock().map(|c| c.clone()).unwrap_or_default();
-                    for id in ids {
-                        let _ = handle.extended_data(id, 1, Bytes::from(text.clone())).await;
-                        let _ = handle.exit_status_request(id, 255).await;
-                        let _ = handle.eof(id).await;
-                        let _ = handle.close(id).await;
-                    }
-                    let _ = upstream
-                        .disconnect(
+                    let _ = tokio::time::timeout(
+                        CUT_STEP,
+                        upstream.disconnect(
                             Disconnect::ByApplication,
                             "session ended by the gateway",
                             "",
-                        )
-                        .await;
-                    let _ = handle
-                        .disconnect(
+                        ),
+                    )
+                    .await;
+                    running.wait_idle(CUT_STEP).await;
+                    let _ = tokio::time::timeout(
+                        CUT_STEP,
+                        handle.disconnect(
                             Disconnect::ByApplication,
                             format!("gatehouse: session ended: {why}"),
                             String::new(),
-                        )
-                        .await;
+                        ),
+                    )
+                    .await;
                 });
             }
             State::Unauthenticated => {}
@@ -620,11 +691,15 @@ impl server::Handler for Client {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let State::Live(live) = &self.state else {
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        // No new channel once the session is being cut.
+        let live = match &self.state {
+            State::Live(live) if live.kill.borrow().is_none() => live,
+            _ => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
         };
         let up = match live.upstream.channel_open_session().await {
             Ok(c) => c,
@@ -634,8 +709,8 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let counters = live.counters.clone();
-        self.open_channel(channel, up, reply, counters).await;
+        let cx = live.channel_ctx();
+        self.open_channel(channel, up, reply, cx).await;
         Ok(())
     }
 
@@ -650,11 +725,14 @@ impl server::Handler for Client {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let to = format!("{}:{port}", host.chars().take(255).collect::<String>());
-        let State::Live(live) = &self.state else {
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let live = match &self.state {
+            State::Live(live) if live.kill.borrow().is_none() => live,
+            _ => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
         };
         // Forwarding reaches past the target: its own policy decision (`forward`).
         let Some(resource) = self.door.config.resource(&live.resource) else {
@@ -714,8 +792,8 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let counters = live.counters.clone();
-        self.open_channel(channel, up, reply, counters).await;
+        let cx = live.channel_ctx();
+        self.open_channel(channel, up, reply, cx).await;
         Ok(())
     }
 
@@ -982,9 +1060,6 @@ impl server::Handler for Client {
     ) -> Result<(), Self::Error> {
         self.send(channel, Cmd::Close).await;
         self.channels.remove(&channel);
-        if let Ok(mut open) = self.open.lock() {
-            open.retain(|c| *c != channel);
-        }
         Ok(())
     }
 }
@@ -1009,29 +1084,48 @@ fn channel_number(id: ChannelId) -> String {
 /// Carries what the client asks of one session channel to its upstream channel, in order.
 /// Writes wait for the target's window, so a slow target slows the client (through
 /// [`CHANNEL_QUEUE`] and russh's own bounded queue), and nothing piles up in memory.
-async fn to_upstream(up: ChannelWriteHalf<russh::client::Msg>, mut rx: mpsc::Receiver<Cmd>) {
-    while let Some(cmd) = rx.recv().await {
-        let r = match cmd {
-            Cmd::Close => break,
-            Cmd::Data(b) => up.data_bytes(b).await,
-            Cmd::Eof => up.eof().await,
-            Cmd::Pty {
-                term,
-                cols,
-                rows,
-                pix_width,
-                pix_height,
-                modes,
-            } => {
-                up.request_pty(false, &term, cols, rows, pix_width, pix_height, &modes)
-                    .await
+async fn to_upstream(
+    up: ChannelWriteHalf<russh::client::Msg>,
+    mut rx: mpsc::Receiver<Cmd>,
+    cx: ChannelCtx,
+) {
+    let _running = cx.running.enter();
+    let cut = cut_signal(cx.kill.clone());
+    tokio::pin!(cut);
+    loop {
+        let cmd = tokio::select! {
+            cmd = rx.recv() => cmd,
+            _ = &mut cut => return,
+        };
+        let Some(cmd) = cmd else { break };
+        let send = async {
+            match cmd {
+                Cmd::Close => Err(russh::Error::Disconnect),
+                Cmd::Data(b) => up.data_bytes(b).await,
+                Cmd::Eof => up.eof().await,
+                Cmd::Pty {
+                    term,
+                    cols,
+                    rows,
+                    pix_width,
+                    pix_height,
+                    modes,
+                } => {
+                    up.request_pty(false, &term, cols, rows, pix_width, pix_height, &modes)
+                        .await
+                }
+                Cmd::Env(k, v) => up.set_env(false, k, v).await,
+                Cmd::Shell => up.request_shell(true).await,
+                Cmd::Exec(c) => up.exec(true, c).await,
+                Cmd::Subsystem(n) => up.request_subsystem(true, n).await,
+                Cmd::WindowChange(c, r, w, h) => up.window_change(c, r, w, h).await,
+                Cmd::Signal(s) => up.signal(s).await,
             }
-            Cmd::Env(k, v) => up.set_env(false, k, v).await,
-            Cmd::Shell => up.request_shell(true).await,
-            Cmd::Exec(c) => up.exec(true, c).await,
-            Cmd::Subsystem(n) => up.request_subsystem(true, n).await,
-            Cmd::WindowChange(c, r, w, h) => up.window_change(c, r, w, h).await,
-            Cmd::Signal(s) => up.signal(s).await,
+        };
+        // A write waiting for the target's window gives way to a cut.
+        let r = tokio::select! {
+            r = send => r,
+            _ = &mut cut => return,
         };
         if r.is_err() {
             break;
@@ -1043,53 +1137,79 @@ async fn to_upstream(up: ChannelWriteHalf<russh::client::Msg>, mut rx: mpsc::Rec
 /// Carries what the target sends on one session channel to the client, until it closes.
 /// Writes wait for the client's window: a client that stops reading stops the target's
 /// output (the target's window closes), it does not fill the gateway's memory.
-async fn to_client(
-    mut up: ChannelReadHalf,
-    client: ChannelWriteHalf<Msg>,
-    counters: Arc<Counters>,
-) {
+async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: ChannelCtx) {
+    let _running = cx.running.enter();
+    let counters = &cx.counters;
+    let cut = cut_signal(cx.kill.clone());
+    tokio::pin!(cut);
     loop {
-        match up.wait().await {
-            None | Some(ChannelMsg::Close) => break,
-            Some(ChannelMsg::Data { data }) => {
-                counters
-                    .to_client
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if client.data_bytes(data).await.is_err() {
-                    break;
+        let msg = tokio::select! {
+            m = up.wait() => m,
+            _ = &mut cut => break,
+        };
+        let write = async {
+            match msg {
+                None | Some(ChannelMsg::Close) => return false,
+                Some(ChannelMsg::Data { data }) => {
+                    counters
+                        .to_client
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    return client.data_bytes(data).await.is_ok();
                 }
-            }
-            Some(ChannelMsg::ExtendedData { data, ext }) => {
-                counters
-                    .to_client
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if client.extended_data_bytes(ext, data).await.is_err() {
-                    break;
+                Some(ChannelMsg::ExtendedData { data, ext }) => {
+                    counters
+                        .to_client
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    return client.extended_data_bytes(ext, data).await.is_ok();
                 }
+                Some(ChannelMsg::Eof) => {
+                    let _ = client.eof().await;
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => {
+                    let _ = client.exit_status(exit_status).await;
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    // 255 says "ended abnormally"; the signal is in the gateway's log.
+                    warn!(signal = ?signal_name, "the target's program was killed by a signal");
+                    let _ = client.exit_status(255).await;
+                }
+                Some(ChannelMsg::Failure) => {
+                    let text = "gatehouse: the target refused the request\r\n";
+                    let _ = client
+                        .extended_data_bytes(1, Bytes::from_static(text.as_bytes()))
+                        .await;
+                    let _ = client.exit_status(255).await;
+                    let _ = client.eof().await;
+                    return false;
+                }
+                Some(_) => {}
             }
-            Some(ChannelMsg::Eof) => {
-                let _ = client.eof().await;
-            }
-            Some(ChannelMsg::ExitStatus { exit_status }) => {
-                let _ = client.exit_status(exit_status).await;
-            }
-            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                // The client learns the program died of a signal through the usual exit
-                // status a shell reports (128 + n is not portable; 255 says "abnormal").
-                warn!(signal = ?signal_name, "the target's program was killed by a signal");
-                let _ = client.exit_status(255).await;
-            }
-            Some(ChannelMsg::Failure) => {
-                let text = "gatehouse: the target refused the request\r\n";
-                let _ = client
-                    .extended_data_bytes(1, Bytes::from_static(text.as_bytes()))
-                    .await;
-                let _ = client.exit_status(255).await;
-                let _ = client.eof().await;
-                break;
-            }
-            Some(_) => {}
+            true
+        };
+        // A write waiting for the client's window gives way to a cut.
+        let go_on = tokio::select! {
+            go_on = write => go_on,
+            _ = &mut cut => break,
+        };
+        if !go_on {
+            break;
         }
+    }
+    // The reason from the registry's signal itself: the kill task may not have noted it yet.
+    let why = cx
+        .kill
+        .borrow()
+        .clone()
+        .or_else(|| cx.cut.lock().ok().and_then(|c| c.clone()));
+    if let Some(why) = why {
+        // The last words of a cut, bounded: a client that reads nothing is closed anyway.
+        let last = async {
+            let text = format!("\r\ngatehouse: this session was ended: {why}\r\n");
+            let _ = client.extended_data_bytes(1, Bytes::from(text)).await;
+            let _ = client.exit_status(255).await;
+            let _ = client.eof().await;
+        };
+        let _ = tokio::time::timeout(CUT_STEP, last).await;
     }
     let _ = client.close().await;
 }
