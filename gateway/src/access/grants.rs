@@ -224,14 +224,27 @@ impl Access {
     ) -> Result<serde_json::Value, AccessError> {
         let now = unix_now() as i64;
         let ts = crate::audit::event::now_ts();
-        let Some(g) = self
+        let why = super::watch::revocation_message(id, &caller.user, reason);
+        // Cut first: the grant watch reads revocations from the store and would otherwise cut
+        // these sessions itself between the commit and here, leaving this answer to count none.
+        // A session under a grant that turns out to have ended already is cut rightly too.
+        let cut = self.registry.cut_grant(id, &why);
+        let revoked = self
             .store
             .revoke_grant(id, &caller.user, reason, &ts, now)
-            .await?
-        else {
-            let e = AccessError::Conflict(format!("grant {id} has already ended"));
-            let detail = json!({ "grant_id": id });
-            return Err(self.refuse(caller, "revoke", resource, e, detail).await);
+            .await;
+        let g = match revoked {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                record_cuts(&self.audit, &cut, &why).await;
+                let e = AccessError::Conflict(format!("grant {id} has already ended"));
+                let detail = json!({ "grant_id": id });
+                return Err(self.refuse(caller, "revoke", resource, e, detail).await);
+            }
+            Err(e) => {
+                record_cuts(&self.audit, &cut, &why).await;
+                return Err(e.into());
+            }
         };
         let mut e = NewEvent::new(EventKind::GrantRevoked);
         e.actor = caller.user.clone();
@@ -240,15 +253,6 @@ impl Access {
         e.reason = reason.to_string();
         e.detail = json!({ "grant_id": id, "grantee": g.grantee, "role": g.role });
         self.record(e).await?;
-        let why = if reason.is_empty() {
-            format!("access revoked: grant {id} revoked by {}", caller.user)
-        } else {
-            format!(
-                "access revoked: grant {id} revoked by {}: {reason}",
-                caller.user
-            )
-        };
-        let cut = self.registry.cut_grant(id, &why);
         record_cuts(&self.audit, &cut, &why).await;
         self.webhook.notify(
             "grant.revoked",

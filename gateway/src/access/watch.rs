@@ -12,6 +12,16 @@ use crate::authn::token::unix_now;
 use crate::registry::Registry;
 use crate::store::Store;
 
+/// What a session cut by the revocation of grant `id` is told, the same whichever gateway
+/// process (the revoking request or a watch reading the store) cuts it.
+pub(super) fn revocation_message(id: i64, by: &str, reason: &str) -> String {
+    if reason.is_empty() {
+        format!("access revoked: grant {id} revoked by {by}")
+    } else {
+        format!("access revoked: grant {id} revoked by {by}: {reason}")
+    }
+}
+
 pub(super) async fn record_cuts(audit: &AuditLog, cut: &[crate::registry::CutSession], why: &str) {
     for s in cut {
         let mut e = NewEvent::new(EventKind::SessionCut);
@@ -49,8 +59,8 @@ pub async fn watch_grants(store: Store, registry: Registry, audit: AuditLog, web
         if !live.is_empty() {
             match store.revoked_unexpired_grants(now).await {
                 Ok(revoked) => {
-                    for id in revoked.into_iter().filter(|id| live.contains(id)) {
-                        let why = format!("access revoked: grant {id} was revoked");
+                    for (id, by, reason) in revoked.into_iter().filter(|r| live.contains(&r.0)) {
+                        let why = revocation_message(id, &by, &reason);
                         let cut = registry.cut_grant(id, &why);
                         record_cuts(&audit, &cut, &why).await;
                     }

@@ -436,12 +436,26 @@ impl Store {
         }
     }
 
-    /// Ids of grants revoked while still unexpired at `now`.
-    pub async fn revoked_unexpired_grants(&self, now: i64) -> Result<Vec<i64>, StoreError> {
-        let sql =
-            self.sql("SELECT id FROM grants WHERE revoked_at IS NOT NULL AND expires_unix > $1");
+    /// Grants revoked while still unexpired at `now`: id, who revoked, the reason.
+    pub async fn revoked_unexpired_grants(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let sql = self.sql(
+            "SELECT id, revoked_by, revoke_reason FROM grants WHERE revoked_at IS NOT NULL AND expires_unix > $1",
+        );
         let rows = sqlx::query(&sql).bind(now).fetch_all(self.pool()).await?;
-        rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)?)).collect()
+        rows.iter()
+            .map(|r| {
+                let by: Option<String> = r.try_get(1)?;
+                let reason: Option<String> = r.try_get(2)?;
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    by.unwrap_or_default(),
+                    reason.unwrap_or_default(),
+                ))
+            })
+            .collect()
     }
 
     /// Grants that have ended (expired or revoked) and whose end is not yet in the audit log.
