@@ -11,6 +11,7 @@ mod keys;
 mod operator;
 pub(crate) use self::operator::local_hostname;
 mod policy;
+mod recordings;
 mod reviews;
 mod sessions;
 mod tokens;
@@ -145,6 +146,15 @@ enum Command {
     Users(UsersCommand),
     /// Live sessions (who, what, since when); `sessions kill ID` ends one within a second.
     Sessions(SessionsArgs),
+    /// Recorded sessions (SSH): list them (`--user`, `--resource`, `--from`, `--to`, and
+    /// `--grep TEXT` to search what they showed and ran); `recordings export SESSION --format
+    /// asciicast` for the asciinema player. Reads the store and the recordings directory where
+    /// the gateway runs; each chunk is checked against its audit event first, and each read is
+    /// recorded (audit.read).
+    Recordings(recordings::RecordingsArgs),
+    /// Play a recorded session in the terminal as it happened (`--speed N`, `--skip-idle`).
+    /// What the session's client was shown goes to stdout, its stderr to stderr.
+    Replay(recordings::ReplayArgs),
     /// Remote agents: `agents enroll NAME` prints a one-time join token for a new agent;
     /// `agents` lists them (resources, version, last heartbeat); `agents revoke NAME` cuts one
     /// off.
@@ -437,6 +447,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Sessions(args) => {
             init_tracing(false, "warn");
             match sessions::run(args).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Recordings(args) => {
+            init_tracing(false, "warn");
+            match recordings::run(args).await {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Replay(args) => {
+            init_tracing(false, "warn");
+            match recordings::replay(args).await {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             }

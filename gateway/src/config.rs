@@ -14,8 +14,8 @@ use serde::Deserialize;
 mod resource;
 
 pub use resource::{
-    PostgresDirect, PostgresResource, Reach, Resource, ResourceKind, ResourceSpec, RoleCredential,
-    SshResource, TcpResource, DEFAULT_ROLE,
+    PostgresDirect, PostgresResource, Reach, RecordingMode, Resource, ResourceKind, ResourceSpec,
+    RoleCredential, SshResource, TcpResource, DEFAULT_ROLE,
 };
 
 /// Reads the environment. Tests pass a map instead of mutating the process environment.
@@ -157,6 +157,8 @@ struct File {
     ssh: SshFile,
     #[serde(default)]
     siem: SiemFile,
+    #[serde(default)]
+    recordings: RecordingsFile,
     /// Read key by key in [`resource`]: the common keys, then the kind's own.
     #[serde(default, rename = "resource")]
     resources: Vec<toml::Table>,
@@ -202,6 +204,15 @@ struct SshFile {
     max_connections: Option<u64>,
     auth_timeout: Option<String>,
     certificate_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingsFile {
+    dir: Option<PathBuf>,
+    chunk_bytes: Option<u64>,
+    chunk_interval: Option<String>,
+    max_session_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,6 +372,7 @@ pub struct Config {
     /// The SSH front door (`[ssh]`); off unless `listen` is given.
     pub ssh: SshConfig,
     pub siem: SiemConfig,
+    pub recordings: RecordingsConfig,
     pub resources: Vec<Resource>,
 }
 
@@ -374,6 +386,19 @@ pub struct SshConfig {
     pub auth_timeout: Duration,
     /// The longest an SSH user certificate lives (never past the credential it comes from).
     pub certificate_ttl: Duration,
+}
+
+/// `[recordings]`: where session recordings ([`crate::recording`]) are written and how.
+#[derive(Debug, Clone)]
+pub struct RecordingsConfig {
+    /// One directory per session under it (default `state_dir/recordings`).
+    pub dir: PathBuf,
+    /// A chunk is closed, synced and chained into the audit log at this size...
+    pub chunk_bytes: usize,
+    /// ...or this long after it was opened, whichever comes first.
+    pub chunk_interval: Duration,
+    /// The most one session's recording may take; reaching it fails the recording.
+    pub max_session_bytes: u64,
 }
 
 /// The generic TCP front door ([`crate::tcp`]).
@@ -684,6 +709,31 @@ impl Config {
         let agents = file.agents.map(agents_config).transpose()?;
         let tcp = tcp_config(file.tcp)?;
         let ssh = ssh_config(file.ssh)?;
+        let recordings = RecordingsConfig {
+            dir: match file.recordings.dir.as_deref() {
+                Some(d) => resolve(d),
+                None => state_dir.join("recordings"),
+            },
+            chunk_bytes: bounded(
+                "recordings.chunk_bytes",
+                file.recordings.chunk_bytes,
+                1 << 20,
+                4096,
+                64 << 20,
+            )? as usize,
+            chunk_interval: duration(
+                "recordings.chunk_interval",
+                file.recordings.chunk_interval.as_deref(),
+                "10s",
+            )?,
+            max_session_bytes: bounded(
+                "recordings.max_session_bytes",
+                file.recordings.max_session_bytes,
+                4 << 30,
+                4096,
+                u64::MAX,
+            )?,
+        };
         let siem = SiemConfig {
             syslog_tcp: match file.siem.syslog_tcp {
                 Some(a) => {
@@ -768,6 +818,7 @@ impl Config {
             tcp,
             ssh,
             siem,
+            recordings,
             resources,
         })
     }
@@ -1329,6 +1380,13 @@ mod tests {
         assert_eq!(config.ssh.listen.map(|a| a.port()), Some(2222));
         let web = config.resource("web-1").unwrap().ssh().unwrap();
         assert_eq!(web.role_for("root"), Some("admin"));
+        assert_eq!(web.recording, resource::RecordingMode::Strict);
+        assert_eq!(
+            config.recordings.dir,
+            Path::new("/var/lib/gatehouse/recordings")
+        );
+        assert_eq!(config.recordings.chunk_bytes, 1 << 20);
+        assert_eq!(config.recordings.chunk_interval, Duration::from_secs(10));
         assert_eq!(config.state_dir, Path::new("/var/lib/gatehouse"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod listener;
 pub mod pg;
 pub mod policy_reload;
+pub mod recording;
 pub mod registry;
 pub mod server;
 pub mod session_record;

@@ -855,7 +855,9 @@ impl Gateway {
         }
     }
 
-    fn cli_command(&self, args: &[&str]) -> Command {
+    /// The `gatehouse <args>` command [`cli`](Self::cli) runs, for a caller that needs its
+    /// raw bytes or its own timeout.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .current_dir(self.dir.path())

@@ -24,6 +24,14 @@ struct Setup {
 }
 
 fn setup() -> anyhow::Result<Setup> {
+    setup_with(|c| c, |r| r)
+}
+
+/// [`setup`] with changes to the gateway's config and to the `web-1` resource.
+fn setup_with(
+    config: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    web: impl FnOnce(Resource) -> Resource,
+) -> anyhow::Result<Setup> {
     let sshd = Sshd::start(NOBODY_CA)?;
     let resource = Resource::postgres("web-1", sshd.address(), "unused")
         .kind("ssh")
@@ -34,11 +42,11 @@ fn setup() -> anyhow::Result<Setup> {
             "logins",
             &format!("{{ read = {} }}", toml_string(&sshd.login())),
         );
-    let gw = Gateway::start(
+    let gw = Gateway::start(config(
         GatewayConfig::new()
             .set("ssh", "listen", "\"127.0.0.1:0\"")
-            .resource(resource),
-    )?;
+            .resource(web(resource)),
+    ))?;
     let cfg = gw.config_path().to_string_lossy().into_owned();
     let ca = gw
         .cli(&["keys", "ssh-upstream-ca", "--config", &cfg])?
@@ -546,5 +554,287 @@ fn a_killed_session_ends_within_a_second_with_the_reason_on_the_terminal() -> an
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("INC-7"), "{stderr}");
     assert_ne!(out.status.code(), Some(0));
+    Ok(())
+}
+
+/// The session whose `ssh.command` event matches `pred`.
+fn session_of(gw: &Gateway, pred: impl Fn(&Value) -> bool) -> anyhow::Result<String> {
+    let events = gw.wait_for_event(
+        |e| e["kind"] == "ssh.command" && pred(e),
+        Duration::from_secs(10),
+    )?;
+    events
+        .iter()
+        .find(|e| e["kind"] == "ssh.command" && pred(e))
+        .and_then(|e| e["session_id"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no session id"))
+}
+
+/// Waits until session `id`'s recording is closed (its last chunk is chained); returns its
+/// chunk events.
+fn closed_recording(gw: &Gateway, id: &str) -> anyhow::Result<Vec<Value>> {
+    let events = gw.wait_for_event(
+        |e| e["kind"] == "recording.chunk" && e["session_id"] == id && e["detail"]["last"] == true,
+        Duration::from_secs(15),
+    )?;
+    Ok(events
+        .into_iter()
+        .filter(|e| e["kind"] == "recording.chunk" && e["session_id"] == id)
+        .collect())
+}
+
+/// `gatehouse <args>` with its raw stdout and stderr, at most 60 s.
+fn cli_raw(gw: &Gateway, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut cmd = gw.cli_command(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    wait_output(cmd.spawn()?, Duration::from_secs(60))
+}
+
+/// `ssh ... target command` (or a terminal session fed `stdin` with `-tt`) with raw output.
+fn ssh_raw(
+    s: &Setup,
+    key: &Path,
+    known_hosts: &Path,
+    extra: &[&str],
+    stdin: &[u8],
+) -> anyhow::Result<std::process::Output> {
+    let mut cmd = ssh_cmd(s.ssh_port, key, known_hosts, "web-1");
+    cmd.args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    if let Some(mut i) = child.stdin.take() {
+        use std::io::Write as _;
+        i.write_all(stdin)?;
+    }
+    wait_output(child, Duration::from_secs(60))
+}
+
+/// Every recorded session replays to exactly the bytes its client received, exports as
+/// asciicast v2, is found by what it showed, and `audit verify` names a chunk that was
+/// edited, truncated, deleted or planted.
+#[test]
+fn a_recording_replays_exactly_exports_to_asciicast_is_searchable_and_verify_names_a_tampered_chunk(
+) -> anyhow::Result<()> {
+    let s = setup_with(|c| c.set("recordings", "chunk_bytes", "4096"), |r| r)?;
+    let (_home, key, known_hosts) = alice(&s)?;
+    let gw = &s.gw;
+
+    // An exec session with 100 KB of output (many chunks) and a line on stderr.
+    let exec = "seq 1 20000; echo needle-Marker-7781 >&2; echo done";
+    let a_out = ssh_raw(&s, &key, &known_hosts, &[exec], b"")?;
+    assert!(a_out.status.success(), "{a_out:?}");
+    assert!(a_out.stdout.ends_with(b"20000\ndone\n"));
+    // A terminal session: a shell on a pty, driven by what arrives on stdin.
+    let b_out = ssh_raw(
+        &s,
+        &key,
+        &known_hosts,
+        &["-tt"],
+        b"echo tty-$((2+3))\nexit 0\n",
+    )?;
+    let b_text = String::from_utf8_lossy(&b_out.stdout).into_owned();
+    assert!(b_text.contains("tty-5"), "{b_text}");
+
+    let a = session_of(gw, |e| e["detail"]["command"] == exec)?;
+    let b = session_of(gw, |e| e["detail"]["request"] == "shell")?;
+    let a_chunks = closed_recording(gw, &a)?;
+    closed_recording(gw, &b)?;
+    assert!(a_chunks.len() >= 3, "{} chunks", a_chunks.len());
+    for (n, c) in a_chunks.iter().enumerate() {
+        assert_eq!(c["detail"]["chunk"].as_u64(), Some(n as u64), "{c}");
+        assert!(c["detail"]["sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64));
+    }
+
+    // Replay: stdout is what the client's stdout received, byte for byte.
+    let cfg = gw.config_path().to_string_lossy().into_owned();
+    for (id, out) in [(&a, &a_out), (&b, &b_out)] {
+        let r = cli_raw(gw, &["replay", id, "--speed", "1000", "--skip-idle"])?;
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            r.stdout == out.stdout,
+            "replay of {id}: {} bytes, the client received {}",
+            r.stdout.len(),
+            out.stdout.len()
+        );
+    }
+    let r = cli_raw(gw, &["replay", &a, "--speed", "1000"])?;
+    assert!(String::from_utf8_lossy(&r.stderr).contains("needle-Marker-7781"));
+
+    // asciicast v2: a header, then [time, code, text] lines whose output is the session's.
+    let cast = cli_raw(gw, &["recordings", "export", &b, "--format", "asciicast"])?;
+    assert!(
+        cast.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cast.stderr)
+    );
+    let text = String::from_utf8(cast.stdout)?;
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap_or_default())?;
+    assert_eq!(header["version"], 2, "{header}");
+    assert!(header["width"].as_u64() > Some(0) && header["height"].as_u64() > Some(0));
+    assert!(
+        header["timestamp"].as_i64() > Some(1_700_000_000),
+        "{header}"
+    );
+    let mut shown = String::new();
+    let mut last_t = 0.0;
+    for l in lines {
+        let v: Value = serde_json::from_str(l)?;
+        let t = v[0]
+            .as_f64()
+            .ok_or_else(|| anyhow::anyhow!("no time: {l}"))?;
+        assert!(t >= last_t, "time goes back: {l}");
+        last_t = t;
+        assert!(matches!(v[1].as_str(), Some("o" | "i" | "r")), "{l}");
+        if v[1] == "o" {
+            shown.push_str(v[2].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(shown, b_text);
+
+    // Search: by what a session showed (any case), and by who.
+    let found = gw
+        .cli(&["recordings", "--grep", "NEEDLE-marker-7781"])?
+        .ok()?;
+    assert!(
+        found.stdout.contains(&a) && !found.stdout.contains(&b),
+        "{found}"
+    );
+    let found = gw.cli(&["recordings", "--grep", "tty-5"])?.ok()?;
+    assert!(
+        found.stdout.contains(&b) && !found.stdout.contains(&a),
+        "{found}"
+    );
+    let found = gw
+        .cli(&["recordings", "--grep", "no-such-text-anywhere"])?
+        .ok()?;
+    assert_eq!(found.stdout.lines().count(), 1, "{found}");
+    let found = gw.cli(&["recordings", "--user", "alice"])?.ok()?;
+    assert!(
+        found.stdout.contains(&a) && found.stdout.contains(&b),
+        "{found}"
+    );
+    let found = gw.cli(&["recordings", "--user", "bob"])?.ok()?;
+    assert_eq!(found.stdout.lines().count(), 1, "{found}");
+    let reads = events_of(gw, "audit.read")?;
+    assert!(
+        reads.iter().any(|e| e["resource"] == "recordings"
+            && e["action"] == "replay"
+            && e["session_id"] == a.as_str()),
+        "{reads:#?}"
+    );
+
+    // Verify: intact, then each kind of tampering is named.
+    let ok = gw.cli(&["audit", "verify", "--config", &cfg])?.ok()?;
+    assert!(
+        ok.stdout.contains("recordings intact: 2 session(s)"),
+        "{ok}"
+    );
+    let dir = gw.state_dir().join("recordings").join(&a);
+    let tamper = |file: &str, how: &dyn Fn(&Path) -> std::io::Result<()>, says: &str| {
+        let path = dir.join(file);
+        let saved = std::fs::read(&path).ok();
+        how(&path)?;
+        let out = gw.cli(&["audit", "verify", "--config", &cfg])?;
+        let replay = gw.cli(&["replay", &a, "--speed", "1000"])?;
+        if let Some(saved) = saved {
+            std::fs::write(&path, saved)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+        assert_eq!(out.code(), Some(1), "{out}");
+        assert!(
+            out.stdout.contains("recording verification FAILED")
+                && out.stdout.contains(file)
+                && out.stdout.contains(says),
+            "{file}: {out}"
+        );
+        if says != "not in the audit log" {
+            assert!(
+                !replay.success() && replay.stderr.contains(file),
+                "{replay}"
+            );
+        }
+        anyhow::Ok(())
+    };
+    tamper(
+        "00000001.rec",
+        &|p| {
+            let mut b = std::fs::read(p)?;
+            let at = b.len() - 2;
+            b[at] ^= 0x20;
+            std::fs::write(p, b)
+        },
+        "altered",
+    )?;
+    tamper(
+        "00000002.rec",
+        &|p| {
+            let b = std::fs::read(p)?;
+            std::fs::write(p, &b[..b.len() - 1])
+        },
+        "truncated",
+    )?;
+    tamper("00000000.rec", &|p| std::fs::remove_file(p), "missing")?;
+    tamper(
+        "99999999.rec",
+        &|p| std::fs::write(p, b"GHREC01\n"),
+        "not in the audit log",
+    )?;
+    let ok = gw.cli(&["audit", "verify", "--config", &cfg])?.ok()?;
+    assert!(ok.stdout.contains("recordings intact"), "{ok}");
+    Ok(())
+}
+
+/// A recording that reaches its bound ends the session on a `strict` resource (the default),
+/// with the reason on the terminal, and lets it go on under `best-effort`; both are audited.
+#[test]
+fn a_failed_recording_cuts_a_strict_session_and_is_audited_either_way() -> anyhow::Result<()> {
+    for mode in ["strict", "best-effort"] {
+        let s = setup_with(
+            |c| c.set("recordings", "max_session_bytes", "8192"),
+            |r| {
+                if mode == "strict" {
+                    r
+                } else {
+                    r.raw("recording", "\"best-effort\"")
+                }
+            },
+        )?;
+        let (_home, key, known_hosts) = alice(&s)?;
+        let out = ssh_raw(&s, &key, &known_hosts, &["seq 1 200000"], b"")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let failed =
+            s.gw.wait_for_event(|e| e["kind"] == "recording.failed", Duration::from_secs(10))?;
+        let failed: Vec<&Value> = failed
+            .iter()
+            .filter(|e| e["kind"] == "recording.failed")
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:#?}");
+        assert!(failed[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("reached its bound of 8192 bytes")));
+        if mode == "strict" {
+            assert_eq!(out.status.code(), Some(255), "{stderr}");
+            assert!(
+                stderr.contains("reached its bound of 8192 bytes")
+                    && stderr.contains("allows no unrecorded session"),
+                "{stderr}"
+            );
+            assert!(!out.stdout.ends_with(b"200000\n"));
+            assert_eq!(failed[0]["decision"], "cut");
+        } else {
+            assert!(out.status.success(), "{stderr}");
+            assert!(out.stdout.ends_with(b"199999\n200000\n"));
+            assert_eq!(failed[0]["decision"], "continued");
+        }
+    }
     Ok(())
 }

@@ -117,11 +117,17 @@ pub enum EventKind {
     /// The SSH door refused a channel or a request on one (port forwarding, agent or X11
     /// forwarding, an environment variable, a subsystem): the session goes on without it.
     SshRefused,
+    /// A chunk of a session recording was written and synced: its file, size, time span and
+    /// SHA-256 (what `audit verify` checks the file against). The last chunk says `last`.
+    RecordingChunk,
+    /// A session's recording failed (a write error, its bound reached): the session was cut
+    /// (`decision` cut, a `strict` resource) or went on unrecorded (`continued`).
+    RecordingFailed,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 50] = [
+    pub const ALL: [EventKind; 52] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -172,6 +178,8 @@ impl EventKind {
         EventKind::SiemLag,
         EventKind::SshCommand,
         EventKind::SshRefused,
+        EventKind::RecordingChunk,
+        EventKind::RecordingFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -226,6 +234,8 @@ impl EventKind {
             EventKind::SiemLag => "siem.lag",
             EventKind::SshCommand => "ssh.command",
             EventKind::SshRefused => "ssh.refused",
+            EventKind::RecordingChunk => "recording.chunk",
+            EventKind::RecordingFailed => "recording.failed",
         }
     }
 
@@ -307,6 +317,8 @@ impl EventKind {
             // restriction, networks: no tunnel past the gateway).
             EventKind::SshCommand => &["8.15"],
             EventKind::SshRefused => &["8.3", "8.15", "8.20"],
+            EventKind::RecordingChunk => &["5.28", "8.15"],
+            EventKind::RecordingFailed => &["8.15", "8.16"],
         }
     }
 }
@@ -636,6 +648,8 @@ mod tests {
                 EventKind::SiemLag => 47,
                 EventKind::SshCommand => 48,
                 EventKind::SshRefused => 49,
+                EventKind::RecordingChunk => 50,
+                EventKind::RecordingFailed => 51,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

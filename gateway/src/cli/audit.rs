@@ -150,7 +150,7 @@ pub(super) fn public_key_arg(arg: &str) -> anyhow::Result<PublicKey> {
     })
 }
 
-fn ts_arg(flag: &str, v: Option<&str>) -> anyhow::Result<Option<String>> {
+pub(super) fn ts_arg(flag: &str, v: Option<&str>) -> anyhow::Result<Option<String>> {
     v.map(|s| {
         let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .with_context(|| {
@@ -243,6 +243,8 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     .public_key(),
                 (None, None) => return Err(CliError::Usage(offline_needs_key_text()).into()),
             };
+            // The store, kept for the recordings' check after the chain's.
+            let mut opened = None;
             let result = match (&file, &config) {
                 (Some(path), _) => {
                     let f = std::fs::File::open(path).map_err(|e| {
@@ -267,9 +269,11 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         Anchor::Required(&anchor)
                     };
-                    verify_store_anchored(&store, &key, anchored)
+                    let r = verify_store_anchored(&store, &key, anchored)
                         .await
-                        .map_err(unavailable)?
+                        .map_err(unavailable)?;
+                    opened = Some((store, config.recordings.dir.clone()));
+                    r
                 }
             };
             let mut out = std::io::stdout().lock();
@@ -282,7 +286,36 @@ pub(super) async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             match result {
                 Ok(report) => {
                     writeln!(out, "audit log intact: {report}")?;
-                    Ok(ExitCode::SUCCESS)
+                    let Some((store, dir)) = opened else {
+                        return Ok(ExitCode::SUCCESS);
+                    };
+                    // The chain vouches for the chunk events; the files must match them.
+                    let f = crate::recording::read::verify(&store, &dir)
+                        .await
+                        .map_err(|e| {
+                            CliError::Unavailable(format!(
+                                "cannot read the recordings' events from the store: {e}"
+                            ))
+                        })?;
+                    for note in &f.notes {
+                        writeln!(out, "note: {note}")?;
+                    }
+                    if f.problems.is_empty() {
+                        writeln!(
+                            out,
+                            "recordings intact: {} session(s), {} chunk(s), {} bytes under {}",
+                            f.sessions,
+                            f.chunks,
+                            f.bytes,
+                            dir.display()
+                        )?;
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        for p in &f.problems {
+                            writeln!(out, "recording verification FAILED: {p}")?;
+                        }
+                        Ok(ExitCode::FAILURE)
+                    }
                 }
                 Err(e) => {
                     writeln!(

@@ -21,7 +21,7 @@ mod ssh;
 mod tcp;
 
 pub use postgres::{PostgresDirect, PostgresResource};
-pub use ssh::SshResource;
+pub use ssh::{RecordingMode, SshResource};
 pub use tcp::TcpResource;
 
 /// The role every resource has: its `credential` (a tcp resource's only role).

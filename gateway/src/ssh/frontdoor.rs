@@ -17,7 +17,11 @@
 //!    own policy decision (Cedar action `forward`), recorded durably before the channel
 //!    opens. Remote forwarding, agent forwarding and X11 are refused and recorded
 //!    (`ssh.refused`).
-//! 4. The registry can end the session (kill, disable, grant expiry or revocation, logout):
+//! 4. Every channel is recorded ([`crate::recording`]): what the client is shown, with its
+//!    timing, window sizes, commands and exit statuses, what it types where the resource
+//!    records input, and a forwarded port's bytes. A `strict` resource (the default) takes no
+//!    session whose recording cannot start, and cuts one whose recording fails.
+//! 5. The registry can end the session (kill, disable, grant expiry or revocation, logout):
 //!    the upstream is closed first, each open channel gets the reason on its stderr and exit
 //!    status 255, then the connection is closed with the same reason; each step is bounded,
 //!    so a client that reads nothing is cut all the same.
@@ -47,6 +51,8 @@ use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::authn::token::Door as CredentialDoor;
 use crate::config::{Config, ResourceKind};
 use crate::listener::{Conn, Door, Serving};
+use crate::recording::format::Kind;
+use crate::recording::writer::{self as recording_writer, Recorder, Recording};
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -170,11 +176,22 @@ struct LiveEnd {
     started: Instant,
     /// Why the gateway ended it, if it did.
     cut: Arc<Mutex<Option<String>>>,
+    /// Complete once every channel task has let go of its recorder.
+    recording: Option<Recording>,
     _registration: crate::registry::Registration,
 }
 
 impl LiveEnd {
     async fn finish(self, audit: &AuditLog) {
+        if let Some(recording) = self.recording {
+            // The channel tasks end with the connection; their last records go first.
+            if tokio::time::timeout(RECORDING_FINISH, recording.finish())
+                .await
+                .is_err()
+            {
+                warn!("the session's recording is still being written as the session ends");
+            }
+        }
         let reason = match self.cut.lock().ok().and_then(|c| c.clone()) {
             Some(why) => EndReason::Killed(why),
             None => EndReason::ClientClosed,
@@ -226,18 +243,76 @@ struct Live {
     cut: Arc<Mutex<Option<String>>>,
     /// The channel tasks still running.
     running: Arc<Running>,
+    /// `None` only on a `best-effort` resource whose recording could not start.
+    recorder: Option<Recorder>,
 }
 
 impl Live {
-    fn channel_ctx(&self) -> ChannelCtx {
+    /// What the tasks of client channel `id` share; `content` says whether what passes is
+    /// recorded (session channels) or only counted (forwarded ports).
+    fn channel_ctx(&self, id: ChannelId, content: bool) -> ChannelCtx {
         ChannelCtx {
             counters: self.counters.clone(),
             kill: self.kill.clone(),
             cut: self.cut.clone(),
             running: self.running.clone(),
+            rec: self.recorder.clone().map(|recorder| {
+                Arc::new(ChannelRec {
+                    recorder,
+                    channel: u32::from(id),
+                    content,
+                    from_client: AtomicU64::new(0),
+                    to_client: AtomicU64::new(0),
+                })
+            }),
         }
     }
 }
+
+/// One channel's recording.
+struct ChannelRec {
+    recorder: Recorder,
+    channel: u32,
+    /// Session channels record what passes; forwarded ports only their bytes.
+    content: bool,
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl ChannelRec {
+    async fn record(&self, kind: Kind, data: Bytes) {
+        self.recorder.record(self.channel, kind, data).await;
+    }
+
+    /// Output the client is shown (or the client's input): recorded for a session channel,
+    /// counted for both.
+    async fn content(&self, kind: Kind, data: &Bytes) {
+        let counter = if kind == Kind::Input {
+            &self.from_client
+        } else {
+            &self.to_client
+        };
+        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let wanted = match kind {
+            Kind::Input => self.recorder.records_input(),
+            _ => true,
+        };
+        if self.content && wanted {
+            self.record(kind, data.clone()).await;
+        }
+    }
+
+    async fn close(&self) {
+        let d = serde_json::json!({
+            "from_client": self.from_client.load(Ordering::Relaxed),
+            "to_client": self.to_client.load(Ordering::Relaxed),
+        });
+        self.record(Kind::Close, Bytes::from(d.to_string())).await;
+    }
+}
+
+/// How long a session's end waits for its recording's last chunk.
+const RECORDING_FINISH: Duration = Duration::from_secs(10);
 
 /// How long each step of a cut may take (upstream close, channels' last words, disconnect).
 const CUT_STEP: Duration = Duration::from_millis(300);
@@ -299,6 +374,7 @@ struct ChannelCtx {
     kill: tokio::sync::watch::Receiver<Option<String>>,
     cut: Arc<Mutex<Option<String>>>,
     running: Arc<Running>,
+    rec: Option<Arc<ChannelRec>>,
 }
 
 /// One client connection.
@@ -506,6 +582,48 @@ impl Client {
                 ));
             }
         };
+        let strict = ssh.recording == crate::config::RecordingMode::Strict;
+        let rec_owner = recording_writer::Owner {
+            session: self.session_id,
+            user: checked.user.clone(),
+            resource: resource.name.clone(),
+        };
+        let settings = recording_writer::Settings {
+            dir: crate::recording::session_dir(&door.config.recordings.dir, &self.session_id),
+            chunk_bytes: door.config.recordings.chunk_bytes,
+            chunk_interval: door.config.recordings.chunk_interval,
+            max_bytes: door.config.recordings.max_session_bytes,
+            strict,
+            input: ssh.record_input,
+        };
+        let (recorder, recording) = match recording_writer::start(
+            settings,
+            rec_owner.clone(),
+            door.audit.clone(),
+            door.registry.clone(),
+        )
+        .await
+        {
+            Ok((r, g)) => (Some(r), Some(g)),
+            Err(e) => {
+                warn!(error = %e, strict, "the session's recording cannot start");
+                let why = e.to_string();
+                let ev = recording_writer::failed_event(
+                    &rec_owner,
+                    strict,
+                    &why,
+                    serde_json::json!({ "strict": strict, "at": "start" }),
+                );
+                let recorded = door.audit.record_durable(ev).await.is_ok();
+                if strict || !recorded {
+                    return self.refused(format!(
+                        "gatehouse: resource \"{}\" allows no unrecorded session, and this one cannot be recorded: {why}",
+                        resource.name
+                    ));
+                }
+                (None, None)
+            }
+        };
         self.conn.authenticated();
         let owner = crate::registry::Owner {
             user: checked.user.clone(),
@@ -556,6 +674,7 @@ impl Client {
                 counters: counters.clone(),
                 started: Instant::now(),
                 cut: cut.clone(),
+                recording,
                 _registration: registration,
             });
         }
@@ -573,6 +692,7 @@ impl Client {
             kill,
             cut,
             running: Arc::default(),
+            recorder,
         }));
         Auth::Accept
     }
@@ -586,8 +706,12 @@ impl Client {
         up: Channel<russh::client::Msg>,
         reply: ChannelOpenHandle,
         cx: ChannelCtx,
+        what: String,
     ) {
         let id = channel.id();
+        if let Some(rec) = &cx.rec {
+            rec.record(Kind::Open, Bytes::from(what)).await;
+        }
         // What the client sends arrives through the handler's callbacks; the channel's own
         // copy of it is not read (its receiver dropped, russh skips it).
         let (_unread, client_write) = channel.split();
@@ -629,12 +753,11 @@ impl server::Handler for Client {
         let handle = session.handle();
         match &self.state {
             State::Refused(why) => {
+                // Queued right behind the success, before anything else the client sends is
+                // read: a channel it opens at once must not be answered first (the client
+                // would show "administratively prohibited" instead of the reason).
                 let why = why.clone();
-                tokio::spawn(async move {
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, why, String::new())
-                        .await;
-                });
+                session.disconnect(Disconnect::ByApplication, &why, "")?;
             }
             State::Live(live) => {
                 // The registry's kill. The upstream goes first, so that nothing the client
@@ -709,8 +832,9 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let cx = live.channel_ctx();
-        self.open_channel(channel, up, reply, cx).await;
+        let cx = live.channel_ctx(channel.id(), true);
+        self.open_channel(channel, up, reply, cx, "session".into())
+            .await;
         Ok(())
     }
 
@@ -792,8 +916,9 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let cx = live.channel_ctx();
-        self.open_channel(channel, up, reply, cx).await;
+        let cx = live.channel_ctx(channel.id(), false);
+        self.open_channel(channel, up, reply, cx, format!("direct-tcpip {to}"))
+            .await;
         Ok(())
     }
 
@@ -1098,6 +1223,9 @@ async fn to_upstream(
             _ = &mut cut => return,
         };
         let Some(cmd) = cmd else { break };
+        if let Some(rec) = &cx.rec {
+            record_request(rec, &cmd).await;
+        }
         let send = async {
             match cmd {
                 Cmd::Close => Err(russh::Error::Disconnect),
@@ -1134,6 +1262,56 @@ async fn to_upstream(
     let _ = up.close().await;
 }
 
+/// What the client is told when the target refuses a channel request.
+const REFUSED_BY_TARGET: &str = "gatehouse: the target refused the request\r\n";
+
+/// Records what the client asks of a channel, before it is passed on.
+async fn record_request(rec: &ChannelRec, cmd: &Cmd) {
+    match cmd {
+        Cmd::Data(b) => rec.content(Kind::Input, b).await,
+        Cmd::Pty {
+            term, cols, rows, ..
+        } => {
+            let d = serde_json::json!({ "term": term, "cols": cols, "rows": rows });
+            rec.record(Kind::Pty, Bytes::from(d.to_string())).await;
+        }
+        Cmd::Shell => rec.record(Kind::Shell, Bytes::new()).await,
+        Cmd::Exec(c) => rec.record(Kind::Exec, Bytes::copy_from_slice(c)).await,
+        Cmd::Subsystem(n) => rec.record(Kind::Subsystem, Bytes::from(n.clone())).await,
+        Cmd::WindowChange(c, r, _, _) => {
+            rec.record(Kind::Resize, crate::recording::format::size(*c, *r))
+                .await
+        }
+        Cmd::Eof | Cmd::Close | Cmd::Env(..) | Cmd::Signal(_) => {}
+    }
+}
+
+/// Records what the target sends on a channel, before the client is sent it.
+async fn record_reply(rec: &ChannelRec, msg: &Option<ChannelMsg>) {
+    match msg {
+        Some(ChannelMsg::Data { data }) => rec.content(Kind::Output, data).await,
+        Some(ChannelMsg::ExtendedData { data, .. }) => rec.content(Kind::Stderr, data).await,
+        Some(ChannelMsg::Eof) => rec.record(Kind::Eof, Bytes::new()).await,
+        Some(ChannelMsg::ExitStatus { exit_status }) => {
+            let b = Bytes::copy_from_slice(&exit_status.to_be_bytes());
+            rec.record(Kind::Exit, b).await
+        }
+        Some(ChannelMsg::Failure) => {
+            let text = Bytes::from_static(REFUSED_BY_TARGET.as_bytes());
+            rec.content(Kind::Stderr, &text).await;
+            rec.record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
+                .await
+        }
+        Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+            let note = format!("the program was killed by signal {signal_name:?}");
+            rec.record(Kind::Note, Bytes::from(note)).await;
+            rec.record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
+                .await
+        }
+        _ => {}
+    }
+}
+
 /// Carries what the target sends on one session channel to the client, until it closes.
 /// Writes wait for the client's window: a client that stops reading stops the target's
 /// output (the target's window closes), it does not fill the gateway's memory.
@@ -1147,6 +1325,9 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
             m = up.wait() => m,
             _ = &mut cut => break,
         };
+        if let Some(rec) = &cx.rec {
+            record_reply(rec, &msg).await;
+        }
         let write = async {
             match msg {
                 None | Some(ChannelMsg::Close) => return false,
@@ -1174,10 +1355,8 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
                     let _ = client.exit_status(255).await;
                 }
                 Some(ChannelMsg::Failure) => {
-                    let text = "gatehouse: the target refused the request\r\n";
-                    let _ = client
-                        .extended_data_bytes(1, Bytes::from_static(text.as_bytes()))
-                        .await;
+                    let text = Bytes::from_static(REFUSED_BY_TARGET.as_bytes());
+                    let _ = client.extended_data_bytes(1, text).await;
                     let _ = client.exit_status(255).await;
                     let _ = client.eof().await;
                     return false;
@@ -1204,12 +1383,20 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
     if let Some(why) = why {
         // The last words of a cut, bounded: a client that reads nothing is closed anyway.
         let last = async {
-            let text = format!("\r\ngatehouse: this session was ended: {why}\r\n");
-            let _ = client.extended_data_bytes(1, Bytes::from(text)).await;
+            let text = Bytes::from(format!("\r\ngatehouse: this session was ended: {why}\r\n"));
+            if let Some(rec) = &cx.rec {
+                rec.content(Kind::Stderr, &text).await;
+                rec.record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
+                    .await;
+            }
+            let _ = client.extended_data_bytes(1, text).await;
             let _ = client.exit_status(255).await;
             let _ = client.eof().await;
         };
         let _ = tokio::time::timeout(CUT_STEP, last).await;
+    }
+    if let Some(rec) = &cx.rec {
+        let _ = tokio::time::timeout(CUT_STEP, rec.close()).await;
     }
     let _ = client.close().await;
 }

@@ -154,6 +154,29 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// Up to `limit` events of `kind` with `seq > after`, in order, optionally of one session.
+    pub async fn audit_events_of_kind(
+        &self,
+        kind: &str,
+        session: Option<&str>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let sql = self.sql(&format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE kind = $1 AND seq > $2 AND ($3 = '' OR session_id = $4) ORDER BY seq LIMIT $5"
+        ));
+        // SQLite's placeholders are positional: the session is bound twice.
+        let rows = sqlx::query(&sql)
+            .bind(kind)
+            .bind(after as i64)
+            .bind(session.unwrap_or(""))
+            .bind(session.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     pub async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, hash, ts, key_id, signature FROM audit_checkpoints ORDER BY seq",

@@ -23,6 +23,19 @@ pub struct SshResource {
     /// Role name -> the login the gateway's certificate names upstream. Always has `read`.
     pub logins: BTreeMap<String, String>,
     pub connect_timeout: Duration,
+    /// What a failed recording does to the session.
+    pub recording: RecordingMode,
+    /// Whether what the client types is recorded as well as what it is shown.
+    pub record_input: bool,
+}
+
+/// `recording = "strict" | "best-effort"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingMode {
+    /// No session goes on unrecorded: a recording that cannot start or fails ends it.
+    Strict,
+    /// A failed recording is audited and the session goes on.
+    BestEffort,
 }
 
 impl SshResource {
@@ -47,6 +60,8 @@ struct SshResourceFile {
     host_key: Option<String>,
     logins: Option<BTreeMap<String, String>>,
     connect_timeout: Option<String>,
+    recording: Option<String>,
+    record_input: Option<bool>,
 }
 
 const WHY_NOT: &str = " (the gateway logs in upstream with a certificate of its own upstream CA: an ssh resource brokers no password or key)";
@@ -97,6 +112,16 @@ pub(super) fn parse(
             ))
         }
     };
+    let recording = match r.recording.as_deref() {
+        None | Some("strict") => RecordingMode::Strict,
+        Some("best-effort") => RecordingMode::BestEffort,
+        Some(other) => {
+            return Err(invalid(
+                cx.key("recording"),
+                format!("`{other}` is neither \"strict\" (the default: no session goes on unrecorded) nor \"best-effort\""),
+            ))
+        }
+    };
     let logins = r.logins.unwrap_or_default();
     if !logins.contains_key(DEFAULT_ROLE) {
         return Err(invalid(
@@ -134,6 +159,8 @@ pub(super) fn parse(
             host_key,
             logins,
             connect_timeout,
+            recording,
+            record_input: r.record_input.unwrap_or(false),
         },
         roles,
     ))
@@ -179,6 +206,15 @@ mod tests {
         assert_eq!(s.role_for("deploy"), Some("read"));
         assert_eq!(s.role_for("nobody"), None);
         assert_eq!(r.address(), Some("127.0.0.1:22"));
+        assert_eq!(s.recording, super::RecordingMode::Strict);
+        assert!(!s.record_input);
+        let text = ssh(&format!(
+            "host_key = \"{KEY}\"\nlogins = {{ read = \"d\" }}\nrecording = \"best-effort\"\nrecord_input = true"
+        ));
+        let c = Config::parse(Path::new("g.toml"), &text, &env(), Secrets::Load).unwrap();
+        let s = c.resource("web-1").unwrap().ssh().unwrap();
+        assert_eq!(s.recording, super::RecordingMode::BestEffort);
+        assert!(s.record_input);
     }
 
     #[test]
@@ -197,6 +233,10 @@ mod tests {
             (
                 format!("host_key = \"{KEY}\"\nlogins = {{ read = \"d\" }}\npassword_env = \"X\""),
                 "password_env",
+            ),
+            (
+                format!("host_key = \"{KEY}\"\nlogins = {{ read = \"d\" }}\nrecording = \"off\""),
+                "recording",
             ),
         ] {
             let e = Config::parse(Path::new("g.toml"), &ssh(&extra), &env(), Secrets::Load)

@@ -1,0 +1,441 @@
+//! The recorder of one live session: records arrive over a bounded queue (a slow disk slows
+//! the session, nothing is dropped), are written to the current chunk file within a second,
+//! and each chunk, once full or old enough, is synced and its SHA-256 chained into the audit
+//! log as a `recording.chunk` event. The last chunk's event says `last`.
+//!
+//! When writing fails or the session's bound is reached, a `recording.failed` event is
+//! written; a `strict` resource's session is then cut through the registry with the reason,
+//! and from then on records are discarded, so no sender ever waits on a dead recorder.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_core::session::SessionId;
+use ring::digest::{Context, SHA256};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::format::{Kind, Record, MAGIC, MAX_RECORD};
+use super::text::Stripper;
+use super::{chunk_name, SEARCH_FILE};
+use crate::audit::{AuditLog, EventKind, NewEvent};
+use crate::registry::Registry;
+
+/// Records waiting for the recorder.
+const QUEUE: usize = 256;
+
+/// Written to the file once this much is buffered (or every second).
+const WRITE_AT: usize = 64 * 1024;
+
+/// How one session is recorded.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `recordings_dir/<session id>/`.
+    pub dir: PathBuf,
+    pub chunk_bytes: usize,
+    pub chunk_interval: Duration,
+    /// The most bytes one session's recording may take.
+    pub max_bytes: u64,
+    /// A failed recording ends the session.
+    pub strict: bool,
+    /// What the client types is recorded too.
+    pub input: bool,
+}
+
+/// Whose recording it is, for its events.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub session: SessionId,
+    pub user: String,
+    pub resource: String,
+}
+
+/// A handle that adds records to the session's recording; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Record>,
+    started: Instant,
+    input: bool,
+}
+
+impl Recorder {
+    /// Whether the client's input is recorded.
+    pub fn records_input(&self) -> bool {
+        self.input
+    }
+
+    /// Adds a record, stamped now. Waits while the recorder is behind.
+    pub async fn record(&self, channel: u32, kind: Kind, data: Bytes) {
+        let t_us = self.started.elapsed().as_micros() as u64;
+        let mut data = data;
+        loop {
+            let piece = if data.len() > MAX_RECORD {
+                data.split_to(MAX_RECORD)
+            } else {
+                std::mem::take(&mut data)
+            };
+            let last = data.is_empty();
+            let _ = self
+                .tx
+                .send(Record {
+                    t_us,
+                    channel,
+                    kind,
+                    data: piece,
+                })
+                .await;
+            if last {
+                return;
+            }
+        }
+    }
+}
+
+/// The recorder's task; [`Recording::finish`] waits until the last chunk is chained.
+pub struct Recording {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recording {
+    /// Waits for the recording to be complete: every [`Recorder`] must be dropped first.
+    pub async fn finish(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Why a recording could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the recording directory `{dir}`: {source}")]
+pub struct StartError {
+    dir: String,
+    source: std::io::Error,
+}
+
+/// Creates the session's recording directory and starts its recorder.
+pub async fn start(
+    settings: Settings,
+    owner: Owner,
+    audit: AuditLog,
+    registry: Registry,
+) -> Result<(Recorder, Recording), StartError> {
+    let dir = settings.dir.clone();
+    let made = tokio::task::spawn_blocking(move || create_private_dir(&dir))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(source) = made {
+        return Err(StartError {
+            dir: settings.dir.display().to_string(),
+            source,
+        });
+    }
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let started = Instant::now();
+    let recorder = Recorder {
+        tx,
+        started,
+        input: settings.input,
+    };
+    let task = Task {
+        started_at: gatehouse_core::clock::now_ts(),
+        settings,
+        owner,
+        audit,
+        registry,
+        chunk: Chunk::new(0),
+        files: Some(Files::default()),
+        total: 0,
+        failed: false,
+        strippers: std::collections::HashMap::new(),
+        text: Vec::new(),
+        search_hash: Context::new(&SHA256),
+        search_bytes: 0,
+    };
+    let task = tokio::spawn(task.run(rx));
+    Ok((recorder, Recording { task }))
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// The chunk being written.
+struct Chunk {
+    n: u64,
+    /// Encoded bytes not yet written to the file.
+    pending: Vec<u8>,
+    hash: Context,
+    bytes: u64,
+    records: u64,
+    from_us: Option<u64>,
+    to_us: u64,
+    opened: Instant,
+}
+
+impl Chunk {
+    fn new(n: u64) -> Chunk {
+        let mut hash = Context::new(&SHA256);
+        hash.update(MAGIC);
+        Chunk {
+            n,
+            pending: MAGIC.to_vec(),
+            hash,
+            bytes: MAGIC.len() as u64,
+            records: 0,
+            from_us: None,
+            to_us: 0,
+            opened: Instant::now(),
+        }
+    }
+}
+
+/// The open files: the current chunk and the search text.
+#[derive(Default)]
+struct Files {
+    chunk: Option<std::fs::File>,
+    search: Option<std::fs::File>,
+}
+
+struct Task {
+    started_at: String,
+    settings: Settings,
+    owner: Owner,
+    audit: AuditLog,
+    registry: Registry,
+    chunk: Chunk,
+    /// `None` while a blocking write holds them.
+    files: Option<Files>,
+    total: u64,
+    failed: bool,
+    strippers: std::collections::HashMap<u32, Stripper>,
+    /// Search text not yet written.
+    text: Vec<u8>,
+    /// Over all the search text written so far: each chunk's event carries it, so that the
+    /// search file is checked like the chunks.
+    search_hash: Context,
+    search_bytes: u64,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => self.add(r).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if !self.failed {
+                        self.write().await;
+                        if self.chunk.records > 0
+                            && self.chunk.opened.elapsed() >= self.settings.chunk_interval
+                        {
+                            self.roll(false).await;
+                        }
+                    }
+                }
+            }
+        }
+        if !self.failed {
+            self.roll(true).await;
+        }
+    }
+
+    async fn add(&mut self, r: Record) {
+        if self.failed {
+            return;
+        }
+        let len = r.encoded_len() as u64;
+        if self.total + self.chunk.bytes + len > self.settings.max_bytes {
+            let why = format!(
+                "the session's recording reached its bound of {} bytes",
+                self.settings.max_bytes
+            );
+            // What was recorded up to the bound is kept and chained, as the last chunk.
+            self.roll(true).await;
+            if !self.failed {
+                self.fail(why).await;
+            }
+            return;
+        }
+        match r.kind {
+            Kind::Output | Kind::Stderr => {
+                let s = self.strippers.entry(r.channel).or_default();
+                s.push(&r.data, &mut self.text);
+            }
+            Kind::Exec => {
+                self.text.extend_from_slice(b"\n$ ");
+                let mut s = Stripper::default();
+                s.push(&r.data, &mut self.text);
+                self.text.push(b'\n');
+            }
+            _ => {}
+        }
+        let at = self.chunk.pending.len();
+        r.encode(&mut self.chunk.pending);
+        self.chunk.hash.update(&self.chunk.pending[at..]);
+        self.chunk.bytes += len;
+        self.chunk.records += 1;
+        self.chunk.from_us.get_or_insert(r.t_us);
+        self.chunk.to_us = r.t_us;
+        if self.chunk.pending.len() >= WRITE_AT {
+            self.write().await;
+        }
+        if self.chunk.bytes >= self.settings.chunk_bytes as u64 {
+            self.roll(false).await;
+        }
+    }
+
+    /// Writes what is pending to the files (off the async threads); `sync` also makes the
+    /// chunk durable.
+    async fn write_files(&mut self, sync: bool) -> std::io::Result<()> {
+        let Some(mut files) = self.files.take() else {
+            return Err(std::io::Error::other("the recording files are gone"));
+        };
+        let pending = std::mem::take(&mut self.chunk.pending);
+        let text = std::mem::take(&mut self.text);
+        self.search_hash.update(&text);
+        self.search_bytes += text.len() as u64;
+        let chunk_path = self.settings.dir.join(chunk_name(self.chunk.n));
+        let search_path = self.settings.dir.join(SEARCH_FILE);
+        let (files, r) = tokio::task::spawn_blocking(move || {
+            let r = (|| {
+                if files.chunk.is_none() {
+                    files.chunk = Some(open_new(&chunk_path)?);
+                }
+                if files.search.is_none() {
+                    files.search = Some(open_append(&search_path)?);
+                }
+                if let Some(f) = files.chunk.as_mut() {
+                    f.write_all(&pending)?;
+                    if sync {
+                        f.sync_all()?;
+                    }
+                }
+                if let Some(f) = files.search.as_mut() {
+                    f.write_all(&text)?;
+                }
+                Ok(())
+            })();
+            (files, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.files = Some(files);
+        r
+    }
+
+    async fn write(&mut self) {
+        if self.chunk.pending.is_empty() && self.text.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_files(false).await {
+            self.fail(format!("writing the session's recording failed: {e}"))
+                .await;
+        }
+    }
+
+    /// Closes the current chunk, chains its hash into the audit log and starts the next.
+    async fn roll(&mut self, last: bool) {
+        if let Err(e) = self.write_files(true).await {
+            self.fail(format!("writing the session's recording failed: {e}"))
+                .await;
+            return;
+        }
+        let next = Chunk::new(self.chunk.n + 1);
+        let done = std::mem::replace(&mut self.chunk, next);
+        if let Some(files) = self.files.as_mut() {
+            files.chunk = None;
+        }
+        self.total += done.bytes;
+        let sha256 = crate::audit::event::hex(done.hash.finish().as_ref());
+        let mut e = NewEvent::new(EventKind::RecordingChunk);
+        e.actor = self.owner.user.clone();
+        e.resource = self.owner.resource.clone();
+        e.action = "record".into();
+        e.session_id = self.owner.session.to_string();
+        e.detail = serde_json::json!({
+            "chunk": done.n,
+            "file": chunk_name(done.n),
+            "sha256": sha256,
+            "bytes": done.bytes,
+            "records": done.records,
+            "from_us": done.from_us.unwrap_or(done.to_us),
+            "to_us": done.to_us,
+            "last": last,
+            "started": self.started_at,
+            "search_bytes": self.search_bytes,
+            "search_sha256": crate::audit::event::hex(self.search_hash.clone().finish().as_ref()),
+        });
+        if self.audit.record(e).await.is_err() {
+            warn!("the audit log did not take a recording chunk's event");
+        }
+    }
+
+    async fn fail(&mut self, why: String) {
+        self.failed = true;
+        warn!(reason = %why, strict = self.settings.strict, "session recording failed");
+        let detail = serde_json::json!({
+            "chunk": self.chunk.n,
+            "strict": self.settings.strict,
+            "recorded_bytes": self.total,
+        });
+        let e = failed_event(&self.owner, self.settings.strict, &why, detail);
+        let _ = self.audit.record_durable(e).await;
+        if self.settings.strict {
+            let reason = format!("{why}; this resource allows no unrecorded session");
+            if self
+                .registry
+                .kill_session(&self.owner.session.to_string(), &reason)
+                .is_some()
+            {
+                info!("cut the session: its recording failed");
+            }
+        }
+    }
+}
+
+/// The `recording.failed` event: `decision` says what became of the session.
+pub fn failed_event(owner: &Owner, strict: bool, why: &str, detail: serde_json::Value) -> NewEvent {
+    let mut e = NewEvent::new(EventKind::RecordingFailed);
+    e.actor = owner.user.clone();
+    e.resource = owner.resource.clone();
+    e.action = "record".into();
+    e.session_id = owner.session.to_string();
+    e.reason = why.to_string();
+    e.decision = if strict { "cut" } else { "continued" }.into();
+    e.detail = detail;
+    e
+}
+
+fn open_new(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
