@@ -183,6 +183,9 @@ impl Access {
                 has_grant,
                 duration_secs,
                 requester: requester.to_string(),
+                command: String::new(),
+                forward_host: String::new(),
+                forward_port: 0,
             },
         };
         self.policies.authorize(&req)

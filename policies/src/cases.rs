@@ -26,7 +26,8 @@
 //!
 //! Every `context` key is optional: `mfa = false`, `source_ip = "127.0.0.1"`,
 //! `auth_method = "token"`, `hour_utc = 12`, `role = "read"`,
-//! `has_grant = false`, `duration_secs = 0`, `requester = ""`. `tags` is
+//! `has_grant = false`, `duration_secs = 0`, `requester = ""`, `command = ""`,
+//! `forward_host = ""`, `forward_port = 0`. `tags` is
 //! optional. Unknown keys are errors, so a misspelt key cannot silently test
 //! something else.
 
@@ -181,6 +182,9 @@ pub fn parse_cases(file_name: &str, toml_src: &str) -> Result<Vec<TestCase>, Pol
                         has_grant: raw.context.has_grant,
                         duration_secs: raw.context.duration_secs,
                         requester: raw.context.requester,
+                        command: raw.context.command,
+                        forward_host: raw.context.forward_host,
+                        forward_port: raw.context.forward_port,
                     },
                 },
                 expect: raw.expect,
@@ -334,6 +338,9 @@ struct RawContext {
     has_grant: bool,
     duration_secs: u64,
     requester: String,
+    command: String,
+    forward_host: String,
+    forward_port: u32,
 }
 
 impl Default for RawContext {
@@ -347,6 +354,9 @@ impl Default for RawContext {
             has_grant,
             duration_secs,
             requester,
+            command,
+            forward_host,
+            forward_port,
         } = RequestContext::new(IpAddr::V4(Ipv4Addr::LOCALHOST), "token", false, 12);
         RawContext {
             mfa,
@@ -357,6 +367,9 @@ impl Default for RawContext {
             has_grant,
             duration_secs,
             requester,
+            command,
+            forward_host,
+            forward_port,
         }
     }
 }
@@ -405,6 +418,9 @@ expect = "deny"
                 has_grant: false,
                 duration_secs: 0,
                 requester: String::new(),
+                command: String::new(),
+                forward_host: String::new(),
+                forward_port: 0,
             }
         );
         assert_eq!(case.expect, Expected::Deny);

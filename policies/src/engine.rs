@@ -8,7 +8,8 @@
 //! - resource `Gatehouse::Resource::"<name>"` with attributes `name`,
 //!   `protocol`, `env`, `data_class` and the other labels as tags;
 //! - context `{ mfa, source_ip, auth_method, hour_utc, role, has_grant,
-//!   duration_secs, requester }`, the same record for every action.
+//!   duration_secs, requester, command, forward_host, forward_port }`, the same record
+//!   for every action.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -322,6 +323,18 @@ fn build(
             "requester".to_owned(),
             RestrictedExpression::new_string(context.requester.clone()),
         ),
+        (
+            "command".to_owned(),
+            RestrictedExpression::new_string(context.command.clone()),
+        ),
+        (
+            "forward_host".to_owned(),
+            RestrictedExpression::new_string(context.forward_host.clone()),
+        ),
+        (
+            "forward_port".to_owned(),
+            RestrictedExpression::new_long(i64::from(context.forward_port)),
+        ),
     ])
     .map_err(Box::new)?;
 
@@ -370,6 +383,9 @@ fn check_schema_fits(schema: &Schema, types: &EntityTypes) -> Result<(), PolicyE
                 has_grant: true,
                 duration_secs: 3600,
                 requester: "schema-requester".to_owned(),
+                command: "schema-command".to_owned(),
+                forward_host: "schema-host".to_owned(),
+                forward_port: 22,
                 ..RequestContext::new(IpAddr::V4(Ipv4Addr::LOCALHOST), "token", false, 12)
             },
         };

@@ -42,17 +42,35 @@ pub enum Action {
     /// Forward a port through a session on an SSH resource (`ssh -L`, `ssh -W`), as
     /// `context.role`. Denied unless a policy permits it.
     Forward,
+    /// An interactive shell on a session channel of an SSH resource.
+    Shell,
+    /// A command on a session channel of an SSH resource (`context.command`).
+    Exec,
+    /// A subsystem (`sftp`, in `context.command`) on a session channel of an SSH resource.
+    Subsystem,
+    /// Ask the SSH target to listen and forward back (`ssh -R`).
+    RemoteForward,
+    /// Forward the client's SSH agent to the target (`ssh -A`).
+    AgentForward,
+    /// Forward X11 (`ssh -X`).
+    X11,
 }
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 12] = [
         Action::Connect,
         Action::Request,
         Action::Approve,
         Action::BreakGlass,
         Action::ReadAudit,
         Action::Forward,
+        Action::Shell,
+        Action::Exec,
+        Action::Subsystem,
+        Action::RemoteForward,
+        Action::AgentForward,
+        Action::X11,
     ];
 
     /// The Cedar action id, e.g. `connect`, `break_glass`.
@@ -64,6 +82,12 @@ impl Action {
             Action::BreakGlass => "break_glass",
             Action::ReadAudit => "read_audit",
             Action::Forward => "forward",
+            Action::Shell => "shell",
+            Action::Exec => "exec",
+            Action::Subsystem => "subsystem",
+            Action::RemoteForward => "remote_forward",
+            Action::AgentForward => "agent_forward",
+            Action::X11 => "x11",
         }
     }
 }
@@ -149,6 +173,13 @@ pub struct RequestContext {
     /// `approve`: the user who made the request being approved. Empty for the
     /// other actions.
     pub requester: String,
+    /// `exec`: the command text; `subsystem`: its name. Empty for the other actions.
+    pub command: String,
+    /// `forward`: the host the tunnel goes to; `remote_forward`: the address the
+    /// target is asked to listen on. Empty for the other actions.
+    pub forward_host: String,
+    /// `forward`, `remote_forward`: the port. `0` for the other actions.
+    pub forward_port: u32,
 }
 
 impl RequestContext {
@@ -170,6 +201,9 @@ impl RequestContext {
             has_grant: false,
             duration_secs: 0,
             requester: String::new(),
+            command: String::new(),
+            forward_host: String::new(),
+            forward_port: 0,
         }
     }
 }
@@ -191,7 +225,10 @@ mod tests {
         assert_eq!(Action::BreakGlass.as_str(), "break_glass");
         assert_eq!(Action::ReadAudit.as_str(), "read_audit");
         assert_eq!(Action::Forward.as_str(), "forward");
-        assert_eq!(Action::ALL.len(), 6);
+        assert_eq!(Action::Exec.as_str(), "exec");
+        assert_eq!(Action::RemoteForward.as_str(), "remote_forward");
+        assert_eq!(Action::AgentForward.as_str(), "agent_forward");
+        assert_eq!(Action::ALL.len(), 12);
     }
 
     #[test]
@@ -209,6 +246,9 @@ mod tests {
                 has_grant: false,
                 duration_secs: 0,
                 requester: String::new(),
+                command: String::new(),
+                forward_host: String::new(),
+                forward_port: 0,
             }
         );
     }

@@ -838,3 +838,171 @@ fn a_failed_recording_cuts_a_strict_session_and_is_audited_either_way() -> anyho
     }
     Ok(())
 }
+
+/// Every channel type, for each group, with the real client: what the policies allow opens,
+/// the rest is refused, each decision is in the log, and nothing is allowed that the matrix
+/// does not expect. Contractors cannot connect to the resource at all.
+#[test]
+fn every_channel_type_by_group_is_decided_by_policy_with_no_unexpected_allow() -> anyhow::Result<()>
+{
+    let s = setup()?;
+    // An agent to forward, for `ssh -A`.
+    let agent_dir = temp_dir("ssh-agent")?;
+    let sock = agent_dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let target = s.sshd.address();
+    let channels = [
+        "shell",
+        "exec",
+        "subsystem",
+        "forward",
+        "remote_forward",
+        "agent_forward",
+        "x11",
+    ];
+    let matrix: [(&str, &str, &[&str]); 3] = [
+        ("dora", "dba", &["shell", "exec", "subsystem", "forward"]),
+        ("bob", "engineering", &["shell", "exec", "subsystem"]),
+        ("carl", "contractors", &[]),
+    ];
+    let mut expected_allows = std::collections::BTreeSet::new();
+    for (user, group, allowed) in matrix {
+        let home = s.gw.engineer(user, &[group])?;
+        s.gw.as_user(&home, &["ssh-cert"])?.ok()?;
+        let key = home.join("ssh").join("id_ed25519");
+        let known_hosts = home.join("ssh").join("known_hosts");
+        let connects = group != "contractors";
+        for channel in channels {
+            let mut cmd = ssh_cmd(s.ssh_port, &key, &known_hosts, "web-1");
+            let mut stdin: &[u8] = b"";
+            match channel {
+                "shell" => {
+                    cmd.arg("-tt");
+                    stdin = b"exit 0\n";
+                }
+                "exec" => {
+                    cmd.arg("echo matrix-exec");
+                }
+                "subsystem" => {
+                    cmd.args(["-s", "sftp"]);
+                }
+                "forward" => {
+                    cmd.args(["-W", &target]);
+                }
+                "remote_forward" => {
+                    cmd.args([
+                        "-o",
+                        "ExitOnForwardFailure=yes",
+                        "-R",
+                        "127.0.0.1:0:127.0.0.1:9",
+                    ])
+                    .arg("true");
+                }
+                "agent_forward" => {
+                    cmd.env("SSH_AUTH_SOCK", &sock)
+                        .arg("-A")
+                        .arg("echo agent=${SSH_AUTH_SOCK:-none}");
+                }
+                _ => {
+                    cmd.env("DISPLAY", "127.0.0.1:99")
+                        .arg("-Y")
+                        .arg("echo display=${DISPLAY:-none}");
+                }
+            }
+            let out = run(&mut cmd, Some(stdin))?;
+            let allow = allowed.contains(&channel);
+            if allow {
+                expected_allows.insert((user.to_string(), channel.to_string()));
+            }
+            let cell = format!("{user} ({group}) {channel}");
+            if !connects {
+                assert_eq!(out.code(), Some(255), "{cell}: {out}");
+                assert!(out.stderr.contains("denied by policy"), "{cell}: {out}");
+                continue;
+            }
+            match (channel, allow) {
+                ("exec", true) => assert!(out.stdout.contains("matrix-exec"), "{cell}: {out}"),
+                ("forward", true) => assert!(out.stdout.starts_with("SSH-2.0-"), "{cell}: {out}"),
+                ("shell" | "subsystem", true) => assert_eq!(out.code(), Some(0), "{cell}: {out}"),
+                ("forward", false) => {
+                    assert_eq!(out.code(), Some(255), "{cell}: {out}");
+                    assert!(!out.stdout.contains("SSH-2.0-"), "{cell}: {out}");
+                }
+                ("remote_forward", false) => {
+                    assert_eq!(out.code(), Some(255), "{cell}: {out}");
+                    assert!(out.stderr.contains("forwarding failed"), "{cell}: {out}");
+                }
+                // Refused quietly by OpenSSH's design: the session runs without it.
+                ("agent_forward", false) => {
+                    assert!(out.stdout.contains("agent=none"), "{cell}: {out}")
+                }
+                ("x11", false) => assert!(out.stdout.contains("display=none"), "{cell}: {out}"),
+                (_, false) => {
+                    assert_eq!(out.code(), Some(255), "{cell}: {out}");
+                    assert!(out.stderr.contains("denied by policy"), "{cell}: {out}");
+                }
+                (_, true) => unreachable!("{cell}: no allowed case for it"),
+            }
+        }
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // The log: exactly the expected allows, and a recorded refusal for every other cell of
+    // the people who could connect.
+    let events = s.gw.audit_events()?;
+    let decided = |kind: &str| -> std::collections::BTreeSet<(String, String)> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["resource"] == "web-1")
+            .filter(|e| channels.contains(&e["action"].as_str().unwrap_or_default()))
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap_or_default().to_string(),
+                    e["action"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let allows = decided("ssh.command");
+    let unexpected: Vec<_> = allows.difference(&expected_allows).collect();
+    assert!(unexpected.is_empty(), "unexpected allows: {unexpected:?}");
+    assert_eq!(allows, expected_allows);
+    let refusals = decided("ssh.refused");
+    for (user, _, allowed) in matrix.iter().take(2) {
+        for channel in channels.iter().filter(|c| !allowed.contains(c)) {
+            assert!(
+                refusals.contains(&(user.to_string(), channel.to_string())),
+                "no refusal recorded for {user} {channel}: {refusals:?}"
+            );
+        }
+    }
+    assert!(!refusals.iter().any(|(u, _)| u == "carl"), "{refusals:?}");
+    // Every refusal is the default deny: no policy permits (or forbids) these cells.
+    for e in events.iter().filter(|e| e["kind"] == "ssh.refused") {
+        assert_eq!(e["decision"], "deny", "{e}");
+        assert_eq!(e["policy_ids"], serde_json::json!([]), "{e}");
+    }
+    // Each allow names the policy that decided it.
+    for e in events
+        .iter()
+        .filter(|e| e["kind"] == "ssh.command" && e["action"] == "exec")
+    {
+        assert!(
+            e["policy_ids"].to_string().contains("ssh-session-channels"),
+            "{e}"
+        );
+    }
+    Ok(())
+}

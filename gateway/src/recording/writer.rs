@@ -151,6 +151,8 @@ pub async fn start(
         text: Vec::new(),
         search_hash: Context::new(&SHA256),
         search_bytes: 0,
+        syncing: None,
+        sync_failed: Default::default(),
     };
     let task = tokio::spawn(task.run(rx));
     Ok((recorder, Recording { task }))
@@ -222,6 +224,9 @@ struct Task {
     /// search file is checked like the chunks.
     search_hash: Context,
     search_bytes: u64,
+    /// The last chunk's sync and event, running.
+    syncing: Option<tokio::task::JoinHandle<()>>,
+    sync_failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Task {
@@ -235,6 +240,7 @@ impl Task {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.check_sync().await;
                     if !self.failed {
                         self.write().await;
                         if self.chunk.records > 0
@@ -249,6 +255,11 @@ impl Task {
         if !self.failed {
             self.roll(true).await;
         }
+        // Complete means the last chunk is synced and chained.
+        if let Some(syncing) = self.syncing.take() {
+            let _ = syncing.await;
+        }
+        self.check_sync().await;
     }
 
     async fn add(&mut self, r: Record) {
@@ -263,6 +274,9 @@ impl Task {
             );
             // What was recorded up to the bound is kept and chained, as the last chunk.
             self.roll(true).await;
+            if let Some(syncing) = self.syncing.take() {
+                let _ = syncing.await;
+            }
             if !self.failed {
                 self.fail(why).await;
             }
@@ -346,17 +360,26 @@ impl Task {
     }
 
     /// Closes the current chunk, chains its hash into the audit log and starts the next.
+    ///
+    /// The sync and the event happen in a task of their own (each after the one before),
+    /// so that a slow disk's sync does not stop the session's records from being taken: a
+    /// recorder that stops taking them would stall the session's output, and through SSH's
+    /// windows its input too.
     async fn roll(&mut self, last: bool) {
-        if let Err(e) = self.write_files(true).await {
+        if let Err(e) = self.write_files(false).await {
             self.fail(format!("writing the session's recording failed: {e}"))
                 .await;
             return;
         }
         let next = Chunk::new(self.chunk.n + 1);
         let done = std::mem::replace(&mut self.chunk, next);
-        if let Some(files) = self.files.as_mut() {
-            files.chunk = None;
-        }
+        let (file, search) = match self.files.as_mut() {
+            Some(files) => (
+                files.chunk.take(),
+                files.search.as_ref().and_then(|f| f.try_clone().ok()),
+            ),
+            None => (None, None),
+        };
         self.total += done.bytes;
         let sha256 = crate::audit::event::hex(done.hash.finish().as_ref());
         let mut e = NewEvent::new(EventKind::RecordingChunk);
@@ -377,8 +400,46 @@ impl Task {
             "search_bytes": self.search_bytes,
             "search_sha256": crate::audit::event::hex(self.search_hash.clone().finish().as_ref()),
         });
-        if self.audit.record(e).await.is_err() {
-            warn!("the audit log did not take a recording chunk's event");
+        let prev = self.syncing.take();
+        let audit = self.audit.clone();
+        let sync_failed = self.sync_failed.clone();
+        self.syncing = Some(tokio::spawn(async move {
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                if let Some(f) = file {
+                    f.sync_all()?;
+                }
+                if let Some(f) = search {
+                    f.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match synced {
+                Ok(()) => {
+                    if audit.record(e).await.is_err() {
+                        warn!("the audit log did not take a recording chunk's event");
+                    }
+                }
+                Err(e) => {
+                    if let Ok(mut f) = sync_failed.lock() {
+                        f.get_or_insert(format!("syncing the session's recording failed: {e}"));
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Fails the recording if a background sync failed.
+    async fn check_sync(&mut self) {
+        let why = self.sync_failed.lock().ok().and_then(|mut f| f.take());
+        if let Some(why) = why {
+            if !self.failed {
+                self.fail(why).await;
+            }
         }
     }
 

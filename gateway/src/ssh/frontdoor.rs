@@ -55,6 +55,7 @@ use crate::recording::format::Kind;
 use crate::recording::writer::{self as recording_writer, Recorder, Recording};
 use crate::registry::Registry;
 use crate::store::Store;
+use gatehouse_policies::Action;
 
 /// Environment variables a client may pass on: locale and terminal, nothing that changes
 /// what a program loads or runs (`LD_PRELOAD`, `PATH`, `BASH_ENV` ... are refused).
@@ -63,9 +64,22 @@ const ALLOWED_ENV: &[&str] = &["LANG", "LANGUAGE", "TERM", "COLORTERM", "TZ"];
 /// Commands (and subsystem names) are recorded up to this many bytes, with their full length.
 const MAX_COMMAND_RECORDED: usize = 8 * 1024;
 
-/// Messages waiting between a client channel and its upstream channel: a slow side slows the
-/// other, nothing is dropped.
-const CHANNEL_QUEUE: usize = 64;
+/// What a session may hold of what its client sent and its target has not taken yet, over all
+/// its channels, in bytes (each message counts at least [`MESSAGE_COST`]). Past it, the
+/// session's input waits: nothing is dropped, and memory stays bounded.
+///
+/// It must be large: russh reopens the client's window as data arrives, so while the input
+/// waits the whole connection waits, window adjustments for the output included. A client
+/// sending and receiving at full speed (`cat` both ways) could otherwise close the circle:
+/// the target stops reading because its output is not taken, its output is not taken because
+/// the client's window adjustment sits behind input that waits for the target.
+const SESSION_BUFFER: usize = 16 << 20;
+
+/// What a message other than data counts against [`SESSION_BUFFER`].
+const MESSAGE_COST: usize = 64;
+
+/// Channels one session may have open at once (OpenSSH's `MaxSessions` default).
+const MAX_CHANNELS: usize = 10;
 
 /// Everything a connection needs; shared by all connections.
 pub struct SshDoor {
@@ -125,6 +139,7 @@ impl Door for SshDoor {
                 state: State::Unauthenticated,
                 live_end: live.clone(),
                 channels: HashMap::new(),
+                buffer: Arc::new(tokio::sync::Semaphore::new(SESSION_BUFFER)),
             };
             let running = match server::run_stream(self.server.clone(), tcp, client).await {
                 Ok(r) => r,
@@ -385,7 +400,15 @@ struct Client {
     session_id: SessionId,
     state: State,
     live_end: Arc<Mutex<Option<LiveEnd>>>,
-    channels: HashMap<ChannelId, mpsc::Sender<Cmd>>,
+    channels: HashMap<ChannelId, mpsc::UnboundedSender<Queued>>,
+    /// [`SESSION_BUFFER`], shared by the session's channels.
+    buffer: Arc<tokio::sync::Semaphore>,
+}
+
+/// A [`Cmd`] with its share of the session's buffer, given back once it is passed on.
+struct Queued {
+    cmd: Cmd,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What a client channel asks of its upstream channel.
@@ -407,6 +430,19 @@ enum Cmd {
     Subsystem(String),
     WindowChange(u32, u32, u32, u32),
     Signal(Sig),
+}
+
+/// A request of a live session for the policies to decide ([`Client::decide`]).
+struct Asked {
+    action: Action,
+    /// How the client is told what was refused, e.g. `exec`, `port forwarding`.
+    what: &'static str,
+    command: String,
+    host: String,
+    port: u32,
+    /// Whether the gateway carries it when a policy permits it.
+    supported: bool,
+    detail: serde_json::Value,
 }
 
 /// `root%web-1` -> (`root`, `web-1`); `web-1` -> (None, `web-1`).
@@ -489,11 +525,105 @@ impl Client {
         .await;
     }
 
+    /// Decides a request of the live session with the policies (its role and grant as at
+    /// admission), and records the decision durably before anything is passed on: an
+    /// `ssh.command` allow or an `ssh.refused` deny, with the policy ids and controls.
+    /// `Err` carries what the client is told. A request the gateway does not carry is
+    /// refused even where a policy permits it, and says so.
+    async fn decide(&self, asked: Asked) -> Result<(), String> {
+        let State::Live(live) = &self.state else {
+            return Err("gatehouse: the session is not open".into());
+        };
+        let Some(resource) = self.door.config.resource(&live.resource) else {
+            return Err("gatehouse: the resource is no longer configured".into());
+        };
+        let mut request = crate::authz::connect_request(
+            &live.user,
+            &live.groups,
+            resource,
+            self.peer.ip(),
+            &live.auth_method,
+            live.mfa,
+            &live.role,
+            live.has_grant,
+        );
+        request.action = asked.action;
+        request.context.command = asked.command;
+        request.context.forward_host = asked.host;
+        request.context.forward_port = asked.port;
+        let decision = self.door.admission.policies.authorize(&request);
+        let allowed = decision.allowed && asked.supported;
+        let reason = if decision.allowed && !asked.supported {
+            format!(
+                "{} is permitted by policy, but the gateway does not carry it",
+                asked.what
+            )
+        } else {
+            decision.reason.clone()
+        };
+        let mut e = NewEvent::new(if allowed {
+            EventKind::SshCommand
+        } else {
+            EventKind::SshRefused
+        });
+        e.actor = live.user.clone();
+        e.resource = live.resource.clone();
+        e.action = asked.action.as_str().into();
+        e.decision = if allowed { "allow" } else { "deny" }.into();
+        e.reason = reason.clone();
+        e.policy_ids = decision.policy_ids.clone();
+        e.controls = decision.controls.clone();
+        e.session_id = self.session_id.to_string();
+        e.detail = asked.detail;
+        let recorded = self.door.audit.record_durable(e).await.is_ok();
+        if !recorded {
+            return Err(
+                "gatehouse: the audit log cannot record this request; refused (fail closed)".into(),
+            );
+        }
+        if allowed {
+            return Ok(());
+        }
+        info!(action = asked.action.as_str(), reason = %reason, "ssh request refused");
+        Err(if decision.allowed {
+            format!("gatehouse: {reason}")
+        } else {
+            format!("gatehouse: {} denied by policy: {reason}", asked.what)
+        })
+    }
+
+    /// Refuses a session channel's request: the reason on the channel's stderr, then the
+    /// failure reply.
+    fn refuse_on_channel(
+        session: &mut Session,
+        channel: ChannelId,
+        why: &str,
+    ) -> Result<(), russh::Error> {
+        let text = format!("{why}\r\n");
+        session.extended_data(channel, 1, text.into_bytes())?;
+        session.channel_failure(channel)
+    }
+
     async fn send(&mut self, channel: ChannelId, cmd: Cmd) {
-        if let Some(tx) = self.channels.get(&channel) {
-            if tx.send(cmd).await.is_err() {
-                self.channels.remove(&channel);
-            }
+        let Some(tx) = self.channels.get(&channel) else {
+            return;
+        };
+        let cost = match &cmd {
+            Cmd::Data(b) => b.len().max(MESSAGE_COST),
+            _ => MESSAGE_COST,
+        }
+        .min(SESSION_BUFFER) as u32;
+        let Ok(permit) = self.buffer.clone().acquire_many_owned(cost).await else {
+            return;
+        };
+        if tx
+            .send(Queued {
+                cmd,
+                _permit: permit,
+            })
+            .is_err()
+        {
+            self.channels.remove(&channel);
         }
     }
 
@@ -716,7 +846,7 @@ impl Client {
         // copy of it is not read (its receiver dropped, russh skips it).
         let (_unread, client_write) = channel.split();
         let (up_read, up_write) = up.split();
-        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         self.channels.insert(id, tx);
         reply.accept().await;
         tokio::spawn(to_upstream(up_write, rx, cx.clone()));
@@ -814,9 +944,13 @@ impl server::Handler for Client {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No new channel once the session is being cut.
+        // No new channel once the session is being cut, nor past the limit.
         let live = match &self.state {
-            State::Live(live) if live.kill.borrow().is_none() => live,
+            State::Live(live)
+                if live.kill.borrow().is_none() && self.channels.len() < MAX_CHANNELS =>
+            {
+                live
+            }
             _ => {
                 reply
                     .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
@@ -850,7 +984,11 @@ impl server::Handler for Client {
     ) -> Result<(), Self::Error> {
         let to = format!("{}:{port}", host.chars().take(255).collect::<String>());
         let live = match &self.state {
-            State::Live(live) if live.kill.borrow().is_none() => live,
+            State::Live(live)
+                if live.kill.borrow().is_none() && self.channels.len() < MAX_CHANNELS =>
+            {
+                live
+            }
             _ => {
                 reply
                     .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
@@ -859,46 +997,17 @@ impl server::Handler for Client {
             }
         };
         // Forwarding reaches past the target: its own policy decision (`forward`).
-        let Some(resource) = self.door.config.resource(&live.resource) else {
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let asked = Asked {
+            action: Action::Forward,
+            what: "port forwarding",
+            command: String::new(),
+            host: host.chars().take(255).collect(),
+            port,
+            supported: true,
+            detail: serde_json::json!({ "request": "direct-tcpip", "channel": "direct-tcpip", "to": to }),
         };
-        let request = crate::authz::connect_request(
-            &live.user,
-            &live.groups,
-            resource,
-            self.peer.ip(),
-            &live.auth_method,
-            live.mfa,
-            &live.role,
-            live.has_grant,
-        );
-        let request = gatehouse_policies::AccessRequest {
-            action: gatehouse_policies::Action::Forward,
-            ..request
-        };
-        let decision = self.door.admission.policies.authorize(&request);
-        let mut e = NewEvent::new(if decision.allowed {
-            EventKind::SshCommand
-        } else {
-            EventKind::SshRefused
-        });
-        e.actor = live.user.clone();
-        e.resource = live.resource.clone();
-        e.action = "forward".into();
-        e.decision = if decision.allowed { "allow" } else { "deny" }.into();
-        e.reason = decision.reason.clone();
-        e.policy_ids = decision.policy_ids.clone();
-        e.controls = decision.controls.clone();
-        e.session_id = self.session_id.to_string();
-        e.detail =
-            serde_json::json!({ "request": "direct-tcpip", "channel": "direct-tcpip", "to": to });
-        // The decision is in the log before a byte is forwarded.
-        let recorded = self.door.audit.record_durable(e).await.is_ok();
-        if !decision.allowed || !recorded {
-            info!(to = %to, "port forwarding refused");
+        let allowed = self.decide(asked).await.is_ok();
+        if !allowed {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -962,11 +1071,17 @@ impl server::Handler for Client {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refuse_request(
-            "remote port forwarding",
-            serde_json::json!({ "request": "tcpip-forward", "listen": format!("{}:{port}", address.chars().take(255).collect::<String>()) }),
-        )
-        .await;
+        let host: String = address.chars().take(255).collect();
+        let asked = Asked {
+            action: Action::RemoteForward,
+            what: "remote port forwarding",
+            command: String::new(),
+            detail: serde_json::json!({ "request": "tcpip-forward", "listen": format!("{host}:{port}") }),
+            host,
+            port: *port,
+            supported: false,
+        };
+        let _ = self.decide(asked).await;
         Ok(false)
     }
 
@@ -988,11 +1103,16 @@ impl server::Handler for Client {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.refuse_request(
-            "agent forwarding",
-            serde_json::json!({ "request": "auth-agent-req@openssh.com" }),
-        )
-        .await;
+        let asked = Asked {
+            action: Action::AgentForward,
+            what: "agent forwarding",
+            command: String::new(),
+            host: String::new(),
+            port: 0,
+            supported: false,
+            detail: serde_json::json!({ "request": "auth-agent-req@openssh.com" }),
+        };
+        let _ = self.decide(asked).await;
         Ok(false)
     }
 
@@ -1005,12 +1125,17 @@ impl server::Handler for Client {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let asked = Asked {
+            action: Action::X11,
+            what: "X11 forwarding",
+            command: String::new(),
+            host: String::new(),
+            port: 0,
+            supported: false,
+            detail: serde_json::json!({ "request": "x11-req", "channel": channel_number(channel) }),
+        };
+        let _ = self.decide(asked).await;
         session.channel_failure(channel)?;
-        self.refuse_request(
-            "X11 forwarding",
-            serde_json::json!({ "request": "x11-req" }),
-        )
-        .await;
         Ok(())
     }
 
@@ -1066,14 +1191,19 @@ impl server::Handler for Client {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let asked = Asked {
+            action: Action::Shell,
+            what: "a shell",
+            command: String::new(),
+            host: String::new(),
+            port: 0,
+            supported: true,
+            detail: serde_json::json!({ "request": "shell", "channel": channel_number(channel) }),
+        };
+        if let Err(why) = self.decide(asked).await {
+            return Client::refuse_on_channel(session, channel, &why);
+        }
         session.channel_success(channel)?;
-        self.record(
-            EventKind::SshCommand,
-            "shell",
-            String::new(),
-            serde_json::json!({ "request": "shell", "channel": channel_number(channel) }),
-        )
-        .await;
         self.send(channel, Cmd::Shell).await;
         Ok(())
     }
@@ -1084,24 +1214,40 @@ impl server::Handler for Client {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)?;
-        if let State::Live(l) = &self.state {
-            l.counters.commands.fetch_add(1, Ordering::Relaxed);
-        }
         let shown = &data[..data.len().min(MAX_COMMAND_RECORDED)];
-        self.record(
-            EventKind::SshCommand,
-            "exec",
-            String::new(),
-            serde_json::json!({
+        let command = String::from_utf8_lossy(shown).into_owned();
+        let asked = Asked {
+            action: Action::Exec,
+            what: "the command",
+            command: command.clone(),
+            host: String::new(),
+            port: 0,
+            supported: true,
+            detail: serde_json::json!({
                 "request": "exec",
-                "command": String::from_utf8_lossy(shown),
+                "command": command,
                 "command_bytes": data.len(),
                 "truncated": data.len() > MAX_COMMAND_RECORDED,
                 "channel": channel_number(channel),
             }),
-        )
-        .await;
+        };
+        // A command longer than what policies see is refused rather than judged by its start.
+        let asked = if data.len() > MAX_COMMAND_RECORDED {
+            Asked {
+                supported: false,
+                what: "a command over 8 KiB",
+                ..asked
+            }
+        } else {
+            asked
+        };
+        if let Err(why) = self.decide(asked).await {
+            return Client::refuse_on_channel(session, channel, &why);
+        }
+        session.channel_success(channel)?;
+        if let State::Live(l) = &self.state {
+            l.counters.commands.fetch_add(1, Ordering::Relaxed);
+        }
         self.send(channel, Cmd::Exec(data.to_vec())).await;
         Ok(())
     }
@@ -1112,17 +1258,25 @@ impl server::Handler for Client {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if name != "sftp" {
-            session.channel_failure(channel)?;
-            self.refuse_request("subsystem", serde_json::json!({ "request": "subsystem", "name": name.chars().take(64).collect::<String>() })).await;
-            return Ok(());
+        let name: String = name.chars().take(64).collect();
+        let asked = Asked {
+            action: Action::Subsystem,
+            what: "the subsystem",
+            command: name.clone(),
+            host: String::new(),
+            port: 0,
+            // Only sftp is carried (scp and sftp both use it).
+            supported: name == "sftp",
+            detail: serde_json::json!({ "request": "subsystem", "name": name, "channel": channel_number(channel) }),
+        };
+        if let Err(why) = self.decide(asked).await {
+            return Client::refuse_on_channel(session, channel, &why);
         }
         session.channel_success(channel)?;
         if let State::Live(l) = &self.state {
             l.counters.commands.fetch_add(1, Ordering::Relaxed);
         }
-        self.record(EventKind::SshCommand, "subsystem", String::new(), serde_json::json!({ "request": "subsystem", "name": "sftp", "channel": channel_number(channel) })).await;
-        self.send(channel, Cmd::Subsystem(name.to_string())).await;
+        self.send(channel, Cmd::Subsystem(name)).await;
         Ok(())
     }
 
@@ -1208,10 +1362,10 @@ fn channel_number(id: ChannelId) -> String {
 
 /// Carries what the client asks of one session channel to its upstream channel, in order.
 /// Writes wait for the target's window, so a slow target slows the client (through
-/// [`CHANNEL_QUEUE`] and russh's own bounded queue), and nothing piles up in memory.
+/// [`SESSION_BUFFER`] and russh's own bounded queue), and nothing piles up in memory.
 async fn to_upstream(
     up: ChannelWriteHalf<russh::client::Msg>,
-    mut rx: mpsc::Receiver<Cmd>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     cx: ChannelCtx,
 ) {
     let _running = cx.running.enter();
@@ -1222,7 +1376,9 @@ async fn to_upstream(
             cmd = rx.recv() => cmd,
             _ = &mut cut => return,
         };
-        let Some(cmd) = cmd else { break };
+        let Some(Queued { cmd, _permit }) = cmd else {
+            break;
+        };
         if let Some(rec) = &cx.rec {
             record_request(rec, &cmd).await;
         }

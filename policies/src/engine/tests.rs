@@ -139,6 +139,16 @@ fn default_policies_are_listed_with_effect_controls_and_place() {
                 s(&["5.15", "8.20"])
             ),
             (
+                "ssh-session-channels".to_owned(),
+                Effect::Permit,
+                s(&["5.15", "8.2"])
+            ),
+            (
+                "forbid-contractors-file-transfer-sensitive".to_owned(),
+                Effect::Forbid,
+                s(&["5.14", "8.12"])
+            ),
+            (
                 "privileged-role-needs-grant".to_owned(),
                 Effect::Forbid,
                 s(&["5.15", "5.18", "8.2"])
@@ -992,10 +1002,7 @@ fn schema_that_does_not_fit_requests_is_rejected() {
     );
 
     // A schema that lacks one of the actions.
-    let no_break_glass = DEFAULT_SCHEMA.replace(
-        ", break_glass, read_audit appliesTo",
-        ", read_audit appliesTo",
-    );
+    let no_break_glass = DEFAULT_SCHEMA.replace(", break_glass, read_audit,", ", read_audit,");
     assert_ne!(
         no_break_glass, DEFAULT_SCHEMA,
         "precondition: the schema declares break_glass"
