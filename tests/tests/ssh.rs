@@ -794,7 +794,7 @@ fn a_recording_replays_exactly_exports_to_asciicast_is_searchable_and_verify_nam
 }
 
 /// A recording that reaches its bound ends the session on a `strict` resource (the default),
-/// with the reason on the terminal, and lets it go on under `best-effort`; both are audited.
+/// with the reason on the terminal and nothing unrecorded passed on, and lets it go on under `best-effort`; both are audited.
 #[test]
 fn a_failed_recording_cuts_a_strict_session_and_is_audited_either_way() -> anyhow::Result<()> {
     for mode in ["strict", "best-effort"] {
@@ -828,7 +828,13 @@ fn a_failed_recording_cuts_a_strict_session_and_is_audited_either_way() -> anyho
                     && stderr.contains("allows no unrecorded session"),
                 "{stderr}"
             );
-            assert!(!out.stdout.ends_with(b"200000\n"));
+            // Fail closed: nothing past the bound reached the client, not even while the cut
+            // was on its way.
+            assert!(
+                out.stdout.len() <= 8192,
+                "{} bytes reached the client past a recording bound of 8192",
+                out.stdout.len()
+            );
             assert_eq!(failed[0]["decision"], "cut");
         } else {
             assert!(out.status.success(), "{stderr}");

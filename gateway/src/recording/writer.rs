@@ -6,9 +6,17 @@
 //! When writing fails or the session's bound is reached, a `recording.failed` event is
 //! written; a `strict` resource's session is then cut through the registry with the reason,
 //! and from then on records are discarded, so no sender ever waits on a dead recorder.
+//!
+//! The bound is kept by the senders themselves, record by record: on a `strict` resource
+//! [`Recorder::record`] refuses the record that would pass it, and every one after a
+//! failure, so that the session stops passing data on at once (fail closed), not only once
+//! the cut arrives. A write failure is noticed by the recorder's task, so up to its queue and
+//! a second's buffer may pass before the senders refuse.
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +30,9 @@ use super::text::Stripper;
 use super::{chunk_name, SEARCH_FILE};
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::registry::Registry;
+
+/// What a strict session's cut adds to the recording's failure.
+pub const NO_UNRECORDED: &str = "this resource allows no unrecorded session";
 
 /// Records waiting for the recorder.
 const QUEUE: usize = 256;
@@ -52,12 +63,35 @@ pub struct Owner {
     pub resource: String,
 }
 
+/// What the recorder's task is sent.
+enum Msg {
+    Record(Record),
+    /// A sender found that the next record would pass the session's bound.
+    Bound,
+}
+
+/// What the senders and the recorder's task share.
+struct Shared {
+    /// Records' bytes taken so far, against [`Settings::max_bytes`].
+    used: AtomicU64,
+    max: u64,
+    strict: bool,
+    /// Why the recording failed, once it has.
+    failed: OnceLock<String>,
+}
+
+/// A record the session must not pass on: its resource is `strict` and its recording has
+/// failed (the reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
 /// A handle that adds records to the session's recording; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<Msg>,
     started: Instant,
     input: bool,
+    shared: Arc<Shared>,
 }
 
 impl Recorder {
@@ -67,28 +101,55 @@ impl Recorder {
     }
 
     /// Adds a record, stamped now. Waits while the recorder is behind.
-    pub async fn record(&self, channel: u32, kind: Kind, data: Bytes) {
+    ///
+    /// `Err` says that what this record holds must not be passed on: the resource is
+    /// `strict` and the recording has failed, or this record would pass its bound. On a
+    /// `best-effort` resource it is always `Ok` (a failed recording's records are dropped).
+    pub async fn record(&self, channel: u32, kind: Kind, data: Bytes) -> Result<(), Refused> {
         let t_us = self.started.elapsed().as_micros() as u64;
         let mut data = data;
         loop {
+            if self.shared.failed.get().is_some() {
+                // Nothing more is recorded; a strict session passes nothing more on.
+                return self.check();
+            }
             let piece = if data.len() > MAX_RECORD {
                 data.split_to(MAX_RECORD)
             } else {
                 std::mem::take(&mut data)
             };
             let last = data.is_empty();
-            let _ = self
-                .tx
-                .send(Record {
-                    t_us,
-                    channel,
-                    kind,
-                    data: piece,
-                })
-                .await;
-            if last {
-                return;
+            let r = Record {
+                t_us,
+                channel,
+                kind,
+                data: piece,
+            };
+            let len = r.encoded_len() as u64;
+            let used = self.shared.used.fetch_add(len, Ordering::AcqRel) + len;
+            if used > self.shared.max {
+                let why = format!(
+                    "the session's recording reached its bound of {} bytes",
+                    self.shared.max
+                );
+                // The first sender past the bound tells the task, which fails the recording.
+                if self.shared.failed.set(why).is_ok() {
+                    let _ = self.tx.send(Msg::Bound).await;
+                }
+                return self.check();
             }
+            let _ = self.tx.send(Msg::Record(r)).await;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    /// `Err` once a strict recording has failed.
+    fn check(&self) -> Result<(), Refused> {
+        match self.shared.failed.get() {
+            Some(why) if self.shared.strict => Err(Refused(why.clone())),
+            _ => Ok(()),
         }
     }
 }
@@ -132,10 +193,17 @@ pub async fn start(
     }
     let (tx, rx) = mpsc::channel(QUEUE);
     let started = Instant::now();
+    let shared = Arc::new(Shared {
+        used: AtomicU64::new(0),
+        max: settings.max_bytes,
+        strict: settings.strict,
+        failed: OnceLock::new(),
+    });
     let recorder = Recorder {
         tx,
         started,
         input: settings.input,
+        shared: shared.clone(),
     };
     let task = Task {
         started_at: gatehouse_core::clock::now_ts(),
@@ -143,6 +211,7 @@ pub async fn start(
         owner,
         audit,
         registry,
+        shared,
         chunk: Chunk::new(0),
         files: Some(Files::default()),
         total: 0,
@@ -212,6 +281,7 @@ struct Task {
     owner: Owner,
     audit: AuditLog,
     registry: Registry,
+    shared: Arc<Shared>,
     chunk: Chunk,
     /// `None` while a blocking write holds them.
     files: Option<Files>,
@@ -230,13 +300,14 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => self.add(r).await,
+                m = rx.recv() => match m {
+                    Some(Msg::Record(r)) => self.add(r).await,
+                    Some(Msg::Bound) => self.bound().await,
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -262,26 +333,32 @@ impl Task {
         self.check_sync().await;
     }
 
+    /// The session's bound is reached (a sender found it): what was recorded up to it is
+    /// kept and chained, as the last chunk, and the recording fails.
+    async fn bound(&mut self) {
+        if self.failed {
+            return;
+        }
+        let why = self.shared.failed.get().cloned().unwrap_or_else(|| {
+            format!(
+                "the session's recording reached its bound of {} bytes",
+                self.settings.max_bytes
+            )
+        });
+        self.roll(true).await;
+        if let Some(syncing) = self.syncing.take() {
+            let _ = syncing.await;
+        }
+        if !self.failed {
+            self.fail(why).await;
+        }
+    }
+
     async fn add(&mut self, r: Record) {
         if self.failed {
             return;
         }
         let len = r.encoded_len() as u64;
-        if self.total + self.chunk.bytes + len > self.settings.max_bytes {
-            let why = format!(
-                "the session's recording reached its bound of {} bytes",
-                self.settings.max_bytes
-            );
-            // What was recorded up to the bound is kept and chained, as the last chunk.
-            self.roll(true).await;
-            if let Some(syncing) = self.syncing.take() {
-                let _ = syncing.await;
-            }
-            if !self.failed {
-                self.fail(why).await;
-            }
-            return;
-        }
         match r.kind {
             Kind::Output | Kind::Stderr => {
                 let s = self.strippers.entry(r.channel).or_default();
@@ -445,6 +522,8 @@ impl Task {
 
     async fn fail(&mut self, why: String) {
         self.failed = true;
+        // From now on the senders refuse (strict) or drop (best-effort) their records.
+        let _ = self.shared.failed.set(why.clone());
         warn!(reason = %why, strict = self.settings.strict, "session recording failed");
         let detail = serde_json::json!({
             "chunk": self.chunk.n,
@@ -454,7 +533,7 @@ impl Task {
         let e = failed_event(&self.owner, self.settings.strict, &why, detail);
         let _ = self.audit.record_durable(e).await;
         if self.settings.strict {
-            let reason = format!("{why}; this resource allows no unrecorded session");
+            let reason = format!("{why}; {NO_UNRECORDED}");
             if self
                 .registry
                 .kill_session(&self.owner.session.to_string(), &reason)
@@ -499,4 +578,125 @@ fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         o.mode(0o600);
     }
     o.open(path)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::store::Store;
+
+    async fn recorder(
+        dir: &std::path::Path,
+        strict: bool,
+        max: u64,
+    ) -> (Recorder, Recording, Store) {
+        let store = Store::open(&format!("sqlite:{}", dir.join("store.db").display()))
+            .await
+            .unwrap();
+        let key = Arc::new(SigningKey::load_or_create(&dir.join("audit.pem")).unwrap());
+        let (audit, _writer) = AuditLog::spawn(store.clone(), key, 1000, 64);
+        let settings = Settings {
+            dir: dir.join("rec"),
+            chunk_bytes: 1 << 20,
+            chunk_interval: Duration::from_secs(60),
+            max_bytes: max,
+            strict,
+            input: false,
+        };
+        let owner = Owner {
+            session: SessionId([7; 16]),
+            user: "alice".into(),
+            resource: "web-1".into(),
+        };
+        let (r, rec) = start(settings, owner, audit, Registry::default())
+            .await
+            .unwrap();
+        (r, rec, store)
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "gh-rec-{name}-{}-{}",
+            std::process::id(),
+            crate::audit::event::hex(&gatehouse_core::random::random_bytes::<4>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// On a strict resource the record that would pass the bound is refused at once, by the
+    /// sender, and so is every one after it; the failure is audited once.
+    #[tokio::test]
+    async fn a_strict_recording_refuses_the_record_past_its_bound_and_every_one_after() {
+        let dir = temp("strict");
+        let piece = Bytes::from(vec![b'x'; 1000]);
+        let one = Record {
+            t_us: 0,
+            channel: 0,
+            kind: Kind::Output,
+            data: piece.clone(),
+        }
+        .encoded_len() as u64;
+        // Room for exactly three records.
+        let (r, rec, store) = recorder(&dir, true, 3 * one).await;
+        for _ in 0..3 {
+            assert_eq!(r.record(0, Kind::Output, piece.clone()).await, Ok(()));
+        }
+        let refused = r.record(0, Kind::Output, piece.clone()).await.unwrap_err();
+        assert!(
+            refused.0.contains(&format!("bound of {} bytes", 3 * one)),
+            "{refused:?}"
+        );
+        // Even a record that would fit is refused now: the recording has failed.
+        assert!(r.record(0, Kind::Eof, Bytes::new()).await.is_err());
+        drop(r);
+        tokio::time::timeout(Duration::from_secs(10), rec.finish())
+            .await
+            .unwrap();
+        let failed = store
+            .audit_events_of_kind("recording.failed", None, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].decision, "cut");
+        // What was recorded up to the bound is kept and chained.
+        let chunks = store
+            .audit_events_of_kind("recording.chunk", None, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        assert!(
+            chunks[0].detail.contains("\"records\":3"),
+            "{}",
+            chunks[0].detail
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// On a best-effort resource the session goes on: nothing is refused, the failure is
+    /// audited as `continued`.
+    #[tokio::test]
+    async fn a_best_effort_recording_past_its_bound_refuses_nothing() {
+        let dir = temp("best-effort");
+        let (r, rec, store) = recorder(&dir, false, 100).await;
+        for _ in 0..5 {
+            assert_eq!(
+                r.record(0, Kind::Output, Bytes::from(vec![b'y'; 64])).await,
+                Ok(())
+            );
+        }
+        drop(r);
+        tokio::time::timeout(Duration::from_secs(10), rec.finish())
+            .await
+            .unwrap();
+        let failed = store
+            .audit_events_of_kind("recording.failed", None, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].decision, "continued");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -52,7 +52,9 @@ use crate::authn::token::Door as CredentialDoor;
 use crate::config::{Config, ResourceKind};
 use crate::listener::{Conn, Door, Serving};
 use crate::recording::format::Kind;
-use crate::recording::writer::{self as recording_writer, Recorder, Recording};
+use crate::recording::writer::{
+    self as recording_writer, Recorder, Recording, Refused, NO_UNRECORDED,
+};
 use crate::registry::Registry;
 use crate::store::Store;
 use gatehouse_policies::Action;
@@ -295,13 +297,14 @@ struct ChannelRec {
 }
 
 impl ChannelRec {
-    async fn record(&self, kind: Kind, data: Bytes) {
-        self.recorder.record(self.channel, kind, data).await;
+    /// `Err`: a strict session's recording has failed, and this must not be passed on.
+    async fn record(&self, kind: Kind, data: Bytes) -> Result<(), Refused> {
+        self.recorder.record(self.channel, kind, data).await
     }
 
     /// Output the client is shown (or the client's input): recorded for a session channel,
     /// counted for both.
-    async fn content(&self, kind: Kind, data: &Bytes) {
+    async fn content(&self, kind: Kind, data: &Bytes) -> Result<(), Refused> {
         let counter = if kind == Kind::Input {
             &self.from_client
         } else {
@@ -313,8 +316,9 @@ impl ChannelRec {
             _ => true,
         };
         if self.content && wanted {
-            self.record(kind, data.clone()).await;
+            return self.record(kind, data.clone()).await;
         }
+        Ok(())
     }
 
     async fn close(&self) {
@@ -322,7 +326,7 @@ impl ChannelRec {
             "from_client": self.from_client.load(Ordering::Relaxed),
             "to_client": self.to_client.load(Ordering::Relaxed),
         });
-        self.record(Kind::Close, Bytes::from(d.to_string())).await;
+        let _ = self.record(Kind::Close, Bytes::from(d.to_string())).await;
     }
 }
 
@@ -840,7 +844,14 @@ impl Client {
     ) {
         let id = channel.id();
         if let Some(rec) = &cx.rec {
-            rec.record(Kind::Open, Bytes::from(what)).await;
+            if let Err(Refused(why)) = rec.record(Kind::Open, Bytes::from(what)).await {
+                // A strict session whose recording failed opens nothing more; its cut follows.
+                info!(reason = %why, "channel refused: the session's recording failed");
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return;
+            }
         }
         // What the client sends arrives through the handler's callbacks; the channel's own
         // copy of it is not read (its receiver dropped, russh skips it).
@@ -1380,7 +1391,10 @@ async fn to_upstream(
             break;
         };
         if let Some(rec) = &cx.rec {
-            record_request(rec, &cmd).await;
+            if record_request(rec, &cmd).await.is_err() {
+                // Unrecorded input is not passed on (strict); the session's cut follows.
+                return;
+            }
         }
         let send = async {
             match cmd {
@@ -1422,14 +1436,14 @@ async fn to_upstream(
 const REFUSED_BY_TARGET: &str = "gatehouse: the target refused the request\r\n";
 
 /// Records what the client asks of a channel, before it is passed on.
-async fn record_request(rec: &ChannelRec, cmd: &Cmd) {
+async fn record_request(rec: &ChannelRec, cmd: &Cmd) -> Result<(), Refused> {
     match cmd {
         Cmd::Data(b) => rec.content(Kind::Input, b).await,
         Cmd::Pty {
             term, cols, rows, ..
         } => {
             let d = serde_json::json!({ "term": term, "cols": cols, "rows": rows });
-            rec.record(Kind::Pty, Bytes::from(d.to_string())).await;
+            rec.record(Kind::Pty, Bytes::from(d.to_string())).await
         }
         Cmd::Shell => rec.record(Kind::Shell, Bytes::new()).await,
         Cmd::Exec(c) => rec.record(Kind::Exec, Bytes::copy_from_slice(c)).await,
@@ -1438,12 +1452,12 @@ async fn record_request(rec: &ChannelRec, cmd: &Cmd) {
             rec.record(Kind::Resize, crate::recording::format::size(*c, *r))
                 .await
         }
-        Cmd::Eof | Cmd::Close | Cmd::Env(..) | Cmd::Signal(_) => {}
+        Cmd::Eof | Cmd::Close | Cmd::Env(..) | Cmd::Signal(_) => Ok(()),
     }
 }
 
 /// Records what the target sends on a channel, before the client is sent it.
-async fn record_reply(rec: &ChannelRec, msg: &Option<ChannelMsg>) {
+async fn record_reply(rec: &ChannelRec, msg: &Option<ChannelMsg>) -> Result<(), Refused> {
     match msg {
         Some(ChannelMsg::Data { data }) => rec.content(Kind::Output, data).await,
         Some(ChannelMsg::ExtendedData { data, .. }) => rec.content(Kind::Stderr, data).await,
@@ -1454,17 +1468,17 @@ async fn record_reply(rec: &ChannelRec, msg: &Option<ChannelMsg>) {
         }
         Some(ChannelMsg::Failure) => {
             let text = Bytes::from_static(REFUSED_BY_TARGET.as_bytes());
-            rec.content(Kind::Stderr, &text).await;
+            rec.content(Kind::Stderr, &text).await?;
             rec.record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
                 .await
         }
         Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
             let note = format!("the program was killed by signal {signal_name:?}");
-            rec.record(Kind::Note, Bytes::from(note)).await;
+            rec.record(Kind::Note, Bytes::from(note)).await?;
             rec.record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
                 .await
         }
-        _ => {}
+        _ => Ok(()),
     }
 }
 
@@ -1476,13 +1490,18 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
     let counters = &cx.counters;
     let cut = cut_signal(cx.kill.clone());
     tokio::pin!(cut);
+    // Set when a strict session's recording failed: nothing unrecorded reaches the client.
+    let mut refused = None;
     loop {
         let msg = tokio::select! {
             m = up.wait() => m,
             _ = &mut cut => break,
         };
         if let Some(rec) = &cx.rec {
-            record_reply(rec, &msg).await;
+            if let Err(Refused(why)) = record_reply(rec, &msg).await {
+                refused = Some(format!("{why}; {NO_UNRECORDED}"));
+                break;
+            }
         }
         let write = async {
             match msg {
@@ -1535,14 +1554,17 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
         .kill
         .borrow()
         .clone()
-        .or_else(|| cx.cut.lock().ok().and_then(|c| c.clone()));
+        .or_else(|| cx.cut.lock().ok().and_then(|c| c.clone()))
+        .or(refused);
     if let Some(why) = why {
         // The last words of a cut, bounded: a client that reads nothing is closed anyway.
         let last = async {
             let text = Bytes::from(format!("\r\ngatehouse: this session was ended: {why}\r\n"));
             if let Some(rec) = &cx.rec {
-                rec.content(Kind::Stderr, &text).await;
-                rec.record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
+                // Refused when the recording is what failed; the words go out all the same.
+                let _ = rec.content(Kind::Stderr, &text).await;
+                let _ = rec
+                    .record(Kind::Exit, Bytes::copy_from_slice(&255u32.to_be_bytes()))
                     .await;
             }
             let _ = client.extended_data_bytes(1, text).await;
