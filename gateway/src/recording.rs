@@ -8,6 +8,8 @@
 //! - [`read`]: finding recordings from their events, loading chunks only after checking them
 //!   against their events, replaying, and verifying every recording on disk against the log.
 //! - [`asciicast`]: the asciicast v2 export.
+//! - [`guard`]: what a replay lets reach the auditor's terminal (no string sequences, no
+//!   queries).
 //!
 //! The chunk events are the index: each names its file, size, hash and time span, so a replay
 //! or a seek reads only the chunks it needs. Search text (output stripped of terminal control
@@ -15,6 +17,7 @@
 
 pub mod asciicast;
 pub mod format;
+pub mod guard;
 pub mod read;
 mod text;
 pub mod writer;

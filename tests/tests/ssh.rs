@@ -625,7 +625,9 @@ fn a_recording_replays_exactly_exports_to_asciicast_is_searchable_and_verify_nam
     let gw = &s.gw;
 
     // An exec session with 100 KB of output (many chunks) and a line on stderr.
-    let exec = "seq 1 20000; echo needle-Marker-7781 >&2; echo done";
+    // It begins with what a user of the target could send to attack an auditor's terminal:
+    // a clipboard write (OSC 52) and a query whose answer a terminal types back.
+    let exec = "printf '\\033]52;c;Z2F0ZWhvdXNl\\007\\033[31mred\\033[0m\\033[6n\\n'; seq 1 20000; echo needle-Marker-7781 >&2; echo done";
     let a_out = ssh_raw(&s, &key, &known_hosts, &[exec], b"")?;
     assert!(a_out.status.success(), "{a_out:?}");
     assert!(a_out.stdout.ends_with(b"20000\ndone\n"));
@@ -652,10 +654,14 @@ fn a_recording_replays_exactly_exports_to_asciicast_is_searchable_and_verify_nam
             .is_some_and(|h| h.len() == 64));
     }
 
-    // Replay: stdout is what the client's stdout received, byte for byte.
+    // Replay --raw: stdout is what the client's stdout received, byte for byte.
     let cfg = gw.config_path().to_string_lossy().into_owned();
+    assert!(contains(&a_out.stdout, b"\x1b]52;c;Z2F0ZWhvdXNl\x07"));
     for (id, out) in [(&a, &a_out), (&b, &b_out)] {
-        let r = cli_raw(gw, &["replay", id, "--speed", "1000", "--skip-idle"])?;
+        let r = cli_raw(
+            gw,
+            &["replay", id, "--raw", "--speed", "1000", "--skip-idle"],
+        )?;
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         assert!(
             r.stdout == out.stdout,
@@ -664,8 +670,17 @@ fn a_recording_replays_exactly_exports_to_asciicast_is_searchable_and_verify_nam
             out.stdout.len()
         );
     }
+    // Without --raw, the clipboard write and the query are withheld and counted; colours stay.
     let r = cli_raw(gw, &["replay", &a, "--speed", "1000"])?;
-    assert!(String::from_utf8_lossy(&r.stderr).contains("needle-Marker-7781"));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("needle-Marker-7781"), "{stderr}");
+    assert!(
+        stderr.contains("withheld 2 terminal control sequence(s)"),
+        "{stderr}"
+    );
+    assert!(contains(&r.stdout, b"\x1b[31mred\x1b[0m\n1\n2\n"));
+    assert!(!contains(&r.stdout, b"\x1b]") && !contains(&r.stdout, b"\x1b[6n"));
+    assert!(r.stdout.ends_with(b"20000\ndone\n"));
 
     // asciicast v2: a header, then [time, code, text] lines whose output is the session's.
     let cast = cli_raw(gw, &["recordings", "export", &b, "--format", "asciicast"])?;
@@ -1011,4 +1026,9 @@ fn every_channel_type_by_group_is_decided_by_policy_with_no_unexpected_allow() -
         );
     }
     Ok(())
+}
+
+/// Whether `haystack` holds `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

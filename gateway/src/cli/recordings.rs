@@ -16,6 +16,7 @@ use super::operator::Operator;
 use super::{record_from_cli, ConfigArg};
 use crate::config::{Config, ProcessEnv, Secrets};
 use crate::recording::format::Kind;
+use crate::recording::guard::Guard;
 use crate::recording::read::{self, Player, SessionRecording};
 use crate::store::Store;
 
@@ -78,6 +79,11 @@ pub(super) struct ReplayArgs {
     /// Shorten every pause to at most a second.
     #[arg(long)]
     skip_idle: bool,
+    /// Write the recorded bytes exactly as the client received them. Without it, the
+    /// sequences a session could use against your terminal are withheld (clipboard, title and
+    /// other string sequences, and queries whose answers a terminal types back) and counted.
+    #[arg(long)]
+    raw: bool,
     /// Who is reading, recorded in the audit.read event beside the operating-system user.
     #[arg(long)]
     by: Option<String>,
@@ -230,7 +236,7 @@ pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &operator,
         "replay",
         &s.id,
-        serde_json::json!({ "speed": args.speed, "skip_idle": args.skip_idle }),
+        serde_json::json!({ "speed": args.speed, "skip_idle": args.skip_idle, "raw": args.raw }),
     )
     .await?;
     writeln!(
@@ -247,12 +253,25 @@ pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     let mut at_us = 0u64;
+    // One guard per channel and stream: a sequence is judged whole across records.
+    let mut guards: std::collections::HashMap<(u32, bool), Guard> = Default::default();
+    let mut shown = Vec::new();
     for r in Player::new(&dir, &s) {
         let r = r?;
         let (to_stdout, to_stderr) = match r.kind {
             Kind::Output => (true, false),
             Kind::Stderr => (false, true),
             _ => continue,
+        };
+        let data: &[u8] = if args.raw {
+            &r.data
+        } else {
+            shown.clear();
+            guards
+                .entry((r.channel, to_stderr))
+                .or_default()
+                .push(&r.data, &mut shown);
+            &shown
         };
         let mut pause = Duration::from_micros(r.t_us.saturating_sub(at_us)).div_f64(args.speed);
         if args.skip_idle {
@@ -263,13 +282,20 @@ pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             std::thread::sleep(pause);
         }
         if to_stdout {
-            stdout.write_all(&r.data)?;
+            stdout.write_all(data)?;
             stdout.flush()?;
         }
         if to_stderr {
-            stderr.write_all(&r.data)?;
+            stderr.write_all(data)?;
             stderr.flush()?;
         }
+    }
+    let withheld: u64 = guards.values().map(Guard::withheld).sum();
+    if withheld > 0 {
+        writeln!(
+            stderr,
+            "\r\ngatehouse: withheld {withheld} terminal control sequence(s) (titles, clipboard, queries); --raw writes them"
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
