@@ -7,3 +7,4 @@
 pub mod ca;
 pub mod connector;
 pub mod frontdoor;
+pub mod sftp;

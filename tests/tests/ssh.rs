@@ -325,6 +325,53 @@ fn scp_and_sftp_move_files_both_ways_intact() -> anyhow::Result<()> {
             >= 3,
         "{subsystems:#?}"
     );
+
+    // Each file moved is an ssh.file event with its size and SHA-256 (scp speaks sftp).
+    let sum = run(Command::new("sha256sum").arg(&local), None)?.ok()?;
+    let sha = sum
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(sha.len(), 64, "{sum}");
+    let path = remote.display().to_string();
+    let removed = |e: &Value| {
+        e["kind"] == "ssh.file" && e["action"] == "remove" && e["detail"]["path"] == path.as_str()
+    };
+    let events = s.gw.wait_for_event(removed, Duration::from_secs(10))?;
+    let files: Vec<&Value> = events.iter().filter(|e| e["kind"] == "ssh.file").collect();
+    let of = |op: &str| {
+        files
+            .iter()
+            .filter(|e| e["action"] == op && e["detail"]["path"] == path.as_str())
+            .count()
+    };
+    let uploads = files.iter().filter(|e| {
+        e["action"] == "upload"
+            && e["detail"]["path"] == path.as_str()
+            && e["detail"]["written_bytes"] == (50u64 << 20)
+            && e["detail"]["written_sha256"] == sha.as_str()
+            && e["detail"]["status"] == "ok"
+            && e["actor"] == "alice"
+            && e["resource"] == "web-1"
+    });
+    assert_eq!(uploads.count(), 1, "{files:#?}");
+    let downloads = files.iter().filter(|e| {
+        e["action"] == "download"
+            && e["detail"]["path"] == path.as_str()
+            && e["detail"]["read_bytes"] == (50u64 << 20)
+            && e["detail"]["read_sha256"] == sha.as_str()
+    });
+    assert_eq!(downloads.count(), 2, "scp and sftp get: {files:#?}");
+    assert_eq!(of("remove"), 1, "{files:#?}");
+    assert_eq!(of("unobserved"), 0, "{files:#?}");
+    assert!(
+        files.iter().all(|e| e["controls"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x == "5.14"))),
+        "{files:#?}"
+    );
     Ok(())
 }
 

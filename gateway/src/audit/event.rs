@@ -123,11 +123,15 @@ pub enum EventKind {
     /// A session's recording failed (a write error, its bound reached): the session was cut
     /// (`decision` cut, a `strict` resource) or went on unrecorded (`continued`).
     RecordingFailed,
+    /// What an sftp (or scp) channel did to a file: uploaded, downloaded (bytes and SHA-256),
+    /// removed, renamed, listed, with the target's answer; `unobserved` where the stream could
+    /// no longer be followed.
+    SshFile,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the evidence catalogue and the SoA list them).
-    pub const ALL: [EventKind; 52] = [
+    pub const ALL: [EventKind; 53] = [
         EventKind::AuthFailed,
         EventKind::AccessDecision,
         EventKind::SessionStart,
@@ -180,6 +184,7 @@ impl EventKind {
         EventKind::SshRefused,
         EventKind::RecordingChunk,
         EventKind::RecordingFailed,
+        EventKind::SshFile,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -236,6 +241,7 @@ impl EventKind {
             EventKind::SshRefused => "ssh.refused",
             EventKind::RecordingChunk => "recording.chunk",
             EventKind::RecordingFailed => "recording.failed",
+            EventKind::SshFile => "ssh.file",
         }
     }
 
@@ -319,6 +325,7 @@ impl EventKind {
             EventKind::SshRefused => &["8.3", "8.15", "8.20"],
             EventKind::RecordingChunk => &["5.28", "8.15"],
             EventKind::RecordingFailed => &["8.15", "8.16"],
+            EventKind::SshFile => &["5.14", "8.15"],
         }
     }
 }
@@ -650,6 +657,7 @@ mod tests {
                 EventKind::SshRefused => 49,
                 EventKind::RecordingChunk => 50,
                 EventKind::RecordingFailed => 51,
+                EventKind::SshFile => 52,
             }
         }
         for (i, k) in EventKind::ALL.iter().enumerate() {

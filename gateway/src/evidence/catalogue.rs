@@ -70,6 +70,12 @@ pub const COVERAGE: &[Coverage] = &[
         gap: "The full asset inventory and its owners.",
     },
     Coverage {
+        id: "5.14",
+        level: Level::Partial,
+        does: "File transfer over SSH (sftp, scp) is a policy decision per channel (the subsystem action; contractors' confidential hosts forbid it by default) and each file moved, removed or renamed is an ssh.file event with its path, size and SHA-256; port forwarding is denied unless a policy permits it.",
+        gap: "Transfer agreements and the information-transfer policy; transfers by other means (mail, shared drives, the target's own network paths).",
+    },
+    Coverage {
         id: "5.15",
         level: Level::Partial,
         does: "Default-deny Cedar policies as code; every connection is an access.decision naming the policies that determined it; resources are reached only through the gateway's doors.",

@@ -46,6 +46,7 @@ use tracing::{info, warn};
 
 use super::ca::SshKeys;
 use super::connector;
+use super::sftp;
 use crate::admission::{Admission, AdmitRequest, CredentialFault, Denial};
 use crate::audit::{AuditLog, EventKind, NewEvent};
 use crate::authn::token::Door as CredentialDoor;
@@ -267,8 +268,23 @@ struct Live {
 impl Live {
     /// What the tasks of client channel `id` share; `content` says whether what passes is
     /// recorded (session channels) or only counted (forwarded ports).
-    fn channel_ctx(&self, id: ChannelId, content: bool) -> ChannelCtx {
+    fn channel_ctx(
+        &self,
+        id: ChannelId,
+        content: bool,
+        audit: &AuditLog,
+        session: SessionId,
+    ) -> ChannelCtx {
         ChannelCtx {
+            files: content.then(|| {
+                Arc::new(Files {
+                    audit: audit.clone(),
+                    actor: self.user.clone(),
+                    resource: self.resource.clone(),
+                    session,
+                    observer: std::sync::Mutex::new(None),
+                })
+            }),
             counters: self.counters.clone(),
             kill: self.kill.clone(),
             cut: self.cut.clone(),
@@ -394,6 +410,68 @@ struct ChannelCtx {
     cut: Arc<Mutex<Option<String>>>,
     running: Arc<Running>,
     rec: Option<Arc<ChannelRec>>,
+    /// A session channel's file operations, once it runs sftp.
+    files: Option<Arc<Files>>,
+}
+
+/// Follows an sftp channel and records what it does to files as `ssh.file` events
+/// (recorded or not, the channel's files are evidence of information transfer).
+struct Files {
+    audit: AuditLog,
+    actor: String,
+    resource: String,
+    session: SessionId,
+    /// Held only while a packet is parsed, never across an await.
+    observer: std::sync::Mutex<Option<sftp::Observer>>,
+}
+
+impl Files {
+    /// The channel runs the named subsystem: sftp is followed from here on.
+    fn subsystem(&self, name: &str) {
+        if name == "sftp" {
+            if let Ok(mut o) = self.observer.lock() {
+                o.get_or_insert_with(sftp::Observer::default);
+            }
+        }
+    }
+
+    async fn client_sent(&self, data: &[u8]) {
+        let ops = self.with(|o| o.from_client(data));
+        self.emit(ops).await;
+    }
+
+    async fn target_sent(&self, data: &[u8]) {
+        let ops = self.with(|o| o.from_server(data));
+        self.emit(ops).await;
+    }
+
+    /// The channel ended: files still open are recorded as `closed`.
+    async fn finish(&self) {
+        let ops = self.with(|o| o.finish());
+        self.emit(ops).await;
+    }
+
+    fn with(&self, f: impl FnOnce(&mut sftp::Observer) -> Vec<sftp::FileOp>) -> Vec<sftp::FileOp> {
+        match self.observer.lock() {
+            Ok(mut o) => o.as_mut().map(f).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn emit(&self, ops: Vec<sftp::FileOp>) {
+        for op in ops {
+            let mut e = NewEvent::new(EventKind::SshFile);
+            e.actor = self.actor.clone();
+            e.resource = self.resource.clone();
+            e.action = op.op.into();
+            e.reason = op.status.clone();
+            e.session_id = self.session.to_string();
+            e.detail = serde_json::to_value(&op).unwrap_or_default();
+            if self.audit.record(e).await.is_err() {
+                warn!("an ssh.file event could not be queued");
+            }
+        }
+    }
 }
 
 /// One client connection.
@@ -977,7 +1055,7 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let cx = live.channel_ctx(channel.id(), true);
+        let cx = live.channel_ctx(channel.id(), true, &self.door.audit, self.session_id);
         self.open_channel(channel, up, reply, cx, "session".into())
             .await;
         Ok(())
@@ -1036,7 +1114,7 @@ impl server::Handler for Client {
                 return Ok(());
             }
         };
-        let cx = live.channel_ctx(channel.id(), false);
+        let cx = live.channel_ctx(channel.id(), false, &self.door.audit, self.session_id);
         self.open_channel(channel, up, reply, cx, format!("direct-tcpip {to}"))
             .await;
         Ok(())
@@ -1390,6 +1468,13 @@ async fn to_upstream(
         let Some(Queued { cmd, _permit }) = cmd else {
             break;
         };
+        if let Some(files) = &cx.files {
+            match &cmd {
+                Cmd::Subsystem(name) => files.subsystem(name),
+                Cmd::Data(b) => files.client_sent(b).await,
+                _ => {}
+            }
+        }
         if let Some(rec) = &cx.rec {
             if record_request(rec, &cmd).await.is_err() {
                 // Unrecorded input is not passed on (strict); the session's cut follows.
@@ -1497,6 +1582,9 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
             m = up.wait() => m,
             _ = &mut cut => break,
         };
+        if let (Some(files), Some(ChannelMsg::Data { data })) = (&cx.files, &msg) {
+            files.target_sent(data).await;
+        }
         if let Some(rec) = &cx.rec {
             if let Err(Refused(why)) = record_reply(rec, &msg).await {
                 refused = Some(format!("{why}; {NO_UNRECORDED}"));
@@ -1575,6 +1663,9 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
     }
     if let Some(rec) = &cx.rec {
         let _ = tokio::time::timeout(CUT_STEP, rec.close()).await;
+    }
+    if let Some(files) = &cx.files {
+        let _ = tokio::time::timeout(CUT_STEP, files.finish()).await;
     }
     let _ = client.close().await;
 }
