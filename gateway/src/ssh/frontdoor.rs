@@ -1468,17 +1468,18 @@ async fn to_upstream(
         let Some(Queued { cmd, _permit }) = cmd else {
             break;
         };
+        if let Some(rec) = &cx.rec {
+            if record_request(rec, &cmd).await.is_err() {
+                // Unrecorded input is not passed on (strict); the session's cut follows.
+                return;
+            }
+        }
+        // Observed only once it is certain to be passed on.
         if let Some(files) = &cx.files {
             match &cmd {
                 Cmd::Subsystem(name) => files.subsystem(name),
                 Cmd::Data(b) => files.client_sent(b).await,
                 _ => {}
-            }
-        }
-        if let Some(rec) = &cx.rec {
-            if record_request(rec, &cmd).await.is_err() {
-                // Unrecorded input is not passed on (strict); the session's cut follows.
-                return;
             }
         }
         let send = async {
@@ -1582,14 +1583,14 @@ async fn to_client(mut up: ChannelReadHalf, client: ChannelWriteHalf<Msg>, cx: C
             m = up.wait() => m,
             _ = &mut cut => break,
         };
-        if let (Some(files), Some(ChannelMsg::Data { data })) = (&cx.files, &msg) {
-            files.target_sent(data).await;
-        }
         if let Some(rec) = &cx.rec {
             if let Err(Refused(why)) = record_reply(rec, &msg).await {
                 refused = Some(format!("{why}; {NO_UNRECORDED}"));
                 break;
             }
+        }
+        if let (Some(files), Some(ChannelMsg::Data { data })) = (&cx.files, &msg) {
+            files.target_sent(data).await;
         }
         let write = async {
             match msg {

@@ -240,32 +240,42 @@ pub struct Observer {
 impl Observer {
     /// What the client sent on the channel.
     pub fn from_client(&mut self, data: &[u8]) -> Vec<FileOp> {
-        if self.lost {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        let mut packets = std::mem::take(&mut self.from_client);
-        let r = packets.push(data, |p| self.request(p, &mut out));
-        self.from_client = packets;
-        if r.is_err() {
-            self.lose(&mut out, "a packet from the client is over the bound");
-        }
-        out
+        self.follow(data, true)
     }
 
     /// What the target sent on the channel.
     pub fn from_server(&mut self, data: &[u8]) -> Vec<FileOp> {
+        self.follow(data, false)
+    }
+
+    /// Cuts `data` into packets and reads each as a request (`client`) or a reply.
+    fn follow(&mut self, data: &[u8], client: bool) -> Vec<FileOp> {
         if self.lost {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let mut packets = std::mem::take(&mut self.from_server);
-        let r = packets.push(data, |p| self.reply(p, &mut out));
-        self.from_server = packets;
+        let mut packets = std::mem::take(self.packets(client));
+        let r = packets.push(data, |p| {
+            if client {
+                self.request(p, &mut out)
+            } else {
+                self.reply(p, &mut out)
+            }
+        });
+        *self.packets(client) = packets;
         if r.is_err() {
-            self.lose(&mut out, "a packet from the target is over the bound");
+            let from = if client { "the client" } else { "the target" };
+            self.lose(&mut out, &format!("a packet from {from} is over the bound"));
         }
         out
+    }
+
+    fn packets(&mut self, client: bool) -> &mut Packets {
+        if client {
+            &mut self.from_client
+        } else {
+            &mut self.from_server
+        }
     }
 
     /// The channel ended: files still open are reported as they stand.
